@@ -1,0 +1,82 @@
+"""Preprocessing: the single place that defines how pixels become model input.
+
+Training, evaluation, export (the normalisation is baked into the ONNX graph) and serving all use
+these definitions, and the values travel with every checkpoint and exported model, so serving can
+never disagree with training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+CIFAR10_CLASSES = (
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+)
+# Per-channel mean and standard deviation of the CIFAR-10 training images (pixels in [0, 1]).
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+INPUT_SIZE = 32
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How an RGB image becomes the model's input: resize to ``input_size`` (antialiased), scale
+    to [0, 1], subtract ``mean`` and divide by ``std`` per channel."""
+
+    mean: tuple[float, ...] = CIFAR10_MEAN
+    std: tuple[float, ...] = CIFAR10_STD
+    input_size: int = INPUT_SIZE
+    class_names: tuple[str, ...] = field(default=CIFAR10_CLASSES)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Preprocessing":
+        return cls(
+            mean=tuple(float(v) for v in d["mean"]),
+            std=tuple(float(v) for v in d["std"]),
+            input_size=int(d.get("input_size", INPUT_SIZE)),
+            class_names=tuple(str(c) for c in d["class_names"]),
+        )
+
+
+def normalize(x: torch.Tensor, mean, std) -> torch.Tensor:
+    """Normalise a float batch in [0, 1].
+
+    Args:
+        x: ``[N, 3, H, W]`` float tensor with values in [0, 1].
+    Returns:
+        ``[N, 3, H, W]`` tensor ``(x - mean) / std`` in ``x``'s dtype.
+    """
+    m = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    s = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    return (x - m) / s
+
+
+def uint8_to_input(x: torch.Tensor, mean, std, dtype=torch.float32) -> torch.Tensor:
+    """``[N, 3, H, W]`` uint8 pixels -> normalised ``[N, 3, H, W]`` tensor of ``dtype``.
+
+    Folds ``/255``, ``-mean`` and ``/std`` into one multiply-add so the loader does it in a single
+    pass over the batch.
+    """
+    std_t = torch.as_tensor(std, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+    mean_t = torch.as_tensor(mean, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+    scale = (1.0 / (255.0 * std_t)).to(dtype)
+    bias = (-mean_t / std_t).to(dtype)
+    return torch.addcmul(bias, x.to(dtype), scale)
+
+
+class Normalize(torch.nn.Module):
+    """In-graph normalisation for exported models: input RGB float in [0, 1], ``[N, 3, H, W]``."""
+
+    def __init__(self, mean, std):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)

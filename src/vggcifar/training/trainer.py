@@ -1,0 +1,402 @@
+"""The one trainer behind `vgg-train`, `vgg-study` and the benchmarks."""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import resource
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .. import __version__
+from ..checkpoint import (atomic_write, make_checkpoint, read_checkpoint, save_checkpoint,
+                          unwrap_model)
+from ..data import DeviceLoader, classic_loader, load_cifar10, stratified_split
+from ..errors import VggCifarError
+from ..models import create_model
+from ..preprocessing import CIFAR10_MEAN, CIFAR10_STD, Preprocessing
+from . import distributed
+from .config import TrainConfig, auto_batch_size, auto_lr, resolve_device
+from .evaluate import evaluate, per_class_accuracy, predict_logits
+from .report import plot_confusion, plot_curves, plot_samples, write_csv
+from .schedule import lr_factor
+
+TABLE_COLS = [("epoch", "{:>5}"), ("train_loss", "{:>10.4f}"), ("train_acc", "{:>9.2%}"),
+              ("val_loss", "{:>8.4f}"), ("val_acc", "{:>8.2%}"), ("lr", "{:>8.4f}"),
+              ("epoch_time_s", "{:>7.1f}s"), ("images_per_s", "{:>8.0f}"),
+              ("peak_mem_mb", "{:>8.0f}")]
+
+
+def versions(device: torch.device) -> dict:
+    """Software and hardware description saved with every run."""
+    v = {"vggcifar": __version__, "torch": str(torch.__version__), "python": platform.python_version(),
+         "platform": platform.platform(), "device": str(device)}
+    try:
+        import torchvision
+        v["torchvision"] = str(torchvision.__version__)
+    except ImportError:
+        pass
+    if device.type == "cuda":
+        v["gpu"] = torch.cuda.get_device_name(device)
+        v["cuda"] = str(torch.version.cuda)
+    else:
+        v["cpu"] = platform.processor() or platform.machine()
+        v["threads"] = torch.get_num_threads()
+    return v
+
+
+def peak_memory(device: torch.device) -> dict:
+    """Peak memory in MB since the last reset: CUDA allocated/reserved, or process RSS on CPU."""
+    if device.type == "cuda":
+        return {"peak_mem_mb": torch.cuda.max_memory_allocated(device) / 2**20,
+                "peak_reserved_mb": torch.cuda.max_memory_reserved(device) / 2**20}
+    return {"peak_mem_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def train(config: TrainConfig) -> dict:
+    """Train, select on validation, evaluate on test, and write the run folder.
+
+    Returns the summary dict also written to ``summary.json`` (plus ``run_dir``). Works in a
+    single process and under torchrun (DistributedDataParallel).
+    """
+    config.validate()
+    device = resolve_device(config.device)
+    info, device = distributed.setup(device)
+    try:
+        return _Run(config, device, info).run()
+    finally:
+        distributed.teardown(info)
+
+
+class _Run:
+    def __init__(self, config: TrainConfig, device: torch.device, info: distributed.DistInfo):
+        self.t_start = time.perf_counter()
+        self.device, self.info = device, info
+        self.resume_ckpt = None
+        if config.resume:
+            self.resume_ckpt = read_checkpoint(config.resume)
+            if "training_state" not in self.resume_ckpt:
+                raise VggCifarError(f"{config.resume} holds no training state; resume from the "
+                                    "run's last.pt")
+            saved = TrainConfig.from_dict(self.resume_ckpt["config"])
+            # Same options as the interrupted run, so the result matches an uninterrupted one.
+            saved.resume, saved.progress, saved.device = config.resume, config.progress, config.device
+            saved.data = config.data if config.data != TrainConfig.data else saved.data
+            config = saved
+            self.run_dir = Path(config.resume).resolve().parent
+        else:
+            name = config.name or (f"{config.arch}-split{config.split:g}-"
+                                   f"{datetime.now().strftime('%Y%m%d-%H%M%S')}")
+            config.name = name
+            self.run_dir = Path(config.out) / name
+            if (self.run_dir / "last.pt").exists():
+                raise VggCifarError(f"run folder {self.run_dir} already holds a run; continue it "
+                                    f"with --resume {self.run_dir / 'last.pt'} or pick another --name")
+        self.cfg = config
+        self.main = info.is_main
+
+    def log(self, msg: str) -> None:
+        if self.main and self.cfg.progress:
+            from tqdm.auto import tqdm
+            tqdm.write(msg, file=sys.stderr)
+
+    # ------------------------------------------------------------------ setup
+    def setup(self) -> None:
+        cfg, dev = self.cfg, self.device
+        if self.main:
+            try:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                probe = self.run_dir / ".write-test"
+                probe.write_text("")
+                probe.unlink()
+            except OSError as e:
+                raise VggCifarError(f"cannot write the run folder {self.run_dir} ({e.strerror}); "
+                                    "choose a writable --out") from e
+        torch.manual_seed(cfg.seed)
+        data = load_cifar10(cfg.data, download=cfg.download, verbose=self.main)
+        self.data = data
+        self.classes = data.classes
+        self.num_classes = len(data.classes)
+        train_idx, val_idx = stratified_split(data.train_y, cfg.split, cfg.seed, cfg.val_size)
+        self.n_train, self.n_val = len(train_idx), len(val_idx)
+        if not cfg.batch_size:
+            cfg.batch_size = auto_batch_size(self.n_train, dev)
+        if cfg.batch_size % self.info.world_size:
+            raise VggCifarError(f"batch size {cfg.batch_size} is global and must be divisible by "
+                                f"the world size {self.info.world_size}")
+        if not cfg.lr:
+            cfg.lr = auto_lr(cfg.batch_size)
+        if cfg.amp is None:
+            cfg.amp = dev.type == "cuda"
+        if cfg.channels_last is None:
+            cfg.channels_last = dev.type == "cuda"
+        distributed.check_same_config(self.info, cfg.to_dict())
+        self.amp_dtype = torch.bfloat16 if cfg.amp else None
+        in_dtype = torch.bfloat16 if cfg.amp else torch.float32
+        per_rank = cfg.batch_size // self.info.world_size
+        common = dict(mean=CIFAR10_MEAN, std=CIFAR10_STD, device=dev, channels_last=cfg.channels_last,
+                      rank=self.info.rank, world_size=self.info.world_size)
+        if cfg.loader == "device":
+            self.train_loader = DeviceLoader(data.train_x[train_idx], data.train_y[train_idx],
+                                             per_rank, train=True, seed=cfg.seed, dtype=in_dtype,
+                                             **common)
+            steps_per_epoch = len(self.train_loader)
+        else:
+            if self.info.enabled:
+                raise VggCifarError("--loader classic does not support distributed training; "
+                                    "use the default device loader")
+            self.train_loader = classic_loader(data.train_x[train_idx], data.train_y[train_idx],
+                                               cfg.batch_size, train=True, mean=CIFAR10_MEAN,
+                                               std=CIFAR10_STD, workers=cfg.workers, seed=cfg.seed)
+            steps_per_epoch = len(self.train_loader)
+        eb = max(1, cfg.eval_batch_size // self.info.world_size)
+        self.val_loader = (DeviceLoader(data.train_x[val_idx], data.train_y[val_idx], eb,
+                                        train=False, **common) if self.n_val else None)
+        self.test_loader = DeviceLoader(data.test_x, data.test_y, eb, train=False, **common)
+        if cfg.steps:
+            self.total_steps = int(cfg.steps)
+            self.epochs = math.ceil(cfg.steps / steps_per_epoch)
+        else:
+            self.total_steps = cfg.epochs * steps_per_epoch
+            self.epochs = cfg.epochs
+        # Validating 5,000 images after every epoch of a 500-image split would dominate the run.
+        self.val_every = cfg.val_every or max(1, math.ceil(self.n_val / (2 * self.n_train)))
+
+        model = create_model(cfg.arch, self.num_classes, head=cfg.head, width=cfg.width,
+                             dropout=cfg.dropout).to(dev)
+        if cfg.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        if self.info.enabled and cfg.sync_bn:
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        self.params = sum(p.numel() for p in model.parameters())
+        if self.info.enabled:
+            model = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[dev.index] if dev.type == "cuda" else None)
+        self.model = model
+        self.opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                   nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
+        total = self.total_steps
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            self.opt, lambda s: lr_factor(s, total, cfg.schedule, cfg.warmup))
+        self.fwd = torch.compile(model) if cfg.compile else model
+        self.preproc = Preprocessing(CIFAR10_MEAN, CIFAR10_STD, 32, tuple(self.classes))
+        self.versions = versions(dev)
+        self.start_epoch, self.step, self.best_acc, self.best_epoch = 0, 0, -1.0, None
+        self.metrics: list[dict] = []
+        self.train_time = 0.0
+        if self.resume_ckpt is not None:
+            self._restore(self.resume_ckpt)
+
+    def _restore(self, ckpt: dict) -> None:
+        ts = ckpt["training_state"]
+        unwrap_model(self.model).load_state_dict(ckpt["state_dict"])
+        self.opt.load_state_dict(ts["optimizer"])
+        self.sched.load_state_dict(ts["scheduler"])
+        torch.set_rng_state(ts["rng_cpu"])
+        if self.device.type == "cuda" and ts.get("rng_cuda") is not None:
+            torch.cuda.set_rng_state(ts["rng_cuda"], self.device)
+        self.start_epoch, self.step = int(ckpt["epoch"]), int(ts["step"])
+        self.best_acc, self.best_epoch = float(ts["best_acc"]), ts.get("best_epoch")
+        self.train_time = float(ts.get("train_time_s", 0.0))
+        self.metrics = list(ckpt.get("metrics") or [])
+        self.log(f"resuming {self.run_dir} after epoch {self.start_epoch} (step {self.step})")
+
+    def checkpoint(self, epoch: int, training_state: dict | None = None,
+                   test_accuracy: float | None = None) -> dict:
+        c = self.cfg
+        return make_checkpoint(
+            self.model, arch=c.arch, head=c.head, width=c.width, num_classes=self.num_classes,
+            dropout=c.dropout, preprocessing=self.preproc, config=c.to_dict(),
+            metrics=self.metrics, epoch=epoch, test_accuracy=test_accuracy,
+            training_state=training_state, versions=self.versions,
+            created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+    # ------------------------------------------------------------------ loop
+    def train_epoch(self, epoch: int) -> dict:
+        cfg, dev = self.cfg, self.device
+        self.model.train()
+        if isinstance(self.train_loader, DeviceLoader):
+            self.train_loader.set_epoch(epoch)
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(dev)
+            start_ev, end_ev = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start_ev.record()
+        t0 = time.perf_counter()
+        loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
+        correct = torch.zeros((), dtype=torch.int64, device=dev)
+        seen = torch.zeros((), dtype=torch.int64, device=dev)
+        bar = None
+        it = self.train_loader
+        if self.main and cfg.progress:
+            from tqdm.auto import tqdm
+            bar = tqdm(it, total=len(self.train_loader), desc=f"epoch {epoch + 1}/{self.epochs}",
+                       unit="batch", leave=False, file=sys.stderr, dynamic_ncols=True,
+                       disable=None)
+            it = bar
+        lr_used = self.opt.param_groups[0]["lr"]
+        for x, y in it:
+            if self.step >= self.total_steps:
+                break
+            x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+            if cfg.channels_last and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bool(cfg.amp)):
+                logits = self.fwd(x)
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            lr_used = self.opt.param_groups[0]["lr"]
+            self.opt.step()
+            self.sched.step()
+            self.step += 1
+            n = y.numel()
+            loss_sum += loss.detach().double() * n
+            correct += (logits.detach().argmax(1) == y).sum()
+            seen += n
+            if bar is not None and self.step % 10 == 0:
+                bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr_used:.4f}", refresh=False)
+        if bar is not None:
+            bar.close()
+        if dev.type == "cuda":
+            end_ev.record()
+            torch.cuda.synchronize(dev)
+            train_s = start_ev.elapsed_time(end_ev) / 1000
+        else:
+            train_s = time.perf_counter() - t0
+        stats = torch.stack([loss_sum, correct.double(), seen.double()])
+        distributed.all_reduce_sum(stats, self.info)
+        n_all = max(1.0, float(stats[2]))
+        self.train_time += train_s
+        return {"train_loss": float(stats[0]) / n_all, "train_acc": float(stats[1]) / n_all,
+                "lr": lr_used, "train_time_s": train_s, "images_per_s": n_all / max(train_s, 1e-9),
+                "images": int(n_all)}
+
+    def run(self) -> dict:
+        self.setup()
+        cfg = self.cfg
+        if self.main:
+            atomic_write(self.run_dir / "config.json", lambda t: Path(t).write_text(json.dumps(
+                {**cfg.to_dict(), "resolved": {"epochs": self.epochs, "total_steps": self.total_steps,
+                 "val_every": self.val_every, "train_images": self.n_train,
+                 "val_images": self.n_val, "test_images": len(self.data.test_y),
+                 "world_size": self.info.world_size, "params": self.params,
+                 "data_format": self.data.kind, "data_source": self.data.source},
+                 "versions": self.versions}, indent=2)))
+        self.log(f"vgg-train: {cfg.arch} ({self.params:,} params) on {self.device}"
+                 f"{f' x{self.info.world_size} ranks' if self.info.enabled else ''} | train "
+                 f"{self.n_train:,} / val {self.n_val:,} / test {len(self.data.test_y):,} images | "
+                 f"batch {cfg.batch_size}, lr {cfg.lr:g}, {cfg.schedule}, {self.epochs} epochs "
+                 f"({self.total_steps} steps) | {self.run_dir}")
+        header = " ".join(f"{name:>{len(fmt.format(0.0 if 'f' in fmt or '%' in fmt else 0))}}"
+                          for name, fmt in TABLE_COLS)
+        if self.start_epoch < self.epochs:
+            self.log(header)
+        for epoch in range(self.start_epoch, self.epochs):
+            t0 = time.perf_counter()
+            row = {"epoch": epoch + 1, "step": self.step}
+            tr = self.train_epoch(epoch)
+            row["step"] = self.step
+            row.update({k: tr[k] for k in ("train_loss", "train_acc", "lr")})
+            row.update({"val_loss": None, "val_acc": None})
+            last = epoch == self.epochs - 1 or self.step >= self.total_steps
+            if self.val_loader is not None and ((epoch + 1) % self.val_every == 0 or last):
+                v = evaluate(self.fwd, self.val_loader, self.num_classes,
+                             amp_dtype=self.amp_dtype, info=self.info)
+                row.update({"val_loss": v["loss"], "val_acc": v["accuracy"]})
+            row.update({"epoch_time_s": time.perf_counter() - t0, "train_time_s": tr["train_time_s"],
+                        "images_per_s": tr["images_per_s"], **peak_memory(self.device)})
+            self.metrics.append(row)
+            improved = row["val_acc"] is not None and row["val_acc"] > self.best_acc
+            if improved:
+                self.best_acc, self.best_epoch = row["val_acc"], epoch + 1
+            if self.main:
+                self.log(" ".join(("{:>%d}" % len(fmt.format(0.0 if 'f' in fmt or '%' in fmt else 0))).format("-")
+                                  if row.get(name) is None else fmt.format(row[name])
+                                  for name, fmt in TABLE_COLS))
+                write_csv(self.run_dir / "metrics.csv", self.metrics)
+                if improved:
+                    save_checkpoint(self.checkpoint(epoch + 1), self.run_dir / "best.pt")
+                save_checkpoint(self.checkpoint(epoch + 1, training_state=self._training_state()),
+                                self.run_dir / "last.pt")
+            distributed.barrier(self.info)
+            if last:
+                break
+        return self.finish()
+
+    def _training_state(self) -> dict:
+        return {"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+                "rng_cpu": torch.get_rng_state(),
+                "rng_cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
+                "step": self.step, "best_acc": self.best_acc, "best_epoch": self.best_epoch,
+                "train_time_s": self.train_time}
+
+    # ------------------------------------------------------------------ final evaluation
+    def finish(self) -> dict:
+        cfg = self.cfg
+        final_epoch = len(self.metrics)
+        if self.best_epoch is not None:
+            chosen = f"best.pt (epoch {self.best_epoch}, best validation accuracy {self.best_acc:.4f})"
+            best = read_checkpoint(self.run_dir / "best.pt")
+            unwrap_model(self.model).load_state_dict(best["state_dict"])
+        else:
+            chosen = f"last epoch ({final_epoch}): no validation set (split 1), so best.pt = last.pt"
+        distributed.barrier(self.info)
+        test = evaluate(self.fwd, self.test_loader, self.num_classes, amp_dtype=self.amp_dtype,
+                        tta=cfg.tta, info=self.info)
+        per_class = per_class_accuracy(test["confusion"])
+        summary = {
+            "test_accuracy": test["accuracy"], "test_loss": test["loss"],
+            "per_class_accuracy": dict(zip(self.classes, per_class)),
+            "best_val_accuracy": self.best_acc if self.best_epoch is not None else None,
+            "checkpoint": chosen, "best_epoch": self.best_epoch or final_epoch,
+            "epochs": final_epoch, "steps": self.step, "params": self.params,
+            "train_images": self.n_train, "val_images": self.n_val,
+            "test_images": test["n"], "batch_size": cfg.batch_size, "lr": cfg.lr, "tta": cfg.tta,
+            "total_time_s": time.perf_counter() - self.t_start,
+            "train_time_s": self.train_time,
+            "mean_epoch_time_s": (sum(r["epoch_time_s"] for r in self.metrics) / len(self.metrics)
+                                  if self.metrics else None),
+            "mean_images_per_s": (sum(r["images_per_s"] for r in self.metrics) / len(self.metrics)
+                                  if self.metrics else None),
+            "peak_memory_mb": max((r["peak_mem_mb"] for r in self.metrics), default=None),
+            "peak_reserved_mb": max((r.get("peak_reserved_mb") or 0 for r in self.metrics),
+                                    default=None) if self.device.type == "cuda" else None,
+            "device": str(self.device), "world_size": self.info.world_size,
+            "versions": self.versions,
+        }
+        if self.main:
+            self._write_final(test, per_class, summary)
+        summary["run_dir"] = str(self.run_dir)
+        self.log(f"test accuracy {summary['test_accuracy']:.2%} ({chosen}); "
+                 f"total {summary['total_time_s']:.1f}s; run folder {self.run_dir}")
+        return summary
+
+    def _write_final(self, test: dict, per_class: list[float], summary: dict) -> None:
+        d = self.run_dir
+        # best.pt carries its test accuracy so exports and serving can report it.
+        save_checkpoint(self.checkpoint(summary["best_epoch"], test_accuracy=test["accuracy"]),
+                        d / "best.pt")
+        write_csv(d / "per_class.csv", [
+            {"class": c, "accuracy": a, "correct": int(test["confusion"][i, i]),
+             "total": int(test["confusion"][i].sum())}
+            for i, (c, a) in enumerate(zip(self.classes, per_class))])
+        plot_curves(self.metrics, d / "curves.png")
+        plot_confusion(test["confusion"], self.classes, d / "confusion.png",
+                       f"test confusion matrix, accuracy {test['accuracy']:.2%}")
+        n = min(32, len(self.data.test_y))
+        sel = torch.linspace(0, len(self.data.test_y) - 1, n).long()
+        imgs = self.data.test_x[sel]
+        x = DeviceLoader(imgs, self.data.test_y[sel], n, train=False, mean=CIFAR10_MEAN,
+                         std=CIFAR10_STD, device=self.device,
+                         channels_last=self.cfg.channels_last)
+        xb, _ = next(iter(x))
+        unwrap_model(self.model).eval()
+        pred = predict_logits(unwrap_model(self.model), xb, amp_dtype=self.amp_dtype).argmax(1).cpu()
+        plot_samples(imgs, self.data.test_y[sel], pred, self.classes, d / "samples.png")
+        atomic_write(d / "summary.json", lambda t: Path(t).write_text(json.dumps(summary, indent=2)))
