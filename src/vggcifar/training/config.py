@@ -18,7 +18,7 @@ LOADERS = ("device", "classic")
 @dataclass
 class TrainConfig:
     """Every option of a training run. Zero means "choose automatically" for ``batch_size``,
-    ``lr`` and ``val_every``; ``None`` for ``amp``/``channels_last`` means "on for CUDA"."""
+    ``lr`` and ``val_every``; ``None`` means "automatic" for ``amp`` (on for CUDA) and ``channels_last`` (on)."""
 
     arch: str = "vgg16"
     head: str = "mlp"

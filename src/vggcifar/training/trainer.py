@@ -135,7 +135,7 @@ class _Run:
         if cfg.amp is None:
             cfg.amp = dev.type == "cuda"
         if cfg.channels_last is None:
-            cfg.channels_last = dev.type == "cuda"
+            cfg.channels_last = True  # faster for these convs on CUDA and on x86 CPUs alike
         distributed.check_same_config(self.info, cfg.to_dict())
         self.amp_dtype = torch.bfloat16 if cfg.amp else None
         in_dtype = torch.bfloat16 if cfg.amp else torch.float32
