@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import click
 
@@ -101,8 +102,9 @@ def main(**kw):
     from .trainer import train
 
     summary = train(config_from_options(**kw))
-    click.echo(json.dumps({k: summary[k] for k in ("run_dir", "test_accuracy", "checkpoint",
-                                                   "total_time_s")}))
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, one result line
+            click.echo(json.dumps({k: summary[k] for k in ("run_dir", "test_accuracy", "checkpoint",
+                                                       "total_time_s")}))
 
 
 if __name__ == "__main__":

@@ -6,12 +6,17 @@ import datetime
 import hashlib
 import json
 import os
+import warnings
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
 from ..errors import VggCifarError
+
+# The autograd-aware all_reduce below is deprecated in favour of an API that is not differentiable
+# on gloo yet; it is the one that works on CPUs today.
+warnings.filterwarnings("ignore", message=r"torch\.distributed\.nn\.functional\.all_reduce is deprecated")
 
 
 @dataclass
@@ -79,3 +84,52 @@ def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()
+
+
+class CpuSyncBatchNorm2d(torch.nn.BatchNorm2d):
+    """BatchNorm2d whose training statistics cover the global batch of all ranks, for CPU (gloo)
+    runs: PyTorch's own SyncBatchNorm only supports GPU tensors. Same parameters and buffers as
+    BatchNorm2d, so checkpoints load into the plain model.
+
+    ``forward``: ``[N, C, H, W]`` -> ``[N, C, H, W]``.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and dist.is_initialized() and dist.get_world_size() > 1):
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce  # autograd-aware
+
+        c = x.shape[1]
+        count = torch.tensor([x.numel() // c], dtype=x.dtype, device=x.device)
+        total = all_reduce(torch.cat([x.sum((0, 2, 3)), count]))
+        n = total[c]
+        mean = total[:c] / n
+        centred = x - mean.view(1, c, 1, 1)
+        # Two passes (mean, then centred squares) for the accuracy of single-process BatchNorm.
+        var = all_reduce((centred * centred).sum((0, 2, 3))) / n
+        if self.track_running_stats:
+            with torch.no_grad():
+                m = self.momentum if self.momentum is not None else 0.1
+                self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
+                self.running_var.mul_(1 - m).add_(var.detach() * n / max(float(n) - 1, 1.0), alpha=m)
+                self.num_batches_tracked += 1
+        y = centred * torch.rsqrt(var + self.eps).view(1, c, 1, 1)
+        if self.affine:
+            y = y * self.weight.view(1, c, 1, 1) + self.bias.view(1, c, 1, 1)
+        return y
+
+
+def convert_sync_batchnorm(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """Make BatchNorm use global-batch statistics: PyTorch's SyncBatchNorm on GPUs,
+    :class:`CpuSyncBatchNorm2d` on CPUs."""
+    if device.type == "cuda":
+        return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    for name, child in model.named_children():
+        if type(child) is torch.nn.BatchNorm2d:
+            new = CpuSyncBatchNorm2d(child.num_features, child.eps, child.momentum, child.affine,
+                                     child.track_running_stats)
+            new.load_state_dict(child.state_dict())
+            setattr(model, name, new.to(device))
+        else:
+            convert_sync_batchnorm(child, device)
+    return model

@@ -119,7 +119,12 @@ class _Run:
                 raise VggCifarError(f"cannot write the run folder {self.run_dir} ({e.strerror}); "
                                     "choose a writable --out") from e
         torch.manual_seed(cfg.seed)
-        data = load_cifar10(cfg.data, download=cfg.download, verbose=self.main)
+        # Rank 0 loads first so that only it downloads data or writes the decoded-image cache.
+        if self.main:
+            data = load_cifar10(cfg.data, download=cfg.download)
+        distributed.barrier(self.info)
+        if not self.main:
+            data = load_cifar10(cfg.data, download=False, verbose=False)
         self.data = data
         self.classes = data.classes
         self.num_classes = len(data.classes)
@@ -173,7 +178,7 @@ class _Run:
         if cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
         if self.info.enabled and cfg.sync_bn:
-            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            model = distributed.convert_sync_batchnorm(model, dev)
         self.params = sum(p.numel() for p in model.parameters())
         if self.info.enabled:
             model = torch.nn.parallel.DistributedDataParallel(

@@ -1,0 +1,80 @@
+"""`vgg-export`: command-line front end of :func:`vggcifar.export.export_checkpoint`."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from ..cli_common import user_errors
+from .formats import export_checkpoint, format_table
+from .onnx_export import DEFAULT_OPSET, EXPORTERS, MAX_OPSET, MIN_OPSET
+from .parity import PARITY_IMAGES
+from .quantize import CALIB_IMAGES, CALIBRATION_METHODS
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("checkpoint", required=False)
+@click.option("--onnx", is_flag=True, help="fp32 ONNX (always written: the other formats are "
+              "built from it or checked with it).")
+@click.option("--fp16", is_flag=True, help="fp16 ONNX (float32 input/outputs, casts inside); "
+              "with --tensorrt also makes the engine fp16.")
+@click.option("--int8", is_flag=True, help="int8 ONNX: static QDQ quantisation calibrated on "
+              "--data training images.")
+@click.option("--tensorrt", is_flag=True, help="TensorRT engine (needs the tensorrt package "
+              "and an NVIDIA GPU).")
+@click.option("--opset", type=click.IntRange(MIN_OPSET, MAX_OPSET), default=DEFAULT_OPSET,
+              show_default=True, help="ONNX opset.")
+@click.option("--exporter", type=click.Choice(("auto",) + EXPORTERS), default="auto",
+              show_default=True, help="auto: TorchScript exporter, then dynamo, keeping the first "
+              "that passes fp32 parity.")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Output folder [default: <checkpoint folder>/export, or exports/<name> for the "
+                   "shipped model].")
+@click.option("--data", default=None, help="CIFAR-10 folder (either format): real test images "
+              "for parity, training images for --int8 calibration.")
+@click.option("--parity-images", type=click.IntRange(0), default=PARITY_IMAGES,
+              show_default=True, help="Test images in the parity check (with --data).")
+@click.option("--calib-images", type=click.IntRange(1), default=CALIB_IMAGES, show_default=True,
+              help="Training images calibrating --int8.")
+@click.option("--calib-method", type=click.Choice(CALIBRATION_METHODS), default="minmax",
+              show_default=True, help="int8 activation-range calibration.")
+@click.option("--max-batch", type=click.IntRange(1), default=256, show_default=True,
+              help="Largest batch of the TensorRT engine's optimisation profile.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Sampling of random inputs, test and calibration images.")
+@click.option("--quiet", is_flag=True, help="No progress messages (the table is still printed).")
+@user_errors
+def main(checkpoint, onnx, fp16, int8, tensorrt, opset, exporter, out, data, parity_images,
+         calib_images, calib_method, max_batch, seed, quiet):
+    """Export CHECKPOINT (a best.pt, or the shipped model's .json) to ONNX fp32/fp16/int8 and
+    TensorRT, and check every file against the checkpoint.
+
+    Without CHECKPOINT the newest runs/*/best.pt is used, else the shipped model. Prints a table
+    of the files with their parity figures and writes it as parity.json next to them. Exit
+    status: 0 all within tolerance, 1 a parity check failed (files and report are kept), 2 a
+    usage or input error (nothing is written).
+    """
+    def log(msg: str) -> None:
+        if not quiet:
+            click.echo(msg, err=True)
+
+    if checkpoint is None:
+        from ..shipped import default_model
+
+        path, reason = default_model()
+        click.echo(f"using the {reason}", err=True)
+        checkpoint = str(path)
+    formats = [k for k, on in (("onnx", onnx), ("fp16", fp16), ("int8", int8),
+                               ("tensorrt", tensorrt)) if on] or ["onnx"]
+    report = export_checkpoint(
+        checkpoint, formats, out=out, data=data, opset=opset, exporter=exporter,
+        parity_images=parity_images, calib_images=calib_images, calib_method=calib_method,
+        max_batch=max_batch, seed=seed, progress=not quiet, log=log)
+    click.echo(format_table(report))
+    if report["status"] != "PASS":
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,435 @@
+"""The export formats and the export pipeline.
+
+:data:`FORMATS` is the table of formats (like ultralytics' exporter table): one row per format,
+each with a small build function that writes its file into a staging folder and returns its
+parity figures. :func:`export_checkpoint` loads the checkpoint, prepares the parity inputs and the
+reference logits once, runs the requested formats in order, and only when every file was
+produced moves them to the output folder with ``parity.json``. A user error (bad checkpoint,
+unwritable folder, missing data) leaves nothing behind; a parity failure keeps the files and the
+report, marked FAIL.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..checkpoint import atomic_write, load_checkpoint
+from ..errors import VggCifarError
+from . import parity as P
+from .onnx_export import (DEFAULT_OPSET, EXPORTERS, build_metadata, checkpoint_sha256,
+                          export_onnx)
+
+REPORT_NAME = "parity.json"
+TRT_TIMING_CACHE = "tensorrt-timing.cache"
+ORT_TRT_CACHE = "ort-tensorrt-cache"
+
+
+@dataclass
+class ExportJob:
+    """State shared by the format builders during one :func:`export_checkpoint` call."""
+
+    model: torch.nn.Module
+    meta: dict
+    source_sha256: str
+    stage: Path
+    out: Path
+    inputs: P.ParityInputs
+    reference: dict
+    formats: tuple[str, ...]
+    opset: int = DEFAULT_OPSET
+    exporter: str = "auto"
+    calib: np.ndarray | None = None
+    calib_method: str = "minmax"
+    max_batch: int = 256
+    progress: bool = False
+    log: Callable[[str], None] = lambda msg: None
+    files: dict = field(default_factory=dict)          # format key -> staged path
+    chosen_exporter: str | None = None
+    exporter_attempts: list = field(default_factory=list)
+
+    @property
+    def fp16(self) -> bool:
+        return "fp16" in self.formats
+
+    def metadata(self, precision: str, exporter: str | None = None) -> dict[str, str]:
+        return build_metadata(self.meta, precision=precision,
+                              exporter=exporter or self.chosen_exporter or "unknown",
+                              source_sha256=self.source_sha256)
+
+    def onnx_parity(self, path: Path, precision: str, cpu_rows: list | None = None) -> list[dict]:
+        """Parity rows on onnxruntime CPU (reusing ``cpu_rows`` if given) and every GPU
+        provider that really works here."""
+        rows = list(cpu_rows) if cpu_rows is not None else self._cpu_rows(path, precision)
+        for runtime, sess in P.gpu_ort_sessions(path, precision=precision,
+                                                trt_cache_dir=self.out / ORT_TRT_CACHE):
+            self.log(f"  parity on {runtime}")
+            rows += P.parity_rows(P.ort_runner(sess), self.reference, self.inputs,
+                                  precision=precision, runtime=runtime, progress=self.progress)
+        return rows
+
+    def _cpu_rows(self, path: Path, precision: str) -> list[dict]:
+        sess = P.ort_session(path)
+        rows = P.parity_rows(P.ort_runner(sess), self.reference, self.inputs,
+                             precision=precision, runtime="ort-cpu", progress=self.progress)
+        bad = _dynamic_batch_failures(sess, self.inputs.random)
+        if bad:
+            rows[0]["failures"] = rows[0]["failures"] + bad
+        return rows
+
+
+def _dynamic_batch_failures(sess, x: np.ndarray) -> list[str]:
+    """Batches of 1 and 7 must give the rows the large batch gives (the batch axis is really
+    dynamic and nothing mixes images)."""
+    full = sess.run(["logits"], {"image": x[:8]})[0]
+    bad = []
+    for n in (1, 7):
+        part = sess.run(["logits"], {"image": np.ascontiguousarray(x[:n])})[0]
+        if part.shape[0] != n or not np.allclose(part, full[:n], rtol=1e-4, atol=1e-4):
+            bad.append(f"batch {n} output differs from the same images in a batch of 8")
+    return bad
+
+
+def _entry(fmt: "ExportFormat", path: Path, precision: str, rows: list[dict], **extra) -> dict:
+    fails = [f"{r['runtime']} {r['inputs']}: {f}" for r in rows for f in r["failures"]]
+    return {"format": fmt.key, "name": fmt.title, "file": path.name, "precision": precision,
+            "size_bytes": path.stat().st_size, "status": "FAIL" if fails else "PASS",
+            "failures": fails, "results": rows, **extra}
+
+
+# ---------------------------------------------------------------------- one function per format
+def _build_onnx(job: ExportJob, fmt: "ExportFormat") -> dict:
+    """fp32 ONNX. With exporter "auto", tries each exporter in :data:`EXPORTERS` order and keeps
+    the first whose file passes fp32 parity on CPU (the dynamo exporter of torch 2.9+ has had
+    accuracy bugs on convnets, so the result decides, not the version)."""
+    candidates = EXPORTERS if job.exporter == "auto" else (job.exporter,)
+    best = None  # (failures, max diff, exporter, path, rows)
+    for ex in candidates:
+        path = job.stage / f"{ex}-{fmt.filename('fp32')}"
+        job.log(f"exporting ONNX fp32 with the {ex} exporter (opset {job.opset})")
+        try:
+            export_onnx(job.model, job.meta["preproc"], path, precision="fp32", exporter=ex,
+                        opset=job.opset, metadata=job.metadata("fp32", ex))
+        except Exception as e:  # exporter crash, or its output failing the ONNX checker
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            job.exporter_attempts.append({"exporter": ex, "status": "ERROR", "error": msg[:500]})
+            job.log(f"  {ex} exporter failed: {msg[:200]}")
+            continue
+        rows = job._cpu_rows(path, "fp32")
+        fails = [f for r in rows for f in r["failures"]]
+        worst = max(r["max_abs_diff"] for r in rows)
+        job.exporter_attempts.append({"exporter": ex, "status": "FAIL" if fails else "PASS",
+                                      "max_abs_diff": worst, "failures": fails})
+        if best is None or len(fails) < len(best[0]) or (
+                len(fails) == len(best[0]) and worst < best[1]):
+            best = (fails, worst, ex, path, rows)
+        if not fails:
+            break
+        job.log(f"  {ex} export fails fp32 parity: {'; '.join(fails)}")
+    if best is None:
+        errors = "; ".join(f"{a['exporter']}: {a['error']}" for a in job.exporter_attempts)
+        raise VggCifarError(f"no exporter could export the model to ONNX ({errors})")
+    _, _, ex, path, rows = best
+    job.chosen_exporter = ex
+    final = job.stage / fmt.filename("fp32")
+    os.replace(path, final)
+    for a in candidates:  # drop the other exporters' files
+        (job.stage / f"{a}-{fmt.filename('fp32')}").unlink(missing_ok=True)
+    job.files[fmt.key] = final
+    rows = job.onnx_parity(final, "fp32", cpu_rows=rows)
+    return _entry(fmt, final, "fp32", rows, exporter=ex)
+
+
+def _build_fp16(job: ExportJob, fmt: "ExportFormat") -> dict:
+    """fp16 ONNX: fp16 weights and activations, float32 input/outputs (casts in the graph)."""
+    ex = job.chosen_exporter or ("torchscript" if job.exporter == "auto" else job.exporter)
+    path = job.stage / fmt.filename("fp16")
+    job.log(f"exporting ONNX fp16 with the {ex} exporter")
+    try:
+        export_onnx(job.model, job.meta["preproc"], path, precision="fp16", exporter=ex,
+                    opset=job.opset, metadata=job.metadata("fp16", ex))
+    except RuntimeError as e:
+        raise VggCifarError(f"fp16 export failed: {e}") from e
+    job.files[fmt.key] = path
+    return _entry(fmt, path, "fp16", job.onnx_parity(path, "fp16"), exporter=ex)
+
+
+def _build_int8(job: ExportJob, fmt: "ExportFormat") -> dict:
+    """int8 ONNX: static QDQ quantisation of the fp32 file, calibrated on training images."""
+    from .quantize import quantize_int8
+
+    path = job.stage / fmt.filename("int8")
+    job.log(f"quantising to int8 ({len(job.calib)} calibration images, {job.calib_method})")
+    quantize_int8(job.files["onnx"], path, job.calib, metadata=job.metadata("int8"),
+                  method=job.calib_method)
+    job.files[fmt.key] = path
+    rows = job.onnx_parity(path, "int8")
+    extra = {"exporter": job.chosen_exporter, "calibration_images": int(len(job.calib)),
+             "calibration_method": job.calib_method}
+    test = [r for r in rows if r["inputs"] == "test" and r["runtime"] == "ort-cpu"]
+    if test:
+        extra["accuracy_change_points"] = 100.0 * (test[0]["accuracy"]
+                                                   - test[0]["accuracy_reference"])
+    return _entry(fmt, path, "int8", rows, **extra)
+
+
+def _build_tensorrt(job: ExportJob, fmt: "ExportFormat") -> dict:
+    """Serialized TensorRT engine (fp16 with --fp16, else fp32), batch 1..max_batch."""
+    from . import tensorrt as T
+
+    precision = "fp16" if job.fp16 else "fp32"
+    src_key = "fp16" if T.engine_source(job.fp16) == "fp16" else "onnx"
+    path = job.stage / fmt.filename(precision)
+    job.log(f"building TensorRT {precision} engine from {job.files[src_key].name} "
+            f"(batch 1..{job.max_batch})")
+    info = T.build_engine(job.files[src_key], path, fp16=job.fp16, max_batch=job.max_batch,
+                          timing_cache=job.out / TRT_TIMING_CACHE)
+    # Engines cannot carry metadata; a sidecar JSON holds the same keys as the ONNX files.
+    side = {**job.metadata(precision), **{k: str(v) for k, v in info.items()}}
+    atomic_write(path.with_name(path.name + ".json"),
+                 lambda tmp: Path(tmp).write_text(json.dumps(side, indent=2)))
+    job.files[fmt.key] = path
+    runner = T.EngineRunner(path)
+    rows = P.parity_rows(runner, job.reference, job.inputs, precision=precision,
+                         runtime="tensorrt", batch_size=min(P.BATCH, job.max_batch),
+                         progress=job.progress)
+    return _entry(fmt, path, precision, rows, exporter=job.chosen_exporter, **info)
+
+
+@dataclass(frozen=True)
+class ExportFormat:
+    """One row of the format table.
+
+    ``key``: the CLI flag (``--<key>``) and the report's ``format``; ``stem``/``suffix`` name the
+    file (``model.onnx``, ``model-fp16.onnx``, ...); ``build(job, fmt)`` writes it into the
+    staging folder and returns the report entry.
+    """
+
+    key: str
+    title: str
+    stem: str
+    suffix: str
+    build: Callable[[ExportJob, "ExportFormat"], dict]
+
+    def filename(self, precision: str) -> str:
+        tag = "" if precision == "fp32" else f"-{precision}"
+        return f"{self.stem}{tag}{self.suffix}"
+
+
+FORMATS: tuple[ExportFormat, ...] = (
+    ExportFormat("onnx", "ONNX fp32", "model", ".onnx", _build_onnx),
+    ExportFormat("fp16", "ONNX fp16", "model", ".onnx", _build_fp16),
+    ExportFormat("int8", "ONNX int8", "model", ".onnx", _build_int8),
+    ExportFormat("tensorrt", "TensorRT", "model", ".engine", _build_tensorrt),
+)
+FORMAT_KEYS = tuple(f.key for f in FORMATS)
+
+
+# ---------------------------------------------------------------------- the pipeline
+def default_out_dir(checkpoint: str | os.PathLike) -> Path:
+    """``<run folder>/export`` for a ``.pt``; ``exports/<name>`` for a shipped ``.json``
+    manifest (the models/ folder of an installed package may be read-only)."""
+    p = Path(checkpoint)
+    if p.suffix == ".json":
+        return Path("exports") / p.stem
+    return p.parent / "export"
+
+
+def _prepare_out(out: Path) -> bool:
+    """Create ``out`` if needed and prove it is writable. Returns whether it was created.
+
+    Raises:
+        VggCifarError: it cannot be created or written.
+    """
+    created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=out)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise VggCifarError(f"cannot write to the output folder {out}: "
+                            f"{e.strerror or e}; choose another with --out") from e
+    return created
+
+
+def _readable(path: Path) -> None:
+    """Give a published file the usual permissions: temporary files (mkstemp) are owner-only,
+    but exports are meant to be shared with serving code running as another user."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for p in (path, path.with_name(path.name + ".json")):
+        if p.is_file():
+            p.chmod(0o666 & ~umask)
+
+
+def _versions() -> dict:
+    import onnx
+    import onnxruntime
+
+    from .. import __version__
+
+    v = {"vggcifar": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
+         "onnxruntime": onnxruntime.__version__}
+    try:
+        import tensorrt
+
+        v["tensorrt"] = tensorrt.__version__
+    except Exception:
+        pass
+    return v
+
+
+def export_checkpoint(checkpoint: str | os.PathLike, formats=("onnx",), *,
+                      out: str | os.PathLike | None = None, data: str | os.PathLike | None = None,
+                      opset: int = DEFAULT_OPSET, exporter: str = "auto",
+                      parity_images: int = P.PARITY_IMAGES, random_images: int = P.RANDOM_IMAGES,
+                      calib_images: int = 512, calib_method: str = "minmax",
+                      max_batch: int = 256, seed: int = 0, progress: bool = False,
+                      log: Callable[[str], None] | None = None) -> dict:
+    """Export a checkpoint to the requested formats and check each against it.
+
+    Args:
+        checkpoint: a ``best.pt``/``last.pt`` or a shipped-model ``.json`` manifest.
+        formats: keys of :data:`FORMATS` ("onnx", "fp16", "int8", "tensorrt"); "onnx" (fp32) is
+            always produced because the others are checked against it or built from it.
+        out: output folder (default :func:`default_out_dir`).
+        data: CIFAR-10 folder: real test images for parity (``parity_images`` of them, sampled)
+            and training images for int8 calibration (``calib_images``). Required for "int8".
+        opset: ONNX opset. exporter: "auto", "torchscript" or "dynamo".
+        random_images: number of random ``[0, 1]`` inputs in the parity check.
+        max_batch: largest batch of the TensorRT optimisation profile.
+        seed: sampling of random inputs, test and calibration images.
+    Returns:
+        the report (also written to ``<out>/parity.json``): ``status`` "PASS"/"FAIL",
+        ``formats`` (one entry per file with its parity ``results``), provenance and versions.
+    Raises:
+        VggCifarError: user errors; nothing is left in ``out`` in that case.
+    """
+    log = log or (lambda msg: None)
+    unknown = [f for f in formats if f not in FORMAT_KEYS]
+    if unknown:
+        raise VggCifarError(f"unknown format(s) {unknown}; choose from {', '.join(FORMAT_KEYS)}")
+    wanted = ("onnx",) + tuple(k for k in FORMAT_KEYS if k in formats and k != "onnx")
+    if exporter not in ("auto",) + EXPORTERS:
+        raise VggCifarError(f"unknown exporter {exporter!r}; choose auto, {', '.join(EXPORTERS)}")
+    if "int8" in wanted and data is None:
+        raise VggCifarError("--int8 needs calibration images: pass --data with CIFAR-10 "
+                            "(training images calibrate, test images measure the accuracy change)")
+    if max_batch < 1:
+        raise VggCifarError(f"--max-batch must be at least 1, got {max_batch}")
+    if "tensorrt" in wanted:
+        from .tensorrt import require_tensorrt
+
+        require_tensorrt()
+
+    model, meta = load_checkpoint(checkpoint)
+    sha = checkpoint_sha256(checkpoint)
+    preproc = meta["preproc"]
+    cifar = None
+    if data is not None:
+        from ..data import load_cifar10
+
+        cifar = load_cifar10(data, download=False, verbose=False)
+        P.check_classes(cifar.classes, preproc.class_names)
+    out = Path(out) if out is not None else default_out_dir(checkpoint)
+    created = _prepare_out(out)
+    stage = Path(tempfile.mkdtemp(prefix=".vgg-export-", dir=out))
+    try:
+        inputs = P.make_parity_inputs(cifar, n_random=random_images, n_test=parity_images,
+                                      size=preproc.input_size, seed=seed)
+        log(f"reference logits from the checkpoint ({', '.join(f'{n} {len(x)}' for n, x, _ in inputs.sets())} images)")
+        reference = P.reference_logits(model, preproc, inputs, progress=progress)
+        calib = None
+        if "int8" in wanted:
+            idx = P.sample_indices(len(cifar.train_y), calib_images, seed + 1)
+            calib = P.uint8_to_unit(cifar.train_x[torch.from_numpy(idx)])
+        job = ExportJob(model=model, meta=meta, source_sha256=sha, stage=stage, out=out,
+                        inputs=inputs, reference=reference, formats=wanted, opset=opset,
+                        exporter=exporter, calib=calib, calib_method=calib_method,
+                        max_batch=max_batch, progress=progress, log=log)
+        entries = [fmt.build(job, fmt) for fmt in FORMATS if fmt.key in wanted]
+        report = {
+            "status": "PASS" if all(e["status"] == "PASS" for e in entries) else "FAIL",
+            "checkpoint": str(Path(checkpoint).resolve()), "source_sha256": sha,
+            "arch": meta["arch"], "head": meta["head"], "width": meta.get("width"),
+            "checkpoint_test_accuracy": meta.get("test_accuracy"),
+            "exporter": job.chosen_exporter, "exporter_attempts": job.exporter_attempts,
+            "opset": opset, "out": str(out.resolve()),
+            "inputs": {"random": len(inputs.random),
+                       "test": 0 if inputs.test is None else len(inputs.test),
+                       "data": None if data is None else str(data), "seed": seed},
+            "tolerances": P.tolerances_dict(),
+            "tolerance_rule": ("fp32: max |diff| and agreement on every input set; fp16/int8: "
+                               "agreement (and int8 accuracy drop) on the real test images, or "
+                               "on the random inputs when no --data is given"),
+            "formats": entries, "versions": _versions(),
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        }
+        # Everything was produced: move the files into place (each rename is atomic). Caches
+        # (TensorRT timing cache, onnxruntime's TensorRT engine cache) live in ``out`` directly
+        # so that later exports reuse them.
+        for path in sorted(stage.iterdir()):
+            os.replace(path, out / path.name)
+        atomic_write(out / REPORT_NAME,
+                     lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2)))
+        for p in [out / REPORT_NAME] + [out / e["file"] for e in entries]:
+            _readable(p)
+        for e in entries:
+            e["path"] = str(out / e["file"])
+        report["report_path"] = str(out / REPORT_NAME)
+        return report
+    except BaseException:
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------- the table
+def _fmt_size(n: int) -> str:
+    return f"{n / 2**20:.1f} MB" if n >= 2**20 else f"{n / 2**10:.0f} kB"
+
+
+def _pct(v) -> str:
+    return "-" if v is None else f"{100 * v:.2f}%"
+
+
+def format_table(report: dict) -> str:
+    """The report as a text table: one line per file, runtime and input set."""
+    head = ("Format", "File", "Size", "Runtime", "Inputs", "max|d|", "mean|d|", "Top-1 agree",
+            "Acc torch", "Acc export", "Status")
+    lines = [head]
+    for e in report["formats"]:
+        first = True
+        for r in e["results"]:
+            status = ("FAIL" if r["failures"] else "PASS") if r["checked"] else "info"
+            lines.append((e["name"] if first else "", e["file"] if first else "",
+                          _fmt_size(e["size_bytes"]) if first else "", r["runtime"],
+                          f"{r['inputs']} {r['n']}", f"{r['max_abs_diff']:.2e}",
+                          f"{r['mean_abs_diff']:.2e}", _pct(r["agreement"]),
+                          _pct(r["accuracy_reference"]), _pct(r["accuracy"]), status))
+            first = False
+    widths = [max(len(str(row[i])) for row in lines) for i in range(len(head))]
+    text = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in lines]
+    text.insert(1, "  ".join("-" * w for w in widths))
+    for e in report["formats"]:
+        for f in e["failures"]:
+            text.append(f"FAIL {e['name']}: {f}")
+        if "accuracy_change_points" in e:
+            text.append(f"{e['name']}: test accuracy change {e['accuracy_change_points']:+.2f} "
+                        "points vs the checkpoint")
+    attempts = ", ".join(f"{a['exporter']} {a['status']}" for a in report["exporter_attempts"])
+    text.append(f"exporter: {report['exporter']} (tried: {attempts}); opset {report['opset']}")
+    text.append(f"overall: {report['status']}; report {report.get('report_path', REPORT_NAME)}")
+    return "\n".join(text)

@@ -1,0 +1,408 @@
+"""Inference backends: one small class per runtime, all with the same ``run`` contract.
+
+Every backend takes ``[N, 3, S, S]`` uint8 RGB pixels (``S`` = the model's input size) and returns
+``[N, num_classes]`` float32 probabilities. Each one applies the model's own normalisation:
+PyTorch through :func:`vggcifar.preprocessing.uint8_to_input` (exactly as in training), ONNX and
+TensorRT inside the exported graph (their input is float RGB in [0, 1]).
+
+Heavy or optional runtimes (onnxruntime, tensorrt) are imported inside the functions that need
+them, so importing :mod:`vggcifar.serving` stays cheap and works without them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import VggCifarError
+from ..preprocessing import Preprocessing, uint8_to_input
+
+BACKENDS = ("auto", "torch", "onnx", "tensorrt")
+ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
+
+
+@dataclass
+class ModelInfo:
+    """What the page and the CLI say about the loaded model."""
+
+    name: str
+    path: str
+    format: str  # "checkpoint", "shipped", "onnx" or "tensorrt"
+    preproc: Preprocessing
+    arch: str | None = None
+    test_accuracy: float | None = None
+    precision: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.preproc.class_names
+
+    def describe(self) -> str:
+        """One line: ``name (arch, test accuracy 93.1%)``."""
+        bits = [self.arch or "unknown arch"]
+        if self.precision:
+            bits.append(self.precision)
+        acc = self.test_accuracy
+        bits.append(f"test accuracy {acc:.2%}" if acc is not None else "test accuracy unknown")
+        return f"{self.name} ({', '.join(bits)})"
+
+
+def model_format(path: str | os.PathLike) -> str:
+    """Guess the model file's kind from its suffix."""
+    suffix = Path(path).suffix.lower()
+    if suffix == ".onnx":
+        return "onnx"
+    if suffix in ENGINE_SUFFIXES:
+        return "tensorrt"
+    if suffix == ".json":
+        return "shipped"
+    return "checkpoint"
+
+
+def display_name(path: str | os.PathLike) -> str:
+    """``run/best.pt`` for run checkpoints (the file name alone says nothing), else the file name."""
+    p = Path(path)
+    if p.stem in ("best", "last") and p.parent.name:
+        return f"{p.parent.name}/{p.name}"
+    return p.name
+
+
+def _meta_value(v):
+    """Exported metadata values are strings holding JSON (lists, numbers, "null") or plain text."""
+    if not isinstance(v, str):
+        return v
+    try:
+        return json.loads(v)
+    except ValueError:
+        return v
+
+
+def info_from_export_metadata(meta: dict, path, fmt: str) -> ModelInfo:
+    """Build :class:`ModelInfo` from ONNX ``metadata_props`` or a TensorRT sidecar JSON.
+
+    Raises:
+        VggCifarError: ``class_names``, ``mean`` or ``std`` missing (not a vggcifar export).
+    """
+    m = {k: _meta_value(v) for k, v in meta.items()}
+    missing = [k for k in ("class_names", "mean", "std") if not m.get(k)]
+    if missing:
+        raise VggCifarError(
+            f"{path} lacks the vggcifar metadata {', '.join(missing)}; "
+            "export the model with vgg-export")
+    preproc = Preprocessing.from_dict(
+        {"class_names": m["class_names"], "mean": m["mean"], "std": m["std"],
+         "input_size": m.get("input_size") or 32})
+    acc = m.get("test_accuracy")
+    return ModelInfo(
+        name=display_name(path), path=str(path), format=fmt, preproc=preproc,
+        arch=m.get("arch") or None,
+        test_accuracy=float(acc) if isinstance(acc, (int, float)) else None,
+        precision=str(m["precision"]) if m.get("precision") else None,
+        extra={k: v for k, v in m.items() if k in ("source_sha256", "vggcifar_version")})
+
+
+class Backend:
+    """Base class. ``name`` is the backend (``torch``, ``onnx``, ``tensorrt``); ``device`` says
+    where it runs (``cpu``, ``cuda:0``, ``CUDAExecutionProvider``...)."""
+
+    name = "?"
+    device = "cpu"
+
+    def run(self, pixels: np.ndarray) -> np.ndarray:
+        """``[N, 3, S, S]`` uint8 -> ``[N, num_classes]`` float32 probabilities."""
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        return f"{self.name} ({self.device})"
+
+
+# --------------------------------------------------------------------------------------------
+# PyTorch
+
+
+def resolve_torch_device(device: str | None) -> torch.device:
+    """``None``/``auto`` -> CUDA when available else CPU; otherwise the named device.
+
+    Raises:
+        VggCifarError: CUDA asked for but not available, or an unknown device string.
+    """
+    if device in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError) as e:
+        raise VggCifarError(f"unknown device {device!r}; use auto, cpu or cuda[:N]") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise VggCifarError(f"device {device} asked for, but CUDA is not available here; "
+                            "use --device cpu or auto")
+    if dev.type not in ("cpu", "cuda"):
+        raise VggCifarError(f"device {device} is not supported; use auto, cpu or cuda[:N]")
+    return dev
+
+
+class TorchBackend(Backend):
+    """A vggcifar checkpoint (``.pt``) or shipped manifest (``.json``) run with PyTorch."""
+
+    name = "torch"
+
+    def __init__(self, path, device: str | None = None):
+        from ..checkpoint import load_checkpoint
+
+        dev = resolve_torch_device(device)
+        model, meta = load_checkpoint(path, map_location=dev)
+        # channels_last is what training used and is faster for these convolutions on CPU and GPU.
+        self.model = model.to(memory_format=torch.channels_last).eval()
+        self.torch_device = dev
+        self.device = str(dev)
+        self.preproc: Preprocessing = meta["preproc"]
+        fmt = model_format(path)
+        self.info = ModelInfo(
+            name=display_name(path), path=str(path), format=fmt, preproc=self.preproc,
+            arch=meta.get("arch"), test_accuracy=meta.get("test_accuracy"),
+            precision="fp16 weights" if fmt == "shipped" else None)
+
+    def run(self, pixels: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.torch_device)
+        with torch.inference_mode():
+            x = uint8_to_input(x, self.preproc.mean, self.preproc.std)
+            logits = self.model(x.contiguous(memory_format=torch.channels_last))
+            probs = torch.softmax(logits.float(), dim=1)
+        return probs.cpu().numpy()
+
+
+# --------------------------------------------------------------------------------------------
+# onnxruntime
+
+_ORT_LOCK = threading.Lock()
+
+
+def ort_session(path, device: str | None = None):
+    """Create an onnxruntime session on CUDA when it really works (else CPU), quietly.
+
+    onnxruntime-gpu lists ``CUDAExecutionProvider`` as available even without a GPU or driver;
+    the only reliable test is to create a session and look at ``get_providers()``. The failed
+    attempt logs a multi-line error through onnxruntime's default logger, so its severity is
+    raised to FATAL while trying.
+
+    Args:
+        device: ``None``/``auto`` (CUDA if it works, else CPU), ``cpu``, or ``cuda[:N]``
+            (an error if CUDA does not work).
+    Returns:
+        ``(session, provider name)``.
+    Raises:
+        VggCifarError: unreadable model file, or CUDA required but not working.
+    """
+    import onnxruntime as ort
+
+    device = (device or "auto").lower()
+    want_cuda = device != "cpu"
+    if device not in ("auto", "cpu") and not device.startswith("cuda"):
+        raise VggCifarError(f"unknown device {device!r} for onnxruntime; use auto, cpu or cuda[:N]")
+    cuda_id = int(device.split(":")[1]) if device.startswith("cuda:") else 0
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    providers = []
+    if want_cuda and "CUDAExecutionProvider" in ort.get_available_providers():
+        providers.append(("CUDAExecutionProvider", {"device_id": cuda_id}))
+    providers.append("CPUExecutionProvider")
+    with _ORT_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ort.set_default_logger_severity(4)
+        try:
+            sess = ort.InferenceSession(str(path), opts, providers=providers)
+        except Exception as e:  # onnxruntime raises its own exception types for bad files
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise VggCifarError(f"{path} is not a loadable ONNX model ({first})") from e
+        finally:
+            # Back to "errors only": later real failures are still reported.
+            ort.set_default_logger_severity(3)
+    active = sess.get_providers()[0]
+    if device.startswith("cuda") and active != "CUDAExecutionProvider":
+        raise VggCifarError(f"device {device} asked for, but onnxruntime cannot use CUDA here "
+                            "(no GPU, driver or CUDA libraries); use --device cpu or auto")
+    return sess, active
+
+
+class OnnxBackend(Backend):
+    """An exported ``.onnx`` model run with onnxruntime. Input ``image``: ``[N, 3, S, S]`` float32
+    RGB in [0, 1] (normalisation is inside the graph); output ``probabilities``."""
+
+    name = "onnx"
+
+    def __init__(self, path, device: str | None = None, info: ModelInfo | None = None):
+        self.session, provider = ort_session(path, device)
+        self.device = "cuda" if provider == "CUDAExecutionProvider" else "cpu"
+        self.provider = provider
+        meta = self.session.get_modelmeta().custom_metadata_map
+        self.info = info or info_from_export_metadata(meta, path, "onnx")
+        inputs = self.session.get_inputs()
+        names = [o.name for o in self.session.get_outputs()]
+        self.input_name = "image" if any(i.name == "image" for i in inputs) else inputs[0].name
+        if "probabilities" in names:
+            self.output_name, self.softmax = "probabilities", False
+        elif "logits" in names:
+            self.output_name, self.softmax = "logits", True
+        else:
+            raise VggCifarError(f"{path} has no 'probabilities' or 'logits' output; "
+                                "export the model with vgg-export")
+        shape = inputs[0].shape
+        # A fixed batch dimension (an int) means batches must be cut to that size.
+        self.fixed_batch = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else None
+
+    def run(self, pixels: np.ndarray) -> np.ndarray:
+        x = pixels.astype(np.float32) * np.float32(1.0 / 255.0)
+        if self.fixed_batch and len(x) != self.fixed_batch:
+            return np.concatenate([self._run_fixed(x[i:i + self.fixed_batch])
+                                   for i in range(0, len(x), self.fixed_batch)])
+        return self._out(self.session.run([self.output_name], {self.input_name: x})[0])
+
+    def _run_fixed(self, x: np.ndarray) -> np.ndarray:
+        n = len(x)
+        if n < self.fixed_batch:
+            x = np.concatenate([x, np.zeros((self.fixed_batch - n, *x.shape[1:]), x.dtype)])
+        return self._out(self.session.run([self.output_name], {self.input_name: x})[0])[:n]
+
+    def _out(self, y: np.ndarray) -> np.ndarray:
+        y = y.astype(np.float32)
+        if self.softmax:
+            y = np.exp(y - y.max(axis=1, keepdims=True))
+            y /= y.sum(axis=1, keepdims=True)
+        return y
+
+    def describe(self) -> str:
+        return f"onnx ({self.provider})"
+
+
+# --------------------------------------------------------------------------------------------
+# TensorRT
+
+
+def engine_sidecar(path) -> Path:
+    """The metadata file written next to a TensorRT engine: ``<engine>.json``."""
+    return Path(f"{path}.json")
+
+
+def tensorrt_available() -> bool:
+    """True when the ``tensorrt`` package imports and a CUDA device is visible to PyTorch."""
+    try:
+        import tensorrt  # noqa: F401
+    except Exception:  # ImportError, or a broken install failing to load its libraries
+        return False
+    return torch.cuda.is_available()
+
+
+class TensorRTBackend(Backend):
+    """A serialized TensorRT engine (``.engine``/``.plan``) plus its ``<engine>.json`` metadata
+    (written by ``vgg-export --tensorrt``; same keys as the ONNX metadata_props).
+
+    Runs through :class:`vggcifar.export.tensorrt.EngineRunner` (PyTorch owns the GPU buffers;
+    batches above the engine's profile are cut into pieces). Input to the engine: ``image``
+    ``[N, 3, S, S]`` float32 RGB in [0, 1].
+    """
+
+    name = "tensorrt"
+
+    def __init__(self, path, device: str | None = None):
+        if not tensorrt_available():
+            raise VggCifarError("the tensorrt backend needs the tensorrt package "
+                                "(pip install 'vggcifar[tensorrt]') and an NVIDIA GPU visible "
+                                "to PyTorch; neither is usable here")
+        from ..export.tensorrt import EngineRunner
+
+        dev = resolve_torch_device(device)
+        if dev.type != "cuda":
+            raise VggCifarError("the tensorrt backend runs on a CUDA GPU only; drop --device cpu")
+        path = Path(path)
+        sidecar = engine_sidecar(path)
+        if not sidecar.is_file():
+            raise VggCifarError(f"{sidecar} (the engine's metadata) is missing; "
+                                "re-export the engine with vgg-export --tensorrt")
+        try:
+            meta = json.loads(sidecar.read_text())
+        except (OSError, ValueError) as e:
+            raise VggCifarError(f"{sidecar} is not readable JSON ({e})") from e
+        self.info = info_from_export_metadata(meta, path, "tensorrt")
+        self.torch_device = dev
+        self.device = str(dev)
+        with torch.cuda.device(dev):
+            self.runner = EngineRunner(path)
+        self._lock = threading.Lock()  # one execution context: one batch at a time
+
+    def run(self, pixels: np.ndarray) -> np.ndarray:
+        x = pixels.astype(np.float32) * np.float32(1.0 / 255.0)
+        with self._lock, torch.cuda.device(self.torch_device):
+            logits = self.runner(x)
+        return torch.softmax(torch.from_numpy(logits).float(), dim=1).numpy()
+
+
+# --------------------------------------------------------------------------------------------
+# choosing
+
+
+def onnx_from_checkpoint(path, out_dir) -> Path:
+    """Export a checkpoint (or shipped manifest) to an fp32 ONNX file in ``out_dir`` with
+    :mod:`vggcifar.export`, metadata included, so onnxruntime can run it."""
+    try:
+        from ..export.onnx_export import build_metadata, checkpoint_sha256, export_onnx
+    except ImportError as e:
+        raise VggCifarError("running a .pt checkpoint with --backend onnx needs vggcifar.export; "
+                            "export the model with vgg-export and pass the .onnx file") from e
+    from ..checkpoint import load_checkpoint
+
+    model, meta = load_checkpoint(path)
+    metadata = build_metadata(meta, precision="fp32", exporter="torchscript",
+                              source_sha256=checkpoint_sha256(path))
+    out = Path(out_dir) / (Path(path).stem + ".onnx")
+    return export_onnx(model, meta["preproc"], out, metadata=metadata)
+
+
+def create_backend(path, backend: str = "auto", device: str | None = None) -> Backend:
+    """Open ``path`` with the requested backend.
+
+    ``auto`` picks the fastest runtime that works for the file here: a TensorRT engine needs
+    TensorRT; an ``.onnx`` file runs on onnxruntime (CUDA when it works); a ``.pt`` checkpoint or
+    ``.json`` manifest runs on PyTorch (CUDA when available). ``onnx`` with a checkpoint exports
+    it to a temporary ONNX file first.
+
+    Raises:
+        VggCifarError: the file's kind and the backend do not fit, or the backend cannot run here.
+    """
+    backend = (backend or "auto").lower()
+    if backend not in BACKENDS:
+        raise VggCifarError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
+    path = Path(path)
+    if not path.exists():
+        raise VggCifarError(f"model {path} does not exist")
+    if path.is_dir():
+        raise VggCifarError(f"model {path} is a folder; pass the model file inside it")
+    fmt = model_format(path)
+    if backend == "auto":
+        backend = {"onnx": "onnx", "tensorrt": "tensorrt"}.get(fmt, "torch")
+    if fmt == "tensorrt":
+        if backend != "tensorrt":
+            raise VggCifarError(f"{path} is a TensorRT engine; only --backend tensorrt runs it")
+        return TensorRTBackend(path, device)
+    if backend == "tensorrt":
+        raise VggCifarError(f"--backend tensorrt needs a TensorRT engine (.engine/.plan), not "
+                            f"{path.name}; build one with vgg-export")
+    if fmt == "onnx":
+        if backend != "onnx":
+            raise VggCifarError(f"{path} is an ONNX model; use --backend onnx or auto")
+        return OnnxBackend(path, device)
+    if backend == "onnx":
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="vggcifar-onnx-") as tmp:
+            # The session keeps the graph in memory, so the temporary file can go right away.
+            b = OnnxBackend(onnx_from_checkpoint(path, tmp), device)
+        b.info.name, b.info.path, b.info.format = display_name(path), str(path), fmt
+        return b
+    return TorchBackend(path, device)

@@ -1,0 +1,110 @@
+"""`vgg-predict`: classify image files, folders and globs from the command line.
+
+Exit codes: 0 every image was predicted; 1 some inputs failed (unreadable file, missing path,
+folder without images) while others were predicted; 2 usage errors (bad option, no model,
+nothing at all to predict).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import click
+
+from ..cli_common import user_errors
+from ..errors import VggCifarError
+from .backends import BACKENDS
+from .files import expand_inputs
+
+
+def _fmt_top(top) -> str:
+    return ", ".join(f"{lab} {p:.1%}" for lab, p in top)
+
+
+class _Table:
+    """Fixed-width rows: file, label, probability, top-k."""
+
+    def __init__(self, files):
+        self.w_file = max(4, min(60, max(len(str(f)) for f in files)))
+
+    def header(self) -> str:
+        return f"{'file':<{self.w_file}}  {'label':<12}  {'probability':>11}  top-k"
+
+    def row(self, pred) -> str:
+        return (f"{pred.source:<{self.w_file}}  {pred.label:<12}  {pred.probability:>11.1%}  "
+                f"{_fmt_top(pred.top_k)}")
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("inputs", nargs=-1, required=True, metavar="IMAGES...")
+@click.option("--model", "model_path", default=None,
+              help="Checkpoint (.pt), shipped manifest (.json), ONNX (.onnx) or TensorRT engine. "
+                   "Default: the newest runs/*/best.pt, else the shipped model.")
+@click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True,
+              help="How many classes to list per image.")
+@click.option("--backend", type=click.Choice(BACKENDS, case_sensitive=False), default="auto",
+              show_default=True,
+              help="Runtime; auto = the fastest that works for the model file here.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
+@click.option("--json", "as_json", is_flag=True,
+              help="One JSON object per line (file, label, probability, top_k, backend, ms); "
+                   "failures as {file, error}.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Images per model call.")
+@click.option("--progress/--no-progress", default=None,
+              help="Progress bar on stderr (default: when there is more than one batch).")
+@user_errors
+def main(inputs, model_path, top_k, backend, device, as_json, batch_size, progress):
+    """Classify IMAGES (files, folders searched recursively, or glob patterns) with a vggcifar
+    model: PNG, JPEG, WebP, BMP, GIF (first frame), TIFF."""
+    from tqdm.auto import tqdm
+
+    from ..shipped import default_model
+    from .predictor import Predictor
+
+    files, problems = expand_inputs(inputs)
+    if not files:
+        for arg, reason in problems:
+            click.echo(f"error: {arg}: {reason}", err=True)
+        raise VggCifarError("nothing to predict: no image files among the given paths")
+
+    if model_path is None:
+        model_path, reason = default_model()
+        click.echo(f"model: {reason} (pass --model to choose)", err=True)
+    predictor = Predictor(model_path, backend=backend, device=device)
+    click.echo(f"model: {predictor.info.describe()}; backend: {predictor.backend_name}", err=True)
+
+    failed = 0
+    for arg, reason in problems:
+        failed += 1
+        click.echo(f"error: {arg}: {reason}", err=True)
+        if as_json:
+            click.echo(json.dumps({"file": arg, "error": f"{arg}: {reason}"}))
+
+    table = _Table(files)
+    if not as_json:
+        click.echo(table.header())
+    show = progress if progress is not None else len(files) > batch_size
+    t0 = time.perf_counter()
+    ok = 0
+    with tqdm(total=len(files), unit="img", file=sys.stderr, disable=not show,
+              mininterval=0.5, leave=False, dynamic_ncols=True) as bar:
+        for pred in predictor.predict_files(files, top_k=top_k, batch_size=batch_size):
+            if pred.ok:
+                ok += 1
+                line = json.dumps(pred.to_dict()) if as_json else table.row(pred)
+                tqdm.write(line, file=sys.stdout)
+                for note in pred.notes:
+                    tqdm.write(f"note: {pred.source}: {note}", file=sys.stderr)
+            else:
+                failed += 1
+                tqdm.write(f"error: {pred.error}", file=sys.stderr)
+                if as_json:
+                    tqdm.write(json.dumps(pred.to_dict()), file=sys.stdout)
+            bar.update(1)
+    secs = time.perf_counter() - t0
+    click.echo(f"{ok} predicted, {failed} failed in {secs:.2f} s "
+               f"({ok / secs if secs > 0 else 0:.0f} images/s)", err=True)
+    sys.exit(1 if failed else 0)

@@ -1,0 +1,252 @@
+"""Turn the measured numbers of a study into short statements ("what the numbers say").
+
+Every sentence here is computed from the rows passed in; nothing is assumed about the outcome.
+"""
+
+from __future__ import annotations
+
+import math
+
+from .presets import REFERENCE
+
+# A doubling of the training images that adds less than this many accuracy points counts as
+# saturated; a relative memory spread below this counts as "hardly changes".
+SATURATION_POINTS_PER_DOUBLING = 2.0
+FLAT_MEMORY_SPREAD = 0.10
+
+
+def pct(f: float) -> str:
+    """0.01 -> '1%', 0.005 -> '0.5%'."""
+    return f"{100 * f:g}%"
+
+
+def linear_fit(xs: list[float], ys: list[float]) -> dict | None:
+    """Least-squares ``y = a + b x``: ``{"slope", "intercept", "r2"}`` (None for < 2 distinct x)."""
+    n = len(xs)
+    if n < 2:
+        return None
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxx = sum((x - mx) ** 2 for x in xs)
+    if sxx == 0:
+        return None
+    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx
+    a = my - b * mx
+    ss_tot = sum((y - my) ** 2 for y in ys)
+    ss_res = sum((y - (a + b * x)) ** 2 for x, y in zip(xs, ys))
+    return {"slope": b, "intercept": a, "r2": 1 - ss_res / ss_tot if ss_tot > 0 else 1.0}
+
+
+def accuracy_findings(rows: list[dict]) -> dict:
+    pts = [(r["split"], r["test_accuracy"]) for r in rows]
+    out: dict = {"gains": [], "monotonic": None, "saturates_from": None, "text": []}
+    if not pts:
+        return out
+    if len(pts) == 1:
+        out["text"].append(f"Only one split ({pct(pts[0][0])}: {100 * pts[0][1]:.2f}% test "
+                           "accuracy), so there is no trend to read.")
+        return out
+    for (f0, a0), (f1, a1) in zip(pts, pts[1:]):
+        doublings = math.log2(f1 / f0)
+        out["gains"].append({"from": f0, "to": f1, "points": 100 * (a1 - a0),
+                             "points_per_doubling": 100 * (a1 - a0) / doublings})
+    drops = [g for g in out["gains"] if g["points"] < 0]
+    flat = [g for g in out["gains"] if g["points"] == 0]
+    out["monotonic"] = not drops
+    out["rises"] = not drops and not flat
+    lo, hi = pts[0], pts[-1]
+    if not drops and not flat:
+        out["text"].append(
+            f"Test accuracy rises with every increase of the training fraction, from "
+            f"{100 * lo[1]:.2f}% at {pct(lo[0])} to {100 * hi[1]:.2f}% at {pct(hi[0])}.")
+    elif not drops:
+        d = ", ".join(f"{pct(g['from'])} to {pct(g['to'])}" for g in flat)
+        out["text"].append(
+            f"Test accuracy never falls as the training fraction grows, but does not change from "
+            f"{d} (overall {100 * lo[1]:.2f}% at {pct(lo[0])} to {100 * hi[1]:.2f}% at "
+            f"{pct(hi[0])}).")
+    else:
+        d = "; ".join(f"from {pct(g['from'])} to {pct(g['to'])} it falls by {-g['points']:.2f} "
+                      "points" for g in drops)
+        out["text"].append(
+            f"Test accuracy does not rise with every increase of the training fraction: {d} "
+            f"(overall {100 * lo[1]:.2f}% at {pct(lo[0])} to {100 * hi[1]:.2f}% at {pct(hi[0])}).")
+    gains = out["gains"]
+    out["text"].append("Gain per doubling of the training images: " + ", ".join(
+        f"{g['points_per_doubling']:+.1f} points ({pct(g['from'])}→{pct(g['to'])})" for g in gains)
+        + ".")
+    sat = next((g for g in gains if g["points_per_doubling"] < SATURATION_POINTS_PER_DOUBLING),
+               None)
+    first, last = gains[0]["points_per_doubling"], gains[-1]["points_per_doubling"]
+    if sat is not None:
+        out["saturates_from"] = sat["from"]
+        out["text"].append(
+            f"Accuracy saturates from {pct(sat['from'])} on: going to {pct(sat['to'])} adds "
+            f"{sat['points_per_doubling']:.1f} points per doubling of the data (below "
+            f"{SATURATION_POINTS_PER_DOUBLING:g}).")
+    elif len(gains) > 1 and last < first / 2:
+        out["text"].append(
+            f"Returns diminish (the gain per doubling falls from {first:.1f} to {last:.1f} "
+            f"points) but accuracy has not saturated at {pct(hi[0])}: each doubling still adds "
+            f"at least {SATURATION_POINTS_PER_DOUBLING:g} points.")
+    else:
+        out["text"].append(
+            f"No sign of saturation within these splits: the gain per doubling stays at "
+            f"{min(g['points_per_doubling'] for g in gains):.1f} points or more.")
+    gaps = [(r["split"], 100 * (r["final_train_accuracy"] - r["test_accuracy"])) for r in rows
+            if r.get("final_train_accuracy") is not None]
+    if len(gaps) >= 2:
+        out["generalisation_gap_points"] = {f"{f:g}": g for f, g in gaps}
+        out["text"].append(
+            "Final-epoch training accuracy minus test accuracy (augmented training batches, so "
+            "only a rough overfitting signal): " + ", ".join(
+                f"{g:+.1f} points at {pct(f)}" for f, g in gaps) + ".")
+    return out
+
+
+def time_findings(rows: list[dict]) -> dict:
+    out: dict = {"text": []}
+    pts = [(r["train_images"], r["train_epoch_time_s"]) for r in rows
+           if r.get("train_epoch_time_s")]
+    if not pts:
+        return out
+    xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+    i_lo, i_hi = xs.index(min(xs)), xs.index(max(xs))
+    fit = linear_fit(xs, ys)
+    out["linear_fit"] = None if fit is None else {
+        "seconds_per_1000_images": 1000 * fit["slope"], "intercept_s": fit["intercept"],
+        "r2": fit["r2"]}
+    loglog = None
+    if all(x > 0 and y > 0 for x, y in pts):
+        loglog = linear_fit([math.log(x) for x in xs], [math.log(y) for y in ys])
+    out["loglog_exponent"] = None if loglog is None else loglog["slope"]
+    if fit is None:
+        out["text"].append(f"One training-set size only ({xs[0]:,} images, {ys[0]:.1f} s of "
+                           "training per epoch): no scaling to fit.")
+        return out
+    out["text"].append(
+        f"Training time per epoch grows from {ys[i_lo]:.1f} s ({xs[i_lo]:,} images) to "
+        f"{ys[i_hi]:.1f} s ({xs[i_hi]:,} images): a linear fit gives "
+        f"{1000 * fit['slope']:.2f} s per 1,000 images plus {fit['intercept']:.1f} s "
+        f"(R² {fit['r2']:.3f}).")
+    if loglog is not None:
+        k = loglog["slope"]
+        if 0.9 <= k <= 1.1:
+            how = "close to 1: time per epoch is proportional to the number of training images"
+        elif k < 0.9:
+            how = ("below 1: the small splits cost more per image (smaller batches or fixed "
+                   "per-epoch costs)")
+        else:
+            how = "above 1: the large splits cost more per image"
+        out["text"].append(f"On log-log axes the exponent is {k:.2f}, {how}.")
+    ips = [(r["split"], r["images_per_s"], r["batch_size"]) for r in rows if r.get("images_per_s")]
+    if len(ips) >= 2:
+        lo = min(ips, key=lambda t: t[1])
+        hi = max(ips, key=lambda t: t[1])
+        out["text"].append(
+            f"Training throughput ranges from {lo[1]:.0f} images/s ({pct(lo[0])}, batch {lo[2]}) "
+            f"to {hi[1]:.0f} images/s ({pct(hi[0])}, batch {hi[2]}).")
+    return out
+
+
+def memory_findings(rows: list[dict], kind: str, isolated: bool | None) -> dict:
+    out: dict = {"kind": kind, "text": [], "conclusion": None}
+    pts = [(r["split"], r["batch_size"], r["peak_memory_mb"], r["train_images"]) for r in rows
+           if r.get("peak_memory_mb") is not None]
+    if kind == "rss":
+        if isolated:
+            out["text"].append(
+                "On CPU, peak memory is the peak resident set size (RSS) of the process: a "
+                "high-water mark that includes the Python/PyTorch runtime and the whole decoded "
+                "dataset (every split loads all of it), besides the model, optimiser state and "
+                "activations. Each split ran in its own process, so each value is that split's "
+                "own peak.")
+        else:
+            out["text"].append(
+                "On CPU, peak memory is the peak resident set size (RSS) of the process, a "
+                "high-water mark for the whole process. The splits ran in one process "
+                "(--no-isolate), so each value is the peak so far, including the splits trained "
+                "before it: the memory numbers and figure are not per split, and no conclusion "
+                "is drawn from them.")
+            out["conclusion"] = "not per split"
+            return out
+    else:
+        out["text"].append(
+            "On CUDA, peak memory is PyTorch's peak allocated GPU memory (reserved by the caching "
+            "allocator in brackets), reset at every epoch by the trainer; the device loader keeps "
+            "the split's training images on the GPU, so part of it does scale with the split.")
+    if len(pts) < 2:
+        return out
+    mems = [p[2] for p in pts]
+    n_ratio = max(p[3] for p in pts) / max(1, min(p[3] for p in pts))
+    groups: dict[int, list] = {}
+    for p in pts:
+        groups.setdefault(p[1], []).append(p)
+
+    def spread(g):
+        m = [p[2] for p in g]
+        return (max(m) - min(m)) / min(m) if min(m) > 0 else 0.0
+
+    if len(groups) == 1:
+        b = next(iter(groups))
+        s = spread(pts)
+        out["within_batch_spread"] = {str(b): s}
+        line = (f"All splits used batch size {b}; peak memory ranges from {min(mems):.0f} to "
+                f"{max(mems):.0f} MB ({100 * s:.0f}% apart) while the training images grow "
+                f"{n_ratio:.0f}-fold")
+        if s < FLAT_MEMORY_SPREAD:
+            out["conclusion"] = "batch size"
+            out["text"].append(line + ", so at a fixed batch size memory hardly depends on the "
+                               "fraction.")
+        else:
+            fit = linear_fit([p[3] for p in pts], mems)
+            out["conclusion"] = "fraction"
+            out["text"].append(line + f": memory grows with the fraction, about "
+                               f"{1000 * fit['slope']:.1f} MB per 1,000 training images.")
+        return out
+    multi = {b: g for b, g in groups.items() if len(g) >= 2}
+    means = {b: sum(p[2] for p in g) / len(g) for b, g in groups.items()}
+    out["within_batch_spread"] = {str(b): spread(g) for b, g in multi.items()}
+    out["mean_by_batch_mb"] = {str(b): m for b, m in sorted(means.items())}
+    desc = "; ".join(f"batch {b}: {', '.join(pct(p[0]) for p in g)} at "
+                     f"{min(p[2] for p in g):.0f}–{max(p[2] for p in g):.0f} MB"
+                     for b, g in sorted(groups.items()))
+    out["text"].append(f"The automatic batch size differs between splits ({desc}).")
+    if not multi:
+        out["conclusion"] = "confounded"
+        out["text"].append("Each batch size occurs in one split only, so these runs cannot tell "
+                           "the batch size's effect on memory from the fraction's.")
+        return out
+    within = max(spread(g) for g in multi.values())
+    b_lo, b_hi = min(means), max(means)
+    between = abs(means[b_hi] - means[b_lo])
+    within_mb = max(max(p[2] for p in g) - min(p[2] for p in g) for g in multi.values())
+    if within < FLAT_MEMORY_SPREAD and between > within_mb:
+        out["conclusion"] = "batch size"
+        out["text"].append(
+            f"Memory follows the batch size, not the fraction: splits sharing a batch size differ "
+            f"by at most {100 * within:.0f}% ({within_mb:.0f} MB), while batch {b_hi} and batch "
+            f"{b_lo} differ by {between:.0f} MB on average.")
+    else:
+        out["conclusion"] = "fraction"
+        out["text"].append(
+            f"Memory changes with the fraction even at a fixed batch size (up to "
+            f"{100 * within:.0f}%, {within_mb:.0f} MB, between splits sharing a batch size).")
+    return out
+
+
+def reference_comparison(rows: list[dict]) -> dict:
+    ref = REFERENCE["test_accuracy"]
+    out = {"source": REFERENCE["source"], "final_test_accuracy": REFERENCE["final_test_accuracy"],
+           "rows": [], "text": []}
+    for f, a in sorted(ref.items()):
+        mine = next((r for r in rows if math.isclose(r["split"], f, rel_tol=1e-9)), None)
+        out["rows"].append({"split": f, "reference_accuracy": a,
+                            "test_accuracy": mine["test_accuracy"] if mine else None,
+                            "difference_points": 100 * (mine["test_accuracy"] - a) if mine else None})
+    hits = [r for r in out["rows"] if r["test_accuracy"] is not None]
+    if hits:
+        out["text"].append("Against the original study at the same fractions: " + ", ".join(
+            f"{pct(r['split'])}: {100 * r['test_accuracy']:.2f}% vs {100 * r['reference_accuracy']:.1f}% "
+            f"({r['difference_points']:+.1f} points)" for r in hits) + f"; the original's final "
+            f"VGG16 reached {100 * REFERENCE['final_test_accuracy']:.2f}%.")
+    return out

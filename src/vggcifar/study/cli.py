@@ -1,0 +1,118 @@
+"""`vgg-study`: command-line front end of :func:`vggcifar.study.run_study`."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from datetime import datetime
+
+import click
+from click.core import ParameterSource
+
+from ..cli_common import user_errors
+from ..errors import VggCifarError
+from ..training.cli import config_from_options, train_options
+from .presets import DEFAULT_SPLITS, PRESETS, apply_preset
+
+STUDY_ONLY = ("splits", "preset", "min_steps", "out", "resume", "isolate", "note", "report_only")
+
+
+class _RecordArgs(click.Command):
+    """Keeps the command line as typed, for the report's "Reproduce" section."""
+
+    def parse_args(self, ctx, args):
+        ctx.meta["vggcifar.args"] = list(args)
+        return super().parse_args(ctx, args)
+
+
+def _preset_help() -> str:
+    return " ".join(f"{name}: {p.description}" for name, p in PRESETS.items())
+
+
+@click.command(cls=_RecordArgs,
+               context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--splits", default=",".join(f"{s:g}" for s in DEFAULT_SPLITS), show_default=True,
+              help="Training fractions, comma-separated, each in (0, 1] and given once; one run "
+                   "per split.")
+@click.option("--preset", type=click.Choice(sorted(PRESETS)), default=None,
+              help="Defaults for a named study; explicit options override them. " + _preset_help())
+@train_options
+@click.option("--min-steps", type=int, default=0, show_default=True,
+              help="With --epochs: train every split for at least this many optimisation steps "
+                   "(small splits get more epochs; 0 = off). Ignored with --steps.")
+@click.option("--out", default=None,
+              help="Study folder (default: studies/<preset or arch>-<timestamp>). Each split is a "
+                   "run folder inside it.")
+@click.option("--resume", is_flag=True,
+              help="Continue the study in --out with its saved options: finished splits are "
+                   "kept, an interrupted split continues from its last.pt.")
+@click.option("--isolate/--no-isolate", default=True, show_default=True,
+              help="Train each split in its own process, so that peak memory (process RSS on "
+                   "CPU, a high-water mark) is measured per split.")
+@click.option("--note", default=None, help="A line shown at the top of the report.")
+@click.option("--report-only", is_flag=True,
+              help="Only rewrite report.md/report.json/figures of the study in --out.")
+@user_errors
+def main(**kw):
+    """Train the same VGG on several fractions of the CIFAR-10 training set and write a report
+    (report.md, report.json, figures/) on test accuracy, epoch time and peak memory against the
+    fraction, next to the original study's numbers.
+
+    Every vgg-train option applies to every split. Example:
+    vgg-study --preset cpu-quick --data data/cifar10-jpg --out studies/cpu-quick
+    """
+    from . import runner
+    from .report import write_report
+
+    ctx = click.get_current_context()
+    explicit = {k for k in kw if ctx.get_parameter_source(k) in
+                (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)}
+    command = shlex.join(["vgg-study"] + ctx.meta.get("vggcifar.args", []))
+    out = kw["out"]
+    if kw["report_only"]:
+        if not out:
+            raise VggCifarError("--report-only needs --out: the study folder to report on")
+        rep = write_report(out)
+        click.echo(json.dumps({"report": f"{out}/report.md", "test_accuracy": {
+            f"{r['split']:g}": r["test_accuracy"] for r in rep["splits"]}}))
+        return
+    if kw["resume"]:
+        if not out:
+            raise VggCifarError("--resume needs --out: the study folder to continue")
+        saved = runner.read_manifest(out)
+        if "preset" in explicit and kw["preset"] != saved.get("preset"):
+            raise VggCifarError(f"--resume continues the study with its own preset "
+                                f"({saved.get('preset')}); drop --preset {kw['preset']}")
+        preset = saved.get("preset")
+        for k, v in saved["config"].items():
+            param = "compile_" if k == "compile" else k
+            if param in kw and param not in explicit and param not in STUDY_ONLY:
+                kw[param] = v
+        if "splits" not in explicit:
+            kw["splits"] = ",".join(f"{s:g}" for s in saved["splits"])
+        if "min_steps" not in explicit:
+            kw["min_steps"] = saved.get("min_steps", 0)
+    else:
+        preset = kw["preset"]
+        kw = apply_preset(preset, kw, explicit)
+    study = {k: kw.pop(k) for k in STUDY_ONLY}
+    config = config_from_options(**kw)
+    if not study["resume"] and preset and PRESETS[preset].needs_gpu:
+        from ..training.config import resolve_device
+
+        if resolve_device(config.device).type != "cuda":
+            click.echo(f"warning: preset {preset} is sized for a GPU; on a CPU it takes days",
+                       err=True)
+    if not out:
+        out = f"studies/{preset or config.arch}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    rep = runner.run_study(out, study["splits"], config, min_steps=study["min_steps"],
+                           preset=preset, resume=study["resume"], isolate=study["isolate"],
+                           command=command, note=study["note"])
+    click.echo(json.dumps({
+        "study_dir": out, "report": f"{out}/report.md",
+        "test_accuracy": {f"{r['split']:g}": r["test_accuracy"] for r in rep["splits"]},
+        "wall_time_s": rep["study"]["wall_time_s"]}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,197 @@
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+import vggcifar
+from vggcifar.checkpoint import read_checkpoint, save_checkpoint
+from vggcifar.training import TrainConfig, train
+from vggcifar.training.cli import main as train_cli
+from vggcifar.training.schedule import lr_factor
+
+RUN_FILES = {"config.json", "metrics.csv", "best.pt", "last.pt", "curves.png", "per_class.csv",
+             "confusion.png", "samples.png", "summary.json"}
+
+
+def tiny(cifar_batches, out, **kw):
+    base = dict(arch="vgg11", width=0.125, head="linear", epochs=3, lr=0.05, split=0.8, data=str(cifar_batches),
+                out=str(out), device="cpu", progress=False, seed=0)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_tiny_vgg_really_learns(tiny_run):
+    s = json.loads((tiny_run / "summary.json").read_text())
+    rows = (tiny_run / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 1 + 4
+    header = rows[0].split(",")
+    acc = [float(r.split(",")[header.index("train_acc")]) for r in rows[1:]]
+    assert acc[-1] > 0.8 > acc[0]  # chance is 0.1
+    assert s["test_accuracy"] > 0.8
+    assert list(s["per_class_accuracy"])[:2] == ["airplane", "automobile"]
+    assert len(s["per_class_accuracy"]) == 10
+    for key in ("params", "total_time_s", "mean_epoch_time_s", "peak_memory_mb", "checkpoint"):
+        assert s[key] is not None
+    assert s["checkpoint"].startswith("best.pt")
+    assert 0 < s["peak_memory_mb"] < 100_000
+
+
+def test_run_folder_has_every_file(tiny_run):
+    assert RUN_FILES <= {p.name for p in tiny_run.iterdir()}
+    cfg = json.loads((tiny_run / "config.json").read_text())
+    assert cfg["seed"] == 0 and cfg["arch"] == "vgg11" and cfg["batch_size"] > 0
+    assert cfg["versions"]["torch"] == str(torch.__version__)
+    assert cfg["resolved"]["train_images"] == 400 and cfg["resolved"]["val_images"] == 100
+    per_class = (tiny_run / "per_class.csv").read_text().splitlines()
+    assert per_class[0] == "class,accuracy,correct,total" and len(per_class) == 11
+
+
+def test_checkpoint_loads_weights_only_and_round_trips(tiny_checkpoint, tmp_path):
+    raw = torch.load(tiny_checkpoint, weights_only=True)
+    assert raw["format"] == "vggcifar-checkpoint" and raw["format_version"] == 1
+    assert raw["preprocessing"]["class_names"][3] == "cat"
+    assert len(raw["preprocessing"]["mean"]) == 3 and raw["config"]["arch"] == "vgg11"
+    model, meta = vggcifar.load_checkpoint(tiny_checkpoint)
+    assert not model.training and meta["arch"] == "vgg11" and meta["test_accuracy"] > 0.5
+    x = torch.randn(4, 3, 32, 32)
+    save_checkpoint(read_checkpoint(tiny_checkpoint), tmp_path / "copy.pt")
+    again, _ = vggcifar.load_checkpoint(tmp_path / "copy.pt")
+    assert torch.equal(model(x), again(x))
+
+
+def test_bad_checkpoints_get_clear_errors(tmp_path):
+    from vggcifar.errors import VggCifarError
+
+    (tmp_path / "text.pt").write_text("not a checkpoint")
+    torch.save({"state_dict": {}}, tmp_path / "other.pt")
+    with pytest.raises(VggCifarError, match="not a readable vggcifar checkpoint"):
+        vggcifar.load_checkpoint(tmp_path / "text.pt")
+    with pytest.raises(VggCifarError, match="not a vggcifar checkpoint"):
+        vggcifar.load_checkpoint(tmp_path / "other.pt")
+    with pytest.raises(VggCifarError, match="does not exist"):
+        vggcifar.load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_atomic_save_leaves_no_partial_file(tmp_path, monkeypatch):
+    target = tmp_path / "best.pt"
+    target.write_bytes(b"old")
+
+    def boom(obj, f):
+        open(f, "wb").write(b"half")
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(torch, "save", boom)
+    with pytest.raises(RuntimeError):
+        save_checkpoint({"x": 1}, target)
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["best.pt"]
+
+
+def test_resume_gives_the_same_final_weights(cifar_batches, tmp_path):
+    full = train(tiny(cifar_batches, tmp_path, name="full", epochs=3))
+    # Interrupt a 3-epoch run after its first epoch (Ctrl-C during epoch 2), then resume it.
+    cfg = tiny(cifar_batches, tmp_path, name="part", epochs=3)
+    from vggcifar.training import trainer as T
+
+    real_train_epoch = T._Run.train_epoch
+    calls = {"n": 0}
+
+    def interrupt(self, epoch):
+        if calls["n"] == 1:
+            raise KeyboardInterrupt
+        calls["n"] += 1
+        return real_train_epoch(self, epoch)
+
+    T._Run.train_epoch = interrupt
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train(cfg)
+    finally:
+        T._Run.train_epoch = real_train_epoch
+    last = tmp_path / "part" / "last.pt"
+    assert read_checkpoint(last)["epoch"] == 1
+    resumed = train(TrainConfig(resume=str(last), progress=False, device="cpu"))
+    a = read_checkpoint(tmp_path / "full" / "last.pt")["state_dict"]
+    b = read_checkpoint(last)["state_dict"]
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)
+    assert resumed["test_accuracy"] == pytest.approx(full["test_accuracy"])
+    rows = (tmp_path / "part" / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 4
+
+
+def test_split_one_has_no_validation_and_uses_last(cifar_batches, tmp_path):
+    s = train(tiny(cifar_batches, tmp_path, name="all", split=1.0, epochs=1, steps=3))
+    assert s["val_images"] == 0 and s["best_val_accuracy"] is None and s["steps"] == 3
+    assert "no validation set" in s["checkpoint"]
+
+
+def test_small_split_validates_sparsely(cifar_batches, tmp_path):
+    s = train(tiny(cifar_batches, tmp_path, name="sparse", split=0.1, val_size=400, epochs=4))
+    cfg = json.loads((tmp_path / "sparse" / "config.json").read_text())
+    assert cfg["resolved"]["val_every"] == 4  # 400 val vs 50 train images
+    rows = (tmp_path / "sparse" / "metrics.csv").read_text().splitlines()[1:]
+    validated = [r for r in rows if r.split(",")[6] != ""]
+    assert len(validated) == 1 and s["best_epoch"] == 4
+
+
+def test_classic_loader_and_tta_and_schedules(cifar_batches, tmp_path):
+    s = train(tiny(cifar_batches, tmp_path, name="classic", loader="classic", workers=0,
+                   epochs=1, steps=4, tta=True, schedule="step"))
+    assert s["steps"] == 4 and s["tta"] is True
+    assert lr_factor(0, 100, "onecycle") == pytest.approx(0.04)
+    assert lr_factor(20, 100, "onecycle") == pytest.approx(1.0)
+    assert lr_factor(100, 100, "cosine") == pytest.approx(0.0)
+    assert [lr_factor(s, 100, "step") for s in (10, 60, 90)] == [1.0, 0.1, 0.01]
+
+
+def test_vgg_train_cli_writes_the_run_folder(cifar_batches, tmp_path):
+    r = CliRunner().invoke(train_cli, [
+        "--data", str(cifar_batches), "--arch", "vgg11", "--width", "0.125", "--head", "linear", "--epochs", "2",
+        "--split", "0.5", "--device", "cpu", "--out", str(tmp_path), "--name", "cli", "--quiet"])
+    assert r.exit_code == 0, r.output
+    assert RUN_FILES <= {p.name for p in (tmp_path / "cli").iterdir()}
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["run_dir"].endswith("cli") and 0 <= out["test_accuracy"] <= 1
+    # Same name again: refuses instead of overwriting.
+    r = CliRunner().invoke(train_cli, ["--data", str(cifar_batches), "--out", str(tmp_path),
+                                       "--name", "cli", "--device", "cpu", "--quiet"])
+    assert r.exit_code == 2 and "already holds a run" in r.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--arch", "vgg17"], "Invalid value for '--arch'"),
+    (["--split", "0"], "split must be in (0, 1]"),
+    (["--split", "1.5"], "split must be in (0, 1]"),
+    (["--device", "cuda"], "no CUDA GPU"),
+    (["--resume", "{bad}"], "not a readable vggcifar checkpoint"),
+    (["--data", "{junk}"], "not CIFAR-10 data"),
+    (["--data", "{empty}", "--no-download"], "no data at"),
+])
+def test_vgg_train_bad_input(args, message, tmp_path, cifar_batches):
+    if torch.cuda.is_available() and "cuda" in args:
+        pytest.skip("a GPU is present")
+    (tmp_path / "bad.pt").write_text("hello")
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "x.txt").write_text("x")
+    (tmp_path / "empty").mkdir()
+    args = [a.format(bad=tmp_path / "bad.pt", junk=tmp_path / "junk", empty=tmp_path / "empty")
+            for a in args]
+    base = ["--data", str(cifar_batches), "--out", str(tmp_path / "runs"), "--quiet"]
+    r = CliRunner().invoke(train_cli, base + args)
+    assert r.exit_code == 2, r.output
+    assert message in r.stderr
+    assert "Traceback" not in r.output
+    assert len([ln for ln in r.stderr.splitlines() if ln.startswith("error:")]) <= 1
+
+
+def test_corrupt_cache_is_rebuilt_by_vgg_train(cifar_batches, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("VGGCIFAR_CACHE", str(cache))
+    args = ["--data", str(cifar_batches), "--arch", "vgg11", "--width", "0.125", "--steps", "1",
+            "--device", "cpu", "--out", str(tmp_path), "--quiet"]
+    assert CliRunner().invoke(train_cli, args + ["--name", "a"]).exit_code == 0
+    f = next(cache.glob("*.pt"))
+    f.write_bytes(b"garbage")
+    r = CliRunner().invoke(train_cli, args + ["--name", "b"])
+    assert r.exit_code == 0 and "corrupt cache" in r.output
