@@ -203,3 +203,19 @@ def test_classic_loader_same_augmentation_family():
     assert x.shape == (10, 3, 32, 32) and x.dtype == torch.float32
     expected = (128 / 255 - CIFAR10_MEAN[0]) / CIFAR10_STD[0]
     assert torch.allclose(x[:, 0, 4:28, 4:28], torch.full((10, 24, 24), expected), atol=1e-5)
+
+
+def test_fused_gather_equals_reference_crop_then_flip():
+    from vggcifar.data.loader import gather_augmented
+
+    x = torch.randint(0, 256, (12, 3, 32, 32), dtype=torch.uint8)
+    padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
+    both = torch.stack([padded, padded.flip(3)]).permute(0, 1, 3, 4, 2).contiguous()
+    g = torch.Generator().manual_seed(0)
+    idx = torch.randperm(12, generator=g)[:10]
+    dy, dx = torch.randint(0, 9, (10,), generator=g), torch.randint(0, 9, (10,), generator=g)
+    flips = torch.rand(10, generator=g) < 0.5
+    out = gather_augmented(both, idx, dy, dx, flips, 32)
+    ref = random_flip(random_crop(x[idx], 4, dy, dx), flips)
+    assert torch.equal(out, ref)
+    assert out.is_contiguous(memory_format=torch.channels_last)

@@ -183,6 +183,8 @@ def test_interrupted_study_continues_where_it_stopped(tmp_path, cifar_batches, m
         return real_epoch(self, epoch)
 
     monkeypatch.setattr(trainer._Run, "train_epoch", interrupt_second_epoch_of_half)
+    for fig in ("plot_samples", "plot_confusion"):  # the run folders' own figures: not tested here
+        monkeypatch.setattr(trainer, fig, lambda *a, **k: None)
     r = CliRunner().invoke(main, ["--splits", "0.2,0.5,1", *TINY, "--data", str(cifar_batches),
                                   "--out", str(out), "--no-isolate"])
     assert r.exit_code == 130
@@ -194,6 +196,8 @@ def test_interrupted_study_continues_where_it_stopped(tmp_path, cifar_batches, m
 
     monkeypatch.setattr(trainer._Run, "train_epoch", real_epoch)
     spy_train.clear()
+    r = invoke("--out", out, "--resume", "--no-isolate", "--quiet", "--steps", "2")
+    assert r.exit_code == 2 and "--steps 2" in r.output  # a resumed study keeps its options
     r = invoke("--out", out, "--resume", "--no-isolate", "--quiet")
     assert r.exit_code == 0, r.output
     assert [c.split for c in spy_train] == [0.5, 1.0]  # 0.2 finished: not trained again
@@ -221,7 +225,7 @@ def test_resume_refuses_changed_options(study):
 @pytest.mark.slow
 def test_splits_run_in_their_own_processes(tmp_path, cifar_batches):
     out = tmp_path / "iso"
-    r = invoke("--splits", "0.5,1", "--arch", "vgg11", "--width", "0.125", "--steps", "2",
+    r = invoke("--splits", "1", "--arch", "vgg11", "--width", "0.125", "--steps", "2",
                "--batch-size", "32", "--device", "cpu", "--quiet", "--data", cifar_batches,
                "--out", out)
     assert r.exit_code == 0, r.output

@@ -57,17 +57,24 @@ def normalize(x: torch.Tensor, mean, std) -> torch.Tensor:
     return (x - m) / s
 
 
-def uint8_to_input(x: torch.Tensor, mean, std, dtype=torch.float32) -> torch.Tensor:
-    """``[N, 3, H, W]`` uint8 pixels -> normalised ``[N, 3, H, W]`` tensor of ``dtype``.
+def normalize_(x: torch.Tensor, mean, std) -> torch.Tensor:
+    """Normalise pixels in [0, 255] in place: ``x * (1 / (255 std)) - mean / std``.
 
-    Folds ``/255``, ``-mean`` and ``/std`` into one multiply-add so the loader does it in a single
-    pass over the batch.
+    Args:
+        x: ``[N, 3, H, W]`` floating tensor of pixel values 0..255 (any memory format).
+    Returns:
+        ``x``, now normalised model input.
     """
     std_t = torch.as_tensor(std, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
     mean_t = torch.as_tensor(mean, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
-    scale = (1.0 / (255.0 * std_t)).to(dtype)
-    bias = (-mean_t / std_t).to(dtype)
-    return torch.addcmul(bias, x.to(dtype), scale)
+    # One fused multiply-add pass over the batch.
+    return torch.addcmul((-mean_t / std_t).to(x.dtype), x, (1.0 / (255.0 * std_t)).to(x.dtype),
+                         out=x)
+
+
+def uint8_to_input(x: torch.Tensor, mean, std, dtype=torch.float32) -> torch.Tensor:
+    """``[N, 3, H, W]`` uint8 pixels -> normalised ``[N, 3, H, W]`` tensor of ``dtype``."""
+    return normalize_(x.to(dtype), mean, std)
 
 
 class Normalize(torch.nn.Module):

@@ -347,7 +347,7 @@ class TensorRTBackend(Backend):
 # choosing
 
 
-def onnx_from_checkpoint(path, out_dir) -> Path:
+def onnx_from_checkpoint(path, out_dir, sha256: str | None = None) -> Path:
     """Export a checkpoint (or shipped manifest) to an fp32 ONNX file in ``out_dir`` with
     :mod:`vggcifar.export`, metadata included, so onnxruntime can run it."""
     try:
@@ -359,9 +359,43 @@ def onnx_from_checkpoint(path, out_dir) -> Path:
 
     model, meta = load_checkpoint(path)
     metadata = build_metadata(meta, precision="fp32", exporter="torchscript",
-                              source_sha256=checkpoint_sha256(path))
+                              source_sha256=sha256 or checkpoint_sha256(path))
     out = Path(out_dir) / (Path(path).stem + ".onnx")
     return export_onnx(model, meta["preproc"], out, metadata=metadata)
+
+
+def onnx_cache_dir() -> Path:
+    """``$VGGCIFAR_CACHE/onnx`` (default ``~/.cache/vggcifar/onnx``), like the data cache."""
+    return Path(os.environ.get("VGGCIFAR_CACHE", Path.home() / ".cache" / "vggcifar")) / "onnx"
+
+
+def cached_onnx(path) -> Path:
+    """The ONNX export of a checkpoint, made once and kept in :func:`onnx_cache_dir`.
+
+    Keyed by the checkpoint's sha256 and the vggcifar and torch versions, so a changed
+    checkpoint or exporter never reuses a stale graph. Exporting a VGG16 takes seconds; reading
+    the cached file a fraction of that.
+    """
+    from .. import __version__
+    from ..checkpoint import atomic_write
+    from ..export.onnx_export import checkpoint_sha256
+
+    sha = checkpoint_sha256(path)
+    key = f"{sha[:20]}-v{__version__}-torch{torch.__version__.split('+')[0]}"
+    cached = onnx_cache_dir() / f"{Path(path).stem}-{key}.onnx"
+    if cached.is_file():
+        return cached
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="vggcifar-onnx-") as tmp:
+        fresh = onnx_from_checkpoint(path, tmp, sha256=sha)
+        try:
+            atomic_write(cached, lambda t: Path(t).write_bytes(fresh.read_bytes()))
+        except OSError:  # read-only home or full disk: use the fresh export once, uncached
+            keep = Path(tempfile.mkdtemp(prefix="vggcifar-onnx-")) / fresh.name
+            fresh.replace(keep)
+            return keep
+    return cached
 
 
 def create_backend(path, backend: str = "auto", device: str | None = None) -> Backend:
@@ -370,7 +404,7 @@ def create_backend(path, backend: str = "auto", device: str | None = None) -> Ba
     ``auto`` picks the fastest runtime that works for the file here: a TensorRT engine needs
     TensorRT; an ``.onnx`` file runs on onnxruntime (CUDA when it works); a ``.pt`` checkpoint or
     ``.json`` manifest runs on PyTorch (CUDA when available). ``onnx`` with a checkpoint exports
-    it to a temporary ONNX file first.
+    it to ONNX first (once: see :func:`cached_onnx`).
 
     Raises:
         VggCifarError: the file's kind and the backend do not fit, or the backend cannot run here.
@@ -398,11 +432,7 @@ def create_backend(path, backend: str = "auto", device: str | None = None) -> Ba
             raise VggCifarError(f"{path} is an ONNX model; use --backend onnx or auto")
         return OnnxBackend(path, device)
     if backend == "onnx":
-        import tempfile
-
-        with tempfile.TemporaryDirectory(prefix="vggcifar-onnx-") as tmp:
-            # The session keeps the graph in memory, so the temporary file can go right away.
-            b = OnnxBackend(onnx_from_checkpoint(path, tmp), device)
+        b = OnnxBackend(cached_onnx(path), device)
         b.info.name, b.info.path, b.info.format = display_name(path), str(path), fmt
         return b
     return TorchBackend(path, device)

@@ -86,17 +86,22 @@ class Predictor:
             :func:`vggcifar.serving.backends.create_backend`).
         device: ``auto``/``None``, ``cpu`` or ``cuda[:N]``.
         workers: threads decoding images in :meth:`predict_files` (Pillow releases the GIL).
+        warmup: run one blank image now, so the first real request does not pay for the
+            runtime's lazy initialisation (hundreds of ms on CPU) and its timing is honest.
 
     Class names and preprocessing come from the model file itself.
     """
 
     def __init__(self, model, backend: str = "auto", device: str | None = None,
-                 workers: int | None = None):
+                 workers: int | None = None, warmup: bool = True):
         self.backend: Backend = create_backend(model, backend, device)
         self.info: ModelInfo = self.backend.info
         self.class_names = list(self.info.class_names)
         self.input_size = self.info.preproc.input_size
         self.workers = workers or min(8, (os.cpu_count() or 1) * 2)
+        if warmup:
+            s = self.input_size
+            self.backend.run(np.zeros((1, 3, s, s), dtype=np.uint8))
 
     @property
     def backend_name(self) -> str:
