@@ -190,6 +190,7 @@ class _Run:
         self.sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt, lambda s: lr_factor(s, total, cfg.schedule, cfg.warmup))
         self.fwd = torch.compile(model) if cfg.compile else model
+        self.compile_checked = False
         self.preproc = Preprocessing(CIFAR10_MEAN, CIFAR10_STD, 32, tuple(self.classes))
         self.versions = versions(dev)
         self.start_epoch, self.step, self.best_acc, self.best_epoch = 0, 0, -1.0, None
@@ -252,7 +253,7 @@ class _Run:
             if cfg.channels_last and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bool(cfg.amp)):
-                logits = self.fwd(x)
+                logits = self._forward(x)
                 loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -281,6 +282,19 @@ class _Run:
         return {"train_loss": float(stats[0]) / n_all, "train_acc": float(stats[1]) / n_all,
                 "lr": lr_used, "train_time_s": train_s, "images_per_s": n_all / max(train_s, 1e-9),
                 "images": int(n_all)}
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fwd is self.model or self.compile_checked:
+            return self.fwd(x)
+        try:  # torch.compile fails lazily, at the first call: fall back instead of losing the run
+            out = self.fwd(x)
+        except Exception as e:
+            msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            self.log(f"warning: torch.compile failed ({type(e).__name__}: {msg}); training eagerly")
+            self.fwd = self.model
+            out = self.fwd(x)
+        self.compile_checked = True
+        return out
 
     def run(self) -> dict:
         self.setup()
