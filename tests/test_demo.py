@@ -4,7 +4,6 @@ headless Chromium (Playwright)."""
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 from pathlib import Path
 
@@ -34,8 +33,8 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    """``(url, predictor, workdir, examples, demo)`` of a running demo (1 MB upload limit would
-    hide nothing: the default 10 MB limit is what is tested)."""
+    """``(url, predictor, workdir, examples, demo)`` of a demo running with the default limits
+    (10 MB uploads, concurrency 2), the way `vgg-demo` launches it."""
     from vggcifar.serving.demo import build_demo, launch_demo
     from vggcifar.serving.examples import write_examples
 
@@ -68,7 +67,7 @@ def test_predict_endpoint_matches_predictor(served, client):
         got = {c["label"]: c["confidence"] for c in label["confidences"]}
         assert list(got) == [lab for lab, _ in want.top_k]
         np.testing.assert_allclose(list(got.values()), [p for _, p in want.top_k], atol=1e-5)
-        assert " ms" in details and "torch (cpu)" in details
+        assert " ms" in details and predictor.backend_name in details
 
 
 @pytest.mark.parametrize("what, message", [
@@ -116,6 +115,32 @@ def test_only_its_own_folder_is_served(served, tmp_path):
         assert httpx.get(f"{url}gradio_api/file={path}").status_code in (403, 404), path
 
 
+def test_predict_endpoint_refuses_server_paths(served, client):
+    """A hand-made request naming a server file instead of an upload must not be read."""
+    import json
+
+    url, _, _, _, demo = served
+    fn_index = next(i for i, f in demo.fns.items() if f.api_name == "predict")
+    secret = {"path": "/etc/passwd", "orig_name": "x.png", "meta": {"_type": "gradio.FileData"}}
+    r = httpx.post(f"{url}gradio_api/queue/join", json={
+        "data": [secret], "fn_index": fn_index, "session_hash": "raw-test", "event_data": None,
+        "trigger_id": None})
+    assert r.status_code == 200
+    done = None
+    with httpx.stream("GET", f"{url}gradio_api/queue/data", params={"session_hash": "raw-test"},
+                      timeout=30) as stream:
+        for line in stream.iter_lines():
+            if line.startswith("data:"):
+                msg = json.loads(line[5:])
+                if msg.get("msg") == "process_completed":
+                    done = msg
+                    break
+    assert done is not None and done["success"] is False
+    assert "root:" not in json.dumps(done)  # nothing of the file came back
+    label, _ = predict(client, served[3][0])  # and the server keeps serving
+    assert label["label"]
+
+
 def test_limits_are_configured(served):
     demo = served[4]
     assert demo.max_file_size == 10 * 1024 * 1024
@@ -145,7 +170,7 @@ def test_vgg_demo_command_errors(tmp_path):
 
     r = CliRunner().invoke(main, ["--model", str(tmp_path / "missing.pt")])
     assert r.exit_code == 2 and "does not exist" in r.stderr
-    r = CliRunner().invoke(main, ["--port", "-1"])
+    r = CliRunner().invoke(main, ["--port", "0"])
     assert r.exit_code == 2
 
 
@@ -178,4 +203,3 @@ def test_browser_upload_shows_label(served, tmp_path):
                 timeout=30_000)
         finally:
             browser.close()
-    assert shutil.which("chromium") or os.path.exists(CHROMIUM)

@@ -251,11 +251,20 @@ def test_error_leaves_existing_folder_clean(tiny_checkpoint, tmp_path):
 
 # ---------------------------------------------------------------------- exporters, TensorRT
 @pytest.mark.slow
-def test_dynamo_exporter(tiny_checkpoint, tmp_path):
-    report = export_checkpoint(tiny_checkpoint, ["onnx"], out=tmp_path, exporter="dynamo",
-                               random_images=32)
+def test_auto_falls_back_to_dynamo(tiny_checkpoint, tmp_path, monkeypatch):
+    """When the TorchScript exporter fails, "auto" uses the dynamo exporter and says so."""
+    from vggcifar.export import onnx_export
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated TorchScript exporter failure")
+
+    monkeypatch.setattr(onnx_export, "_export_torchscript", broken)
+    report = export_checkpoint(tiny_checkpoint, ["onnx"], out=tmp_path, random_images=32)
     assert report["status"] == "PASS", report["formats"][0]["failures"]
+    assert [(a["exporter"], a["status"]) for a in report["exporter_attempts"]] == [
+        ("torchscript", "ERROR"), ("dynamo", "PASS")]
     assert read_metadata(tmp_path / "model.onnx")["exporter"] == "dynamo"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "parity.json"]
 
 
 def _tensorrt_reason():

@@ -309,6 +309,25 @@ def test_onnx_metadata_drives_classes_and_info(onnx_model, varied_checkpoint):
     assert q.info.name.endswith("/best.pt") and q.info.format == "checkpoint"
 
 
+def test_auto_backend_prefers_onnxruntime_on_cpu(varied_checkpoint, monkeypatch):
+    from vggcifar.serving import backends
+
+    if torch.cuda.is_available():
+        assert Predictor(varied_checkpoint).backend.name == "torch"
+        return
+    p = Predictor(varied_checkpoint)
+    assert p.backend.name == "onnx" and p.info.format == "checkpoint"
+    assert p.info.name.endswith("best.pt") and p.info.arch == "vgg11"
+    cached = list(backends.onnx_cache_dir().glob("best-*.onnx"))
+    assert cached  # exported once, reused next time
+
+    def broken(path):
+        raise RuntimeError("exporter broke")
+
+    monkeypatch.setattr(backends, "cached_onnx", broken)
+    assert Predictor(varied_checkpoint).backend.name == "torch"  # falls back, no error
+
+
 def test_onnx_without_vggcifar_metadata_is_refused(tmp_path):
     import warnings
 
@@ -354,6 +373,21 @@ def test_tensorrt_engine_without_tensorrt_is_a_clear_error(tmp_path):
         Predictor(engine)
 
 
+def test_engine_sidecar_metadata_is_understood(onnx_model, tmp_path):
+    from vggcifar.export.onnx_export import read_metadata
+    from vggcifar.serving.backends import engine_sidecar, info_from_export_metadata
+
+    engine = tmp_path / "model.engine"
+    assert engine_sidecar(engine).name == "model.engine.json"  # what vgg-export writes
+    # The exporter's sidecar: the ONNX metadata strings plus the build info.
+    side = {**read_metadata(onnx_model), "tensorrt_version": "10.9.0", "precision": "fp16",
+            "max_batch": "256"}
+    info = info_from_export_metadata(side, engine, "tensorrt")
+    assert info.class_names[0] == "airplane" and info.arch == "vgg11"
+    assert info.precision == "fp16" and info.test_accuracy == pytest.approx(0.5)
+    assert info.preproc.mean[0] == pytest.approx(0.4914)
+
+
 def test_tensorrt_engine_matches_torch(varied_checkpoint, onnx_model, predictor, tmp_path):
     if not tensorrt_available():
         pytest.skip("tensorrt package or CUDA GPU not available")
@@ -373,9 +407,14 @@ def test_shipped_manifest_loads(varied_checkpoint, tmp_path):
     from vggcifar.shipped import pack_shipped
 
     manifest = pack_shipped(varied_checkpoint, tmp_path / "models")
-    p = Predictor(manifest)
-    assert p.info.format == "shipped" and p.backend.name == "torch"
-    assert p.predict(write_kind("png", tmp_path)).ok
+    image = write_kind("png", tmp_path)
+    by_backend = {}
+    for backend in ("torch", "auto"):
+        p = Predictor(manifest, backend=backend)
+        assert p.info.format == "shipped" and "fp16" in p.info.describe()
+        by_backend[p.backend.name] = p.predict(image)
+    a, b = by_backend.values()
+    assert a.label == b.label and a.probability == pytest.approx(b.probability, abs=1e-4)
 
 
 # ---- input expansion --------------------------------------------------------------------------
@@ -427,7 +466,7 @@ def test_cli_table(images, varied_checkpoint, predictor):
     row = next(ln for ln in lines if "img0.png" in ln)
     want = predictor.predict(images / "img0.png", top_k=2)
     assert want.label in row and f"{want.probability:.1%}" in row
-    assert "backend: torch" in r.stderr and "4 predicted, 0 failed" in r.stderr
+    assert "backend: onnx" in r.stderr and "4 predicted, 0 failed" in r.stderr  # auto on CPU
 
 
 def test_cli_json(images, varied_checkpoint, predictor):

@@ -100,4 +100,4 @@ def default_model(runs_dir: str | os.PathLike = "runs") -> tuple[Path, str]:
     if shipped.is_file():
         return shipped, f"shipped model {shipped}"
     raise VggCifarError("no model found: no runs/*/best.pt and no shipped model under models/; "
-                        "train one with vgg-train or pass --model PATH")
+                        "train one with vgg-train or name a model file explicitly")

@@ -28,7 +28,7 @@ from .quantize import CALIB_IMAGES, CALIBRATION_METHODS
 @click.option("--exporter", type=click.Choice(("auto",) + EXPORTERS), default="auto",
               show_default=True, help="auto: TorchScript exporter, then dynamo, keeping the first "
               "that passes fp32 parity.")
-@click.option("--out", type=click.Path(file_okay=False), default=None,
+@click.option("--out", default=None,
               help="Output folder [default: <checkpoint folder>/export, or exports/<name> for the "
                    "shipped model].")
 @click.option("--data", default=None, help="CIFAR-10 folder (either format): real test images "
@@ -60,9 +60,13 @@ def main(checkpoint, onnx, fp16, int8, tensorrt, opset, exporter, out, data, par
             click.echo(msg, err=True)
 
     if checkpoint is None:
+        from ..errors import VggCifarError
         from ..shipped import default_model
 
-        path, reason = default_model()
+        try:
+            path, reason = default_model()
+        except VggCifarError as e:
+            raise VggCifarError(f"{e} (vgg-export takes it as its first argument)") from e
         click.echo(f"using the {reason}", err=True)
         checkpoint = str(path)
     formats = [k for k, on in (("onnx", onnx), ("fp16", fp16), ("int8", int8),

@@ -87,10 +87,11 @@ class ExportJob:
         return rows
 
 
-def _dynamic_batch_failures(sess, x: np.ndarray) -> list[str]:
-    """Batches of 1 and 7 must give the rows the large batch gives (the batch axis is really
-    dynamic and nothing mixes images)."""
-    full = sess.run(["logits"], {"image": x[:8]})[0]
+def _dynamic_batch_failures(sess, like: np.ndarray) -> list[str]:
+    """Batches of 1 and 7 must give the rows a batch of 8 gives (the batch axis is really
+    dynamic and nothing mixes images). ``like``: any ``[N, 3, S, S]`` input, for the shape."""
+    x = P.random_inputs(8, like.shape[-1], seed=12345)
+    full = sess.run(["logits"], {"image": x})[0]
     bad = []
     for n in (1, 7):
         part = sess.run(["logits"], {"image": np.ascontiguousarray(x[:n])})[0]

@@ -1,13 +1,15 @@
 """Serving: the :class:`Predictor` shared by ``vgg-predict`` (:mod:`.cli`) and the Gradio page
-``vgg-demo`` (:mod:`.demo`).
+``vgg-demo`` (:mod:`.demo`)::
 
-    >>> from vggcifar.serving import Predictor
-    >>> p = Predictor("runs/vgg16/best.pt", backend="auto")
-    >>> p.predict("cat.jpg", top_k=3).top_k
-    [('cat', 0.91), ('dog', 0.05), ('frog', 0.01)]
+    from vggcifar.serving import Predictor
+    p = Predictor("runs/vgg16/best.pt")          # .pt, shipped .json, .onnx or TensorRT engine
+    pred = p.predict("cat.jpg", top_k=3)          # pred.label, pred.top_k, pred.ms, pred.notes
+    for pred in p.predict_files(paths, batch_size=64):
+        ...                                       # pred.error is set for unreadable files
 """
 
 from .backends import BACKENDS, ModelInfo, create_backend
-from .predictor import Prediction, Predictor, load_pixels
+from .predictor import Prediction, Predictor, image_to_pixels, load_pixels
 
-__all__ = ["BACKENDS", "ModelInfo", "Prediction", "Predictor", "create_backend", "load_pixels"]
+__all__ = ["BACKENDS", "ModelInfo", "Prediction", "Predictor", "create_backend", "image_to_pixels",
+           "load_pixels"]

@@ -68,7 +68,7 @@ def model_format(path: str | os.PathLike) -> str:
 
 
 def display_name(path: str | os.PathLike) -> str:
-    """``run/best.pt`` for run checkpoints (the file name alone says nothing), else the file name."""
+    """``run/best.pt`` for run checkpoints (the file name alone says little), else the name."""
     p = Path(path)
     if p.stem in ("best", "last") and p.parent.name:
         return f"{p.parent.name}/{p.name}"
@@ -167,7 +167,7 @@ class TorchBackend(Backend):
         self.info = ModelInfo(
             name=display_name(path), path=str(path), format=fmt, preproc=self.preproc,
             arch=meta.get("arch"), test_accuracy=meta.get("test_accuracy"),
-            precision="fp16 weights" if fmt == "shipped" else None)
+            precision="fp16 weights" if fmt == "shipped" else None)  # stored fp16, run fp32
 
     def run(self, pixels: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.torch_device)
@@ -209,6 +209,9 @@ def ort_session(path, device: str | None = None):
     cuda_id = int(device.split(":")[1]) if device.startswith("cuda:") else 0
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    # Idle intra-op threads spin by default, burning cores that concurrent requests (the demo's
+    # queue runs several) or other processes need; measured here: +15-35% requests/s without.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     providers = []
     if want_cuda and "CUDAExecutionProvider" in ort.get_available_providers():
         providers.append(("CUDAExecutionProvider", {"device_id": cuda_id}))
@@ -398,13 +401,42 @@ def cached_onnx(path) -> Path:
     return cached
 
 
+def _describe_as_checkpoint(info: ModelInfo, path, fmt: str) -> None:
+    """An ONNX export made from a checkpoint is presented as that checkpoint."""
+    info.name, info.path, info.format = display_name(path), str(path), fmt
+    if fmt == "shipped":
+        info.precision = "fp16 weights"
+
+
+def _auto_cpu_checkpoint(path, fmt: str) -> Backend | None:
+    """onnxruntime on the cached ONNX export of a checkpoint, or ``None`` if that fails.
+
+    On CPU, onnxruntime beat PyTorch for VGG16 on the project's 2-core machine (3.3x for
+    `vgg-predict` on 1,000 files, far more at batch 1; docs/benchmarks.md, "Serving"), and it
+    degrades gracefully when the cores are shared, where PyTorch's OpenMP threads stall. Any
+    failure (no onnxruntime, an export problem) leaves the choice to PyTorch, which always works.
+    """
+    try:
+        import onnxruntime  # noqa: F401
+
+        b = OnnxBackend(cached_onnx(path), "cpu")
+    except Exception as e:  # noqa: BLE001 - deliberately broad: this is only an optimisation
+        import logging
+
+        logging.getLogger(__name__).debug("auto backend: onnxruntime not usable (%s)", e)
+        return None
+    _describe_as_checkpoint(b.info, path, fmt)
+    return b
+
+
 def create_backend(path, backend: str = "auto", device: str | None = None) -> Backend:
     """Open ``path`` with the requested backend.
 
     ``auto`` picks the fastest runtime that works for the file here: a TensorRT engine needs
     TensorRT; an ``.onnx`` file runs on onnxruntime (CUDA when it works); a ``.pt`` checkpoint or
-    ``.json`` manifest runs on PyTorch (CUDA when available). ``onnx`` with a checkpoint exports
-    it to ONNX first (once: see :func:`cached_onnx`).
+    ``.json`` manifest runs on PyTorch with CUDA when available, and on CPU on onnxruntime (its
+    ONNX export, made once and cached: see :func:`cached_onnx`), falling back to PyTorch.
+    ``onnx`` with a checkpoint uses the same cached export.
 
     Raises:
         VggCifarError: the file's kind and the backend do not fit, or the backend cannot run here.
@@ -419,7 +451,15 @@ def create_backend(path, backend: str = "auto", device: str | None = None) -> Ba
         raise VggCifarError(f"model {path} is a folder; pass the model file inside it")
     fmt = model_format(path)
     if backend == "auto":
-        backend = {"onnx": "onnx", "tensorrt": "tensorrt"}.get(fmt, "torch")
+        if fmt in ("onnx", "tensorrt"):
+            backend = fmt
+        elif resolve_torch_device(device).type == "cpu":
+            b = _auto_cpu_checkpoint(path, fmt)
+            if b is not None:
+                return b
+            backend = "torch"
+        else:
+            backend = "torch"
     if fmt == "tensorrt":
         if backend != "tensorrt":
             raise VggCifarError(f"{path} is a TensorRT engine; only --backend tensorrt runs it")
@@ -433,6 +473,6 @@ def create_backend(path, backend: str = "auto", device: str | None = None) -> Ba
         return OnnxBackend(path, device)
     if backend == "onnx":
         b = OnnxBackend(cached_onnx(path), device)
-        b.info.name, b.info.path, b.info.format = display_name(path), str(path), fmt
+        _describe_as_checkpoint(b.info, path, fmt)
         return b
     return TorchBackend(path, device)

@@ -19,6 +19,8 @@ import base64
 import logging
 import os
 import shutil
+import signal
+import sys
 import tempfile
 from pathlib import Path
 
@@ -157,13 +159,14 @@ def make_workdir() -> Path:
               help="Checkpoint (.pt), shipped manifest (.json), ONNX or TensorRT engine. "
                    "Default: the newest runs/*/best.pt, else the shipped model.")
 @click.option("--backend", type=click.Choice(BACKENDS, case_sensitive=False), default="auto",
-              show_default=True)
+              show_default=True, help="Runtime; auto = the fastest that works for the model here.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
 @click.option("--host", default="127.0.0.1", show_default=True,
-              help="Interface to listen on (0.0.0.0 = every interface: think before).")
-@click.option("--port", type=click.IntRange(0, 65535), default=7860, show_default=True)
+              help="Interface to listen on (0.0.0.0 exposes the page to your whole network).")
+@click.option("--port", type=click.IntRange(1, 65535), default=7860, show_default=True)
 @click.option("--share", is_flag=True, help="Also open a public gradio.live link (off by default).")
-@click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Classes shown in the chart.")
 @click.option("--max-file-size", "max_file_mb", type=click.FloatRange(min=0.001),
               default=DEFAULT_MAX_FILE_MB, show_default=True, help="Upload limit in MB.")
 @click.option("--concurrency", type=click.IntRange(min=1), default=DEFAULT_CONCURRENCY,
@@ -181,6 +184,8 @@ def main(model_path, backend, device, host, port, share, top_k, max_file_mb, con
     predictor = Predictor(model_path, backend=backend, device=device)
     click.echo(f"model: {predictor.info.describe()}; backend: {predictor.backend_name}", err=True)
     work = make_workdir()
+    # `kill` (SIGTERM) should clean up like Ctrl-C: exit normally so atexit removes `work`.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     # Uploads land in our own folder too (Gradio reads GRADIO_TEMP_DIR when components are made).
     os.environ.setdefault("GRADIO_TEMP_DIR", str(work / "uploads"))
     examples = write_examples(work / "examples")

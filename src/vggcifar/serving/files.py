@@ -49,7 +49,8 @@ def expand_inputs(args) -> tuple[list[Path], list[tuple[str, str]]]:
             if found:
                 files += found
             else:
-                problems.append((arg, f"folder holds no image files ({', '.join(IMAGE_EXTENSIONS)})"))
+                kinds = ", ".join(IMAGE_EXTENSIONS)
+                problems.append((arg, f"folder holds no image files ({kinds})"))
         elif _GLOB_CHARS & set(arg):
             found = []
             for m in sorted(glob.glob(arg, recursive=True)):

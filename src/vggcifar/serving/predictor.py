@@ -56,15 +56,9 @@ class Prediction:
                 "backend": self.backend, "ms": round(self.ms, 3), "notes": self.notes}
 
 
-def load_pixels(source, size: int = 32, name: str | None = None) -> tuple[torch.Tensor, list[str]]:
-    """Decode one image (path, bytes or file object) into model pixels.
-
-    Returns:
-        ``([3, size, size]`` uint8 tensor, notes``)``.
-    Raises:
-        VggCifarError: unreadable, empty, truncated or oversized images (one-line message).
-    """
-    img = open_image(source, name=name)
+def image_to_pixels(img, size: int = 32, label: str = "image") -> tuple[torch.Tensor, list[str]]:
+    """A decoded Pillow image -> ``([3, size, size]`` uint8 tensor, notes``)``, exactly as the
+    training data (:func:`vggcifar.images.pil_to_uint8`)."""
     notes = []
     frames = getattr(img, "n_frames", 1)
     if frames > 1:
@@ -72,8 +66,20 @@ def load_pixels(source, size: int = 32, name: str | None = None) -> tuple[torch.
     try:
         return pil_to_uint8(img, size=size), notes
     except (OSError, ValueError) as e:  # e.g. an exotic mode Pillow cannot convert to RGB
-        label = name or (os.fspath(source) if isinstance(source, (str, os.PathLike)) else "image")
         raise VggCifarError(f"{label}: cannot convert to RGB ({e})") from e
+
+
+def load_pixels(source, size: int = 32, name: str | None = None) -> tuple[torch.Tensor, list[str]]:
+    """Decode one image (path, bytes or file object) into model pixels.
+
+    Returns:
+        ``([3, size, size]`` uint8 tensor, notes``)``: notes say e.g. that only the first frame
+        of an animation was used.
+    Raises:
+        VggCifarError: unreadable, empty, truncated or oversized images (one-line message).
+    """
+    label = name or (os.fspath(source) if isinstance(source, (str, os.PathLike)) else "image")
+    return image_to_pixels(open_image(source, name=name), size, label)
 
 
 class Predictor:
@@ -136,7 +142,7 @@ class Predictor:
         t0 = time.perf_counter()
         label = name or (os.fspath(source) if isinstance(source, (str, os.PathLike)) else "image")
         if hasattr(source, "mode") and hasattr(source, "size"):  # already a Pillow image
-            pixels, notes = pil_to_uint8(source, size=self.input_size), []
+            pixels, notes = image_to_pixels(source, self.input_size, label)
         else:
             pixels, notes = load_pixels(source, self.input_size, name=name)
         probs = self.probabilities(pixels[None].numpy())[0]

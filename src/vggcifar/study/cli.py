@@ -49,7 +49,8 @@ def _preset_help() -> str:
 @click.option("--isolate/--no-isolate", default=True, show_default=True,
               help="Train each split in its own process, so that peak memory (process RSS on "
                    "CPU, a high-water mark) is measured per split.")
-@click.option("--note", default=None, help="A line shown at the top of the report.")
+@click.option("--note", default=None,
+              help="A line shown at the top of the report (with --report-only: replaces it).")
 @click.option("--report-only", is_flag=True,
               help="Only rewrite report.md/report.json/figures of the study in --out.")
 @user_errors
@@ -72,6 +73,8 @@ def main(**kw):
     if kw["report_only"]:
         if not out:
             raise VggCifarError("--report-only needs --out: the study folder to report on")
+        if kw["note"] is not None:
+            runner.set_note(out, kw["note"])
         rep = write_report(out)
         click.echo(json.dumps({"report": f"{out}/report.md", "test_accuracy": {
             f"{r['split']:g}": r["test_accuracy"] for r in rep["splits"]}}))

@@ -147,11 +147,30 @@ def explicit_command(manifest: dict, out: str | None = None) -> str:
 
 # ---------------------------------------------------------------------- figures
 def _fraction_axis(ax, splits):
+    from matplotlib.ticker import NullLocator
+
     ax.set_xscale("log")
     ax.set_xticks(splits, [pct(s) for s in splits])
-    ax.minorticks_off()
+    ax.xaxis.set_minor_locator(NullLocator())
     ax.set_xlabel("training fraction (log scale)")
-    ax.grid(alpha=0.3, which="both")
+    ax.grid(alpha=0.3)
+
+
+def _log_y(ax, values):
+    """Log y axis with plain-number labels when the values span more than a factor of 5."""
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+
+    vals = [v for v in values if v and v > 0]
+    if not vals or max(vals) / min(vals) <= 5:
+        ax.set_ylim(0, 1.2 * max(vals or [1]))
+        return False
+    ax.set_yscale("log")
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    fmt = ScalarFormatter()
+    fmt.set_scientific(False)
+    ax.yaxis.set_major_formatter(fmt)
+    ax.yaxis.set_minor_formatter(NullFormatter())
+    return True
 
 
 def plot_accuracy(rows, path: Path, arch: str) -> None:
@@ -172,14 +191,14 @@ def plot_accuracy(rows, path: Path, arch: str) -> None:
         ax.annotate(f"{a:.1f}%", (f, a), textcoords="offset points", xytext=(0, 8),
                     ha="center", fontsize=9, color="tab:blue")
     ax.axhline(100 * REFERENCE["final_test_accuracy"], color="tab:gray", lw=0.8, ls="--")
-    ax.text(min(fs + [f for f, _ in ref]), 100 * REFERENCE["final_test_accuracy"] + 1,
+    ax.text(max(fs + [f for f, _ in ref]), 100 * REFERENCE["final_test_accuracy"] + 1.2,
             f"original final VGG16 {100 * REFERENCE['final_test_accuracy']:.2f}%", fontsize=8,
-            color="tab:gray")
+            color="tab:gray", ha="right")
     _fraction_axis(ax, sorted(set(fs) | {f for f, _ in ref}))
     ax.set_ylim(0, 100)
     ax.set_ylabel("accuracy (%)")
     ax.set_title("Test accuracy against training fraction")
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper left", bbox_to_anchor=(0, 0.9), fontsize=8)
     _save(fig, path)
 
 
@@ -201,11 +220,11 @@ def plot_epoch_time(rows, path: Path, fit: dict | None) -> None:
                         for x in xs], color="gray", lw=1, ls=":",
                    label=f"fit: {fit['seconds_per_1000_images']:.2f} s / 1,000 images")
     for r in rows:
-        ax[0].annotate(f"{r['train_epoch_time_s']:.1f}s", (r["split"], r["train_epoch_time_s"]),
+        ax[0].annotate(f"{r['train_epoch_time_s']:.3g} s", (r["split"], r["train_epoch_time_s"]),
                        textcoords="offset points", xytext=(0, 8), ha="center", fontsize=8)
-    ax[0].set_yscale("log")
+    log = _log_y(ax[0], [r["train_epoch_time_s"] for r in rows] + [w[1] for w in walls])
     _fraction_axis(ax[0], fs)
-    ax[0].set_ylabel("seconds per epoch (log scale)")
+    ax[0].set_ylabel("seconds per epoch" + (" (log scale)" if log else ""))
     ax[0].set_title("Epoch time against training fraction")
     ax[0].legend(fontsize=8)
     ax[1].plot(fs, [r["images_per_s"] for r in rows], "o-", lw=2, color="tab:green")
@@ -219,7 +238,7 @@ def plot_epoch_time(rows, path: Path, fit: dict | None) -> None:
     _save(fig, path)
 
 
-def plot_memory(rows, path: Path, kind: str) -> None:
+def plot_memory(rows, path: Path, kind: str, isolated: bool | None = True) -> None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4.4))
     fs = [r["split"] for r in rows]
@@ -238,21 +257,24 @@ def plot_memory(rows, path: Path, kind: str) -> None:
     _fraction_axis(ax, fs)
     ax.set_ylim(0, 1.25 * max(max(r["peak_memory_mb"], r.get("peak_reserved_mb") or 0)
                                for r in rows))
-    ax.set_title("Peak memory against training fraction")
+    ax.set_title("Peak memory against training fraction" + (
+        "\n(all splits in one process: high-water mark so far, not per split)"
+        if kind == "rss" and isolated is False else ""))
     _save(fig, path)
 
 
 def plot_curves_overlay(rows, path: Path) -> None:
     plt = _plt()
     fig, axes = plt.subplots(2, 2, figsize=(12, 7.5), sharex=True)
-    colours = plt.get_cmap("viridis")
+    colours = plt.get_cmap("tab10")
     for i, r in enumerate(rows):
-        c = colours(i / max(1, len(rows) - 1) * 0.9)
+        c = colours(i % 10)
         m = r["metrics"]
         steps = [x["step"] for x in m]
         lab = f"{pct(r['split'])} ({r['train_images']:,} images)"
-        axes[0, 0].plot(steps, [x["train_loss"] for x in m], color=c, label=lab)
-        axes[1, 0].plot(steps, [100 * x["train_acc"] for x in m], color=c, label=lab)
+        axes[0, 0].plot(steps, [x["train_loss"] for x in m], ".-", ms=4, color=c, label=lab)
+        axes[1, 0].plot(steps, [100 * x["train_acc"] for x in m], ".-", ms=4, color=c,
+                        label=lab)
         v = [x for x in m if x.get("val_acc") is not None]
         if v:
             axes[0, 1].plot([x["step"] for x in v], [x["val_loss"] for x in v], "o-", ms=3,
@@ -512,7 +534,7 @@ def write_report(study_dir: str | os.PathLike) -> dict:
     arch = manifest["config"]["arch"]
     plot_accuracy(rows, study_dir / FIGURES["accuracy"], arch)
     plot_epoch_time(rows, study_dir / FIGURES["epoch_time"], an["time"].get("linear_fit"))
-    plot_memory(rows, study_dir / FIGURES["memory"], kind)
+    plot_memory(rows, study_dir / FIGURES["memory"], kind, isolated)
     plot_curves_overlay(rows, study_dir / FIGURES["curves"])
     plot_per_class(rows, study_dir / FIGURES["per_class"])
     table_rows = [{k: v for k, v in r.items() if k not in ("metrics", "versions")} for r in rows]

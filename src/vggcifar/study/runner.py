@@ -94,6 +94,13 @@ def read_manifest(study_dir: str | os.PathLike) -> dict:
         raise VggCifarError(f"cannot read {p}: {e}") from None
 
 
+def set_note(study_dir: str | os.PathLike, note: str) -> None:
+    """Replace the note shown at the top of a study's report ("" removes it)."""
+    manifest = read_manifest(study_dir)
+    manifest["note"] = note or None
+    _write_manifest(Path(study_dir), manifest)
+
+
 def _write_manifest(study_dir: Path, manifest: dict) -> None:
     atomic_write(study_dir / MANIFEST,
                  lambda t: Path(t).write_text(json.dumps(manifest, indent=2)))

@@ -1,0 +1,203 @@
+"""Loaders: a device-resident loader with batched augmentation (the default) and the classic
+torchvision DataLoader pipeline (PIL transforms, worker processes) as the baseline.
+
+The device loader keeps the whole split on the device as uint8. Per batch it gathers the images,
+then pads, crops, flips and normalises the whole batch in a few tensor operations, in the training
+dtype and memory format. It also shards batches across distributed ranks: every rank walks the
+same global permutation and takes its slice of each global batch, so ``world_size`` ranks with
+batch ``B`` see exactly what one process with batch ``world_size * B`` sees.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..preprocessing import normalize_
+
+
+def random_crop(x: torch.Tensor, pad: int, dy: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
+    """Reference crop: zero-pad by ``pad`` pixels and crop back to the original size.
+
+    Args:
+        x: ``[B, C, H, W]`` images (any dtype).
+        dy, dx: ``[B]`` int64 offsets in ``[0, 2 * pad]`` into the padded image.
+    Returns:
+        ``[B, C, H, W]`` crops.
+    """
+    b, c, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    return torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(b)])
+
+
+def gather_augmented(both: torch.Tensor, idx: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor,
+                     flips: torch.Tensor, size: int) -> torch.Tensor:
+    """Gather, crop and flip a batch in one indexing operation.
+
+    ``both`` holds the padded images and their mirror images, channels last. A strided view
+    exposes every possible crop of every image as an index, so picking image ``idx[i]``, crop
+    ``(dy[i], dx[i])`` and mirror ``flips[i]`` is a single gather, as fast as a plain copy on
+    CPUs and GPUs.
+
+    Args:
+        both: ``[2, N, H + 2p, W + 2p, C]`` uint8, contiguous; ``both[1]`` mirrors ``both[0]``.
+        idx: ``[B]`` image indices; dy, dx: ``[B]`` offsets in ``[0, 2p]``; flips: ``[B]`` bool.
+        size: crop size (the original ``H == W``).
+    Returns:
+        ``[B, C, size, size]`` uint8 in channels_last memory format, equal to
+        ``random_flip(random_crop(images[idx], p, dy, dx), flips)``.
+    """
+    _, n, hp, wp, c = both.shape
+    span = hp - size + 1
+    s_img = hp * wp * c
+    view = both.as_strided((2, n, span, span, size, size, c),
+                           (n * s_img, s_img, wp * c, c, wp * c, c, 1))
+    # Cropping the mirror image at 2p - dx is the mirror of cropping the image at dx.
+    dx = torch.where(flips, (wp - size) - dx, dx)
+    return view[flips.long(), idx, dy, dx].permute(0, 3, 1, 2)
+
+
+def random_flip(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mirror left-right the images where ``mask`` (``[B]`` bool) is true; ``[B, C, H, W]``."""
+    return torch.where(mask.view(-1, 1, 1, 1), x.flip(3), x)
+
+
+class DeviceLoader:
+    """Iterate ``(inputs, labels)`` batches from tensors that live on ``device``.
+
+    Args:
+        images: ``[N, 3, 32, 32]`` uint8 (moved to ``device`` once).
+        labels: ``[N]`` int64.
+        batch_size: per-rank batch size; the global batch is ``batch_size * world_size``.
+        train: shuffle and augment (crop with ``pad``, flip) when true; otherwise fixed order.
+        mean, std: normalisation.
+        dtype, channels_last: form of the produced input batch.
+        seed: shuffling and augmentation depend only on ``(seed, epoch)``, so a resumed run sees
+            the same batches as an uninterrupted one.
+        drop_last: drop an incomplete final global batch (training, when there is more than one).
+    Yields:
+        ``x``: ``[b, 3, 32, 32]`` normalised, ``y``: ``[b]`` int64, both on ``device``.
+    """
+
+    CHUNK_IMAGES = 8192
+
+    def __init__(self, images, labels, batch_size, *, train, mean, std, device="cpu",
+                 dtype=torch.float32, channels_last=False, seed=0, pad=4, flip=True,
+                 rank=0, world_size=1, drop_last=None):
+        self.device = torch.device(device)
+        self.pad = int(pad) if train else 0
+        self.size = images.shape[-1]
+        if train:
+            # Padded images and their mirror images, channels last: every augmented batch is then
+            # one gather (see gather_augmented).
+            padded = torch.nn.functional.pad(images.to(self.device), (self.pad,) * 4)
+            self.images = torch.stack([padded, padded.flip(3)]).permute(0, 1, 3, 4, 2).contiguous()
+        else:
+            self.images = images.to(self.device)
+        self.labels = labels.to(self.device, non_blocking=True)
+        self.batch_size = int(batch_size)
+        self.train, self.mean, self.std = train, mean, std
+        self.dtype, self.channels_last = dtype, channels_last
+        self.seed, self.flip = int(seed), flip
+        self.rank, self.world_size = int(rank), int(world_size)
+        self.global_batch = self.batch_size * self.world_size
+        n = len(self.labels)
+        self.drop_last = (train and n > self.global_batch) if drop_last is None else drop_last
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        n = len(self.labels)
+        return n // self.global_batch if self.drop_last else -(-n // self.global_batch)
+
+    @property
+    def num_samples(self) -> int:
+        """Images this rank sees per epoch."""
+        n = len(self.labels)
+        return sum(len(self._rank_slice(i, n)) for i in range(len(self)))
+
+    def _rank_slice(self, i: int, n: int) -> range:
+        """Positions in the global order of this rank's share of global batch ``i``."""
+        start = i * self.global_batch
+        size = min(self.global_batch, n - start)
+        per = -(-size // self.world_size)  # the last, smaller batch is shared as evenly as possible
+        lo = start + min(self.rank * per, size)
+        hi = start + min((self.rank + 1) * per, size)
+        return range(lo, hi)
+
+    def _chunks(self, batches: list[range]):
+        """Group consecutive batches into chunks of about CHUNK_IMAGES images."""
+        chunk: list[range] = []
+        for r in batches:
+            chunk.append(r)
+            if sum(len(c) for c in chunk) >= self.CHUNK_IMAGES:
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk
+
+    def __iter__(self):
+        n = len(self.labels)
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        batches = [r for r in (self._rank_slice(i, n) for i in range(len(self))) if len(r)]
+        if self.train:
+            # The epoch's order and augmentation parameters are drawn for every image in global
+            # order, so what a batch holds does not depend on how many ranks share the work.
+            order = torch.randperm(n, generator=g).to(self.device)
+            span = 2 * self.pad + 1
+            dy = torch.randint(0, span, (n,), generator=g).to(self.device)
+            dx = torch.randint(0, span, (n,), generator=g).to(self.device)
+            flips = (torch.rand(n, generator=g) < 0.5).to(self.device)
+            if not self.flip:
+                flips.zero_()
+        else:
+            order = torch.arange(n, device=self.device)
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        # Augment and normalise thousands of images per operation (per-batch work of a few
+        # hundred images is dominated by per-operation overhead on CPUs), then hand out views.
+        for chunk in self._chunks(batches):
+            pos = torch.cat([torch.arange(r.start, r.stop, device=self.device) for r in chunk])
+            idx = order[pos]
+            if self.train:
+                x = gather_augmented(self.images, idx, dy[pos], dx[pos], flips[pos], self.size)
+            else:
+                x = self.images[idx]
+            x = normalize_(x.to(self.dtype).contiguous(memory_format=fmt), self.mean, self.std)
+            y = self.labels[idx]
+            start = 0
+            for r in chunk:
+                yield x[start:start + len(r)], y[start:start + len(r)]
+                start += len(r)
+
+
+class _UInt8Dataset(torch.utils.data.Dataset):
+    """Map-style dataset over ``[N, 3, 32, 32]`` uint8 tensors that yields PIL images."""
+
+    def __init__(self, images, labels, transform):
+        self.images = images.permute(0, 2, 3, 1).contiguous().numpy()
+        self.labels = labels.numpy()
+        self.transform = transform
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        from PIL import Image
+
+        return self.transform(Image.fromarray(self.images[i])), int(self.labels[i])
+
+
+def classic_loader(images, labels, batch_size, *, train, mean, std, workers=2, seed=0, pad=4):
+    """The study's pipeline: torchvision PIL transforms (RandomCrop with padding, horizontal
+    flip, ToTensor, Normalize) in DataLoader worker processes. Yields ``[b, 3, 32, 32]`` float32
+    and ``[b]`` int64 CPU tensors."""
+    from torchvision import transforms as T
+
+    steps = [T.RandomCrop(32, padding=pad), T.RandomHorizontalFlip()] if train else []
+    tf = T.Compose(steps + [T.ToTensor(), T.Normalize(mean, std)])
+    g = torch.Generator().manual_seed(int(seed))
+    return torch.utils.data.DataLoader(
+        _UInt8Dataset(images, labels, tf), batch_size=batch_size, shuffle=train,
+        drop_last=train and len(labels) > batch_size, num_workers=workers, generator=g,
+        persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
