@@ -35,11 +35,10 @@ def train_options(fn):
         click.option("--steps", type=int, default=None,
                      help="Train for this many optimisation steps instead of --epochs."),
         click.option("--batch-size", type=int, default=D.batch_size, show_default=True,
-                     help="Global batch size (0 = auto from the training-set size: at least 32 "
-                          "steps per epoch, 16..512 on CUDA, 16..128 on CPU)."),
+                     help="Global batch size (0 = auto from the training-set size: at least 16 "
+                          "steps per epoch, 32..512 on CUDA, 32..128 on CPU)."),
         click.option("--lr", type=float, default=D.lr, show_default=True,
-                     help="Peak learning rate (0 = auto: 0.1 at batch 128, linear above (at most "
-                          "0.4), square root below)."),
+                     help="Peak learning rate (0 = auto: 0.1 x batch/128, at most 0.4)."),
         click.option("--momentum", type=float, default=D.momentum, show_default=True),
         click.option("--nesterov/--no-nesterov", default=D.nesterov, show_default=True),
         click.option("--weight-decay", type=float, default=D.weight_decay, show_default=True),
