@@ -36,8 +36,8 @@ class TrainConfig:
     weight_decay: float = 5e-4
     schedule: str = "onecycle"
     warmup: float = 0.2
-    label_smoothing: float = 0.0
-    tta: bool = False
+    label_smoothing: float = 0.1
+    tta: bool = True
     data: str = "data/cifar10"
     download: bool = True
     loader: str = "device"
