@@ -74,15 +74,22 @@ def accuracy_findings(rows: list[dict]) -> dict:
     out["text"].append("Gain per doubling of the training images: " + ", ".join(
         f"{g['points_per_doubling']:+.1f} points ({pct(g['from'])}→{pct(g['to'])})" for g in gains)
         + ".")
-    sat = next((g for g in gains if g["points_per_doubling"] < SATURATION_POINTS_PER_DOUBLING),
-               None)
+    low = [g["points_per_doubling"] < SATURATION_POINTS_PER_DOUBLING for g in gains]
+    # Saturated from the first split after which *every* further doubling adds little.
+    sat_i = next((i for i in range(len(gains)) if all(low[i:])), None)
     first, last = gains[0]["points_per_doubling"], gains[-1]["points_per_doubling"]
-    if sat is not None:
+    if sat_i is not None:
+        sat = gains[sat_i]
         out["saturates_from"] = sat["from"]
         out["text"].append(
-            f"Accuracy saturates from {pct(sat['from'])} on: going to {pct(sat['to'])} adds "
-            f"{sat['points_per_doubling']:.1f} points per doubling of the data (below "
-            f"{SATURATION_POINTS_PER_DOUBLING:g}).")
+            f"Accuracy saturates from {pct(sat['from'])} on: every larger split adds less than "
+            f"{SATURATION_POINTS_PER_DOUBLING:g} points per doubling of the data.")
+    elif any(low):
+        flat = [g for g, lo_ in zip(gains, low) if lo_]
+        out["text"].append(
+            "The gain is uneven rather than saturating: " + ", ".join(
+                f"{pct(g['from'])}→{pct(g['to'])} adds only {g['points_per_doubling']:.1f} points "
+                "per doubling" for g in flat) + ", but a larger split gains more again.")
     elif len(gains) > 1 and last < first / 2:
         out["text"].append(
             f"Returns diminish (the gain per doubling falls from {first:.1f} to {last:.1f} "
@@ -92,6 +99,17 @@ def accuracy_findings(rows: list[dict]) -> dict:
         out["text"].append(
             f"No sign of saturation within these splits: the gain per doubling stays at "
             f"{min(g['points_per_doubling'] for g in gains):.1f} points or more.")
+    steps = [r.get("steps") for r in rows]
+    epochs = [r.get("epochs") for r in rows]
+    if all(steps) and all(epochs) and (max(steps) > 1.2 * min(steps) or len(set(epochs)) > 1):
+        out["budget_differs"] = True
+        seg = "; ".join(
+            f"{pct(a['split'])}→{pct(b['split'])}: {a['steps']}→{b['steps']} steps, "
+            f"{a['epochs']}→{b['epochs']} epochs" for a, b in zip(rows, rows[1:]))
+        out["text"].append(
+            "The splits did not get the same training: accuracy differences mix more data with "
+            f"more or less training ({seg}). A split trained for few epochs is further from its "
+            "own ceiling.")
     gaps = [(r["split"], 100 * (r["final_train_accuracy"] - r["test_accuracy"])) for r in rows
             if r.get("final_train_accuracy") is not None]
     if len(gaps) >= 2:
@@ -103,7 +121,7 @@ def accuracy_findings(rows: list[dict]) -> dict:
     return out
 
 
-def time_findings(rows: list[dict]) -> dict:
+def time_findings(rows: list[dict], cpus: int | None = None) -> dict:
     out: dict = {"text": []}
     pts = [(r["train_images"], r["train_epoch_time_s"]) for r in rows
            if r.get("train_epoch_time_s")]
@@ -138,6 +156,15 @@ def time_findings(rows: list[dict]) -> dict:
         else:
             how = "above 1: the large splits cost more per image"
         out["text"].append(f"On log-log axes the exponent is {k:.2f}, {how}.")
+    loads = [(r["split"], r["load_avg_1min_at_start"][-1]) for r in rows
+             if r.get("load_avg_1min_at_start") and r["load_avg_1min_at_start"][-1] is not None]
+    if cpus and loads and any(x > cpus for _, x in loads):
+        busy = [f"{pct(f)}: {x:.1f}" for f, x in loads if x > cpus]
+        out["contended"] = True
+        out["text"].append(
+            f"Other work shared the CPU: the 1-minute load average exceeded the {cpus} logical "
+            f"CPUs when these splits started ({', '.join(busy)}), so these times include waiting "
+            "for the CPU and are upper bounds for an idle machine.")
     ips = [(r["split"], r["images_per_s"], r["batch_size"]) for r in rows if r.get("images_per_s")]
     if len(ips) >= 2:
         lo = min(ips, key=lambda t: t[1])
@@ -204,11 +231,13 @@ def memory_findings(rows: list[dict], kind: str, isolated: bool | None) -> dict:
                                f"{1000 * fit['slope']:.1f} MB per 1,000 training images.")
         return out
     multi = {b: g for b, g in groups.items() if len(g) >= 2}
-    means = {b: sum(p[2] for p in g) / len(g) for b, g in groups.items()}
     out["within_batch_spread"] = {str(b): spread(g) for b, g in multi.items()}
-    out["mean_by_batch_mb"] = {str(b): m for b, m in sorted(means.items())}
-    desc = "; ".join(f"batch {b}: {', '.join(pct(p[0]) for p in g)} at "
-                     f"{min(p[2] for p in g):.0f}–{max(p[2] for p in g):.0f} MB"
+
+    def mb_range(g):
+        lo_, hi_ = min(p[2] for p in g), max(p[2] for p in g)
+        return f"{lo_:.0f} MB" if round(lo_) == round(hi_) else f"{lo_:.0f}–{hi_:.0f} MB"
+
+    desc = "; ".join(f"batch {b}: {', '.join(pct(p[0]) for p in g)} at {mb_range(g)}"
                      for b, g in sorted(groups.items()))
     out["text"].append(f"The automatic batch size differs between splits ({desc}).")
     if not multi:
@@ -216,21 +245,54 @@ def memory_findings(rows: list[dict], kind: str, isolated: bool | None) -> dict:
         out["text"].append("Each batch size occurs in one split only, so these runs cannot tell "
                            "the batch size's effect on memory from the fraction's.")
         return out
-    within = max(spread(g) for g in multi.values())
-    b_lo, b_hi = min(means), max(means)
-    between = abs(means[b_hi] - means[b_lo])
-    within_mb = max(max(p[2] for p in g) - min(p[2] for p in g) for g in multi.values())
-    if within < FLAT_MEMORY_SPREAD and between > within_mb:
-        out["conclusion"] = "batch size"
+    # The largest same-batch group gives the effect of the images alone ...
+    b_ref, g_ref = max(multi.items(), key=lambda kv: len(kv[1]))
+    fit = linear_fit([p[3] for p in g_ref], [p[2] for p in g_ref])
+    slope = fit["slope"] if fit else 0.0
+    within = spread(g_ref)
+    out["mb_per_1000_images"] = {"batch_size": b_ref, "slope": 1000 * slope,
+                                 "r2": fit["r2"] if fit else None}
+    fraction_matters = within >= FLAT_MEMORY_SPREAD
+    if fraction_matters:
         out["text"].append(
-            f"Memory follows the batch size, not the fraction: splits sharing a batch size differ "
-            f"by at most {100 * within:.0f}% ({within_mb:.0f} MB), while batch {b_hi} and batch "
-            f"{b_lo} differ by {between:.0f} MB on average.")
+            f"At batch {b_ref}, memory grows with the fraction: {1000 * slope:.1f} MB per 1,000 "
+            f"training images ({mb_range(g_ref)}, {100 * within:.0f}% apart).")
     else:
-        out["conclusion"] = "fraction"
         out["text"].append(
-            f"Memory changes with the fraction even at a fixed batch size (up to "
-            f"{100 * within:.0f}%, {within_mb:.0f} MB, between splits sharing a batch size).")
+            f"At batch {b_ref}, memory hardly changes with the fraction ({mb_range(g_ref)}, "
+            f"{100 * within:.0f}% apart).")
+    # ... and what is left between batch sizes is the batch size's effect.
+    batch_effects = []
+    for b, g in sorted(groups.items()):
+        if b == b_ref:
+            continue
+        for f, _, m, n in g:
+            near = min(g_ref, key=lambda p: abs(math.log(p[3] / n)))
+            total = near[2] - m
+            from_images = slope * (near[3] - n)
+            batch_effects.append({"split": f, "batch_size": b, "vs_split": near[0],
+                                  "difference_mb": total, "from_images_mb": from_images,
+                                  "from_batch_mb": total - from_images,
+                                  "relative": (total - from_images) / min(m, near[2])})
+    out["batch_effects"] = batch_effects
+    batch_matters = any(abs(e["relative"]) >= FLAT_MEMORY_SPREAD for e in batch_effects)
+    for e in batch_effects:
+        out["text"].append(
+            f"{pct(e['vs_split'])} (batch {b_ref}) uses {e['difference_mb']:+.0f} MB against "
+            f"{pct(e['split'])} (batch {e['batch_size']}); the per-image slope accounts for "
+            f"{e['from_images_mb']:+.0f} MB of it, leaving {e['from_batch_mb']:+.0f} MB "
+            f"({100 * e['relative']:+.0f}%) for the batch size.")
+    out["conclusion"] = ("both" if fraction_matters and batch_matters else
+                         "fraction" if fraction_matters else
+                         "batch size" if batch_matters else "neither")
+    out["text"].append({
+        "both": "So memory depends on both the fraction and the batch size here (each by 10% "
+                "or more).",
+        "fraction": "So memory depends mainly on the fraction; the batch size changes it by less "
+                    "than 10% here.",
+        "batch size": "So memory follows the batch size, not the fraction.",
+        "neither": "Neither the fraction nor the batch size changes memory by 10% or more here.",
+    }[out["conclusion"]])
     return out
 
 

@@ -60,10 +60,14 @@ def _split_row(split: float, run_dir: Path, manifest: dict) -> dict:
         if r["step"] - prev == spe:
             full.append(r)
         prev = r["step"]
-    if full:  # the median keeps the first epoch's one-off warm-up from skewing short runs
-        train_epoch, estimated = statistics.median(r["train_time_s"] for r in full), False
+    if full:
+        train_epoch = statistics.fmean(r["train_time_s"] for r in full)
+        wall_epoch = statistics.fmean(r["epoch_time_s"] for r in full)
+        estimated = False
     else:  # only a partial epoch (a short --steps budget): extrapolate from the throughput
         train_epoch = (spe * b if n > b else n) / summary["mean_images_per_s"]
+        wall_epoch = train_epoch * summary["mean_epoch_time_s"] / max(
+            1e-9, statistics.fmean(r["train_time_s"] for r in metrics))
         estimated = True
     sessions = manifest.get("runs", {}).get(f"{split:g}", {}).get("sessions", [])
     cuda = str(summary.get("device", "cpu")).startswith("cuda")
@@ -78,7 +82,7 @@ def _split_row(split: float, run_dir: Path, manifest: dict) -> dict:
         "per_class_accuracy": summary["per_class_accuracy"],
         "final_train_accuracy": metrics[-1]["train_acc"] if metrics else None,
         "train_epoch_time_s": train_epoch, "train_epoch_time_estimated": estimated,
-        "mean_epoch_time_s": summary.get("mean_epoch_time_s"),
+        "mean_epoch_time_s": wall_epoch,
         "images_per_s": summary.get("mean_images_per_s"),
         "peak_memory_mb": summary.get("peak_memory_mb"),
         "peak_reserved_mb": summary.get("peak_reserved_mb") if cuda else None,
@@ -188,7 +192,7 @@ def plot_accuracy(rows, path: Path, arch: str) -> None:
     ax.plot([f for f, _ in ref], [100 * a for _, a in ref], "s:", color="tab:gray",
             label=f"{REFERENCE['source']}: test")
     for f, a in zip(fs, acc):
-        ax.annotate(f"{a:.1f}%", (f, a), textcoords="offset points", xytext=(0, 8),
+        ax.annotate(f"{a:.1f}%", (f, a), textcoords="offset points", xytext=(0, -16),
                     ha="center", fontsize=9, color="tab:blue")
     ax.axhline(100 * REFERENCE["final_test_accuracy"], color="tab:gray", lw=0.8, ls="--")
     ax.text(max(fs + [f for f, _ in ref]), 100 * REFERENCE["final_test_accuracy"] + 1.2,
@@ -223,18 +227,21 @@ def plot_epoch_time(rows, path: Path, fit: dict | None) -> None:
         ax[0].annotate(f"{r['train_epoch_time_s']:.3g} s", (r["split"], r["train_epoch_time_s"]),
                        textcoords="offset points", xytext=(0, 8), ha="center", fontsize=8)
     log = _log_y(ax[0], [r["train_epoch_time_s"] for r in rows] + [w[1] for w in walls])
+    if log:  # room for the labels above the points
+        lo_, hi_ = ax[0].get_ylim()
+        ax[0].set_ylim(lo_ / 1.3, hi_ * 1.8)
     _fraction_axis(ax[0], fs)
     ax[0].set_ylabel("seconds per epoch" + (" (log scale)" if log else ""))
     ax[0].set_title("Epoch time against training fraction")
     ax[0].legend(fontsize=8)
     ax[1].plot(fs, [r["images_per_s"] for r in rows], "o-", lw=2, color="tab:green")
     for r in rows:
-        ax[1].annotate(f"batch {r['batch_size']}", (r["split"], r["images_per_s"]),
+        ax[1].annotate(f"b={r['batch_size']}", (r["split"], r["images_per_s"]),
                        textcoords="offset points", xytext=(0, 8), ha="center", fontsize=8)
     _fraction_axis(ax[1], fs)
     ax[1].set_ylim(0, 1.2 * max(r["images_per_s"] for r in rows))
     ax[1].set_ylabel("training images per second")
-    ax[1].set_title("Training throughput")
+    ax[1].set_title("Training throughput (b = batch size)")
     _save(fig, path)
 
 
@@ -251,13 +258,13 @@ def plot_memory(rows, path: Path, kind: str, isolated: bool | None = True) -> No
         ax.plot(fs, [r["peak_memory_mb"] for r in rows], "o-", lw=2, color="tab:purple")
         ax.set_ylabel("peak process RSS (MB)")
     for r in rows:
-        ax.annotate(f"{r['peak_memory_mb']:.0f} MB\nbatch {r['batch_size']}",
+        ax.annotate(f"{r['peak_memory_mb']:.0f} MB\nb={r['batch_size']}",
                     (r["split"], r["peak_memory_mb"]), textcoords="offset points",
                     xytext=(0, 8), ha="center", fontsize=8)
     _fraction_axis(ax, fs)
     ax.set_ylim(0, 1.25 * max(max(r["peak_memory_mb"], r.get("peak_reserved_mb") or 0)
                                for r in rows))
-    ax.set_title("Peak memory against training fraction" + (
+    ax.set_title("Peak memory against training fraction (b = batch size)" + (
         "\n(all splits in one process: high-water mark so far, not per split)"
         if kind == "rss" and isolated is False else ""))
     _save(fig, path)
@@ -388,9 +395,9 @@ def _markdown(rep: dict, rows: list[dict]) -> str:
         "class); validation images come from the rest (up to the validation size); the test set "
         f"is the whole {n_test}test set, evaluated once on the checkpoint with the best "
         "validation accuracy (the last epoch when there is no validation set).",
-        "*train s/epoch*: training time of a full epoch (no validation), median over the full "
-        "epochs; "
-        "*wall s/epoch*: mean epoch wall time including validation when it ran; *images/s*: "
+        "*train s/epoch*: training time of a full epoch (no validation), mean over the full "
+        "epochs; *wall s/epoch*: the same epochs' wall time, including validation when it ran; "
+        "*images/s*: "
         "training throughput; *total time*: the split's whole run (data loading, training, "
         "validation, test, figures).",
         ("*peak RSS*: the process's peak resident set size (see below)." if kind == "rss" else
@@ -511,7 +518,8 @@ def write_report(study_dir: str | os.PathLike) -> dict:
     kind = rows[0]["memory_kind"]
     isolated_flags = [r["isolated"] for r in rows if r["isolated"] is not None]
     isolated = all(isolated_flags) if isolated_flags else None
-    an = {"accuracy": analysis.accuracy_findings(rows), "time": analysis.time_findings(rows),
+    an = {"accuracy": analysis.accuracy_findings(rows),
+          "time": analysis.time_findings(rows, hw.get("logical_cpus")),
           "memory": analysis.memory_findings(rows, kind, isolated),
           "reference": analysis.reference_comparison(rows)}
     study = {
