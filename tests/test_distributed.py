@@ -76,7 +76,7 @@ def run_ranks(world, cfg_kwargs, report_dir, die_rank=None, timeout=120):
 def base_cfg(cifar_batches, out, name, **kw):
     cfg = dict(arch="vgg11", width=0.125, head="linear", split=0.8, epochs=2, lr=0.05,
                data=str(cifar_batches), out=str(out), name=name, device="cpu", progress=False,
-               seed=0, sync_bn=True)
+               seed=0, sync_bn=True, label_smoothing=0.0, tta=False)
     cfg.update(kw)
     return cfg
 
