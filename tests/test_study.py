@@ -235,6 +235,8 @@ def test_splits_run_in_their_own_processes(tmp_path, cifar_batches):
     rep = json.loads((out / "report.json").read_text())
     assert rep["study"]["isolated"] is True
     assert all(r["isolated"] and r["peak_memory_mb"] > 0 for r in rep["splits"])
+    # The parent measured the child's CPU time: a share of its threads' time in (0, 1.5].
+    assert all(0 < r["cpu_share"] <= 1.5 for r in rep["splits"])
     md = (out / "report.md").read_text()
     assert "its own process" in md and "that split's own peak" in md
     # A --steps budget shorter than an epoch: epoch time estimated from throughput, marked.
@@ -350,6 +352,25 @@ def test_memory_findings_separate_batch_size_from_fraction():
     assert m["conclusion"] == "confounded"
     m = analysis.memory_findings(_rows([0] * 2, [900, 1000], [32, 128]), "rss", False)
     assert m["conclusion"] == "not per split"
+
+
+def test_contention_is_detected_from_the_measurements():
+    row = {"split": 0.5, "train_images": 25000, "train_epoch_time_s": 60.0, "images_per_s": 400,
+           "batch_size": 128, "load_avg_1min_at_start": [1.0]}
+    quiet = [dict(row, cpu_share=0.97, epoch_images_per_s_range=[390, 410]),
+             dict(row, split=0.8, train_images=40000, cpu_share=0.95,
+                  epoch_images_per_s_range=[395, 405])]
+    t = analysis.time_findings(quiet, cpus=2)
+    assert not t["contended"] and any("quiet machine" in x for x in t["text"])
+    busy = [dict(quiet[0], cpu_share=0.4), dict(quiet[1], epoch_images_per_s_range=[97, 203])]
+    t = analysis.time_findings(busy, cpus=2)
+    assert t["contended_splits"] == [0.5, 0.8]
+    assert any("CPU share 0.40" in x and "97–203 images/s" in x and "upper bounds" in x
+               for x in t["text"])
+    # Without a CPU share, a high load average at the split's start is the fallback signal.
+    old = [dict(row, load_avg_1min_at_start=[5.0]), dict(row, split=0.8, train_images=40000)]
+    t = analysis.time_findings(old, cpus=2)
+    assert t["contended_splits"] == [0.5] and any("load average 5.0" in x for x in t["text"])
 
 
 def test_time_fit():

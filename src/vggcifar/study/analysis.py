@@ -13,6 +13,11 @@ from .presets import REFERENCE
 # saturated; a relative memory spread below this counts as "hardly changes".
 SATURATION_POINTS_PER_DOUBLING = 2.0
 FLAT_MEMORY_SPREAD = 0.10
+# A split whose process got less than this share of its threads' CPU time, or whose epoch
+# throughput varied more than this factor, was timed on a busy machine.
+CPU_SHARE_BUSY = 0.8
+THROUGHPUT_UNSTABLE = 1.5
+LOAD_BUSY = 1.5  # x logical CPUs: a load average that means other work (fallback signal)
 
 
 def pct(f: float) -> str:
@@ -72,8 +77,8 @@ def accuracy_findings(rows: list[dict]) -> dict:
             f"(overall {100 * lo[1]:.2f}% at {pct(lo[0])} to {100 * hi[1]:.2f}% at {pct(hi[0])}).")
     gains = out["gains"]
     out["text"].append("Gain per doubling of the training images: " + ", ".join(
-        f"{g['points_per_doubling']:+.1f} points ({pct(g['from'])}→{pct(g['to'])})" for g in gains)
-        + ".")
+        f"{g['points_per_doubling']:+.1f} points ({pct(g['from'])}→{pct(g['to'])})"
+        for g in gains) + ".")
     low = [g["points_per_doubling"] < SATURATION_POINTS_PER_DOUBLING for g in gains]
     # Saturated from the first split after which *every* further doubling adds little.
     sat_i = next((i for i in range(len(gains)) if all(low[i:])), None)
@@ -88,8 +93,9 @@ def accuracy_findings(rows: list[dict]) -> dict:
         flat = [g for g, lo_ in zip(gains, low) if lo_]
         out["text"].append(
             "The gain is uneven rather than saturating: " + ", ".join(
-                f"{pct(g['from'])}→{pct(g['to'])} adds only {g['points_per_doubling']:.1f} points "
-                "per doubling" for g in flat) + ", but a larger split gains more again.")
+                f"{pct(g['from'])}→{pct(g['to'])} adds only "
+                f"{g['points_per_doubling']:.1f} points per doubling" for g in flat)
+            + ", but a larger split gains more again.")
     elif len(gains) > 1 and last < first / 2:
         out["text"].append(
             f"Returns diminish (the gain per doubling falls from {first:.1f} to {last:.1f} "
@@ -144,7 +150,8 @@ def time_findings(rows: list[dict], cpus: int | None = None) -> dict:
     out["text"].append(
         f"Training time per epoch grows from {ys[i_lo]:.1f} s ({xs[i_lo]:,} images) to "
         f"{ys[i_hi]:.1f} s ({xs[i_hi]:,} images): a linear fit gives "
-        f"{1000 * fit['slope']:.2f} s per 1,000 images plus {fit['intercept']:.1f} s "
+        f"{1000 * fit['slope']:.2f} s per 1,000 images "
+        f"{'plus' if fit['intercept'] >= 0 else 'minus'} {abs(fit['intercept']):.1f} s "
         f"(R² {fit['r2']:.3f}).")
     if loglog is not None:
         k = loglog["slope"]
@@ -156,15 +163,7 @@ def time_findings(rows: list[dict], cpus: int | None = None) -> dict:
         else:
             how = "above 1: the large splits cost more per image"
         out["text"].append(f"On log-log axes the exponent is {k:.2f}, {how}.")
-    loads = [(r["split"], r["load_avg_1min_at_start"][-1]) for r in rows
-             if r.get("load_avg_1min_at_start") and r["load_avg_1min_at_start"][-1] is not None]
-    if cpus and loads and any(x > cpus for _, x in loads):
-        busy = [f"{pct(f)}: {x:.1f}" for f, x in loads if x > cpus]
-        out["contended"] = True
-        out["text"].append(
-            f"Other work shared the CPU: the 1-minute load average exceeded the {cpus} logical "
-            f"CPUs when these splits started ({', '.join(busy)}), so these times include waiting "
-            "for the CPU and are upper bounds for an idle machine.")
+    out["text"] += _contention(rows, cpus, out)
     ips = [(r["split"], r["images_per_s"], r["batch_size"]) for r in rows if r.get("images_per_s")]
     if len(ips) >= 2:
         lo = min(ips, key=lambda t: t[1])
@@ -173,6 +172,46 @@ def time_findings(rows: list[dict], cpus: int | None = None) -> dict:
             f"Training throughput ranges from {lo[1]:.0f} images/s ({pct(lo[0])}, batch {lo[2]}) "
             f"to {hi[1]:.0f} images/s ({pct(hi[0])}, batch {hi[2]}).")
     return out
+
+
+def _contention(rows: list[dict], cpus: int | None, out: dict) -> list[str]:
+    """Sentences on whether each split was timed on a busy machine. Signals: the share of its
+    threads' time the split's process got on the CPU, and how much its epoch throughput varied
+    (every epoch does the same work). Without a CPU share, a load average well above the CPU
+    count at the split's start (the study's own previous split counts too, hence the margin)."""
+    text, busy, quiet = [], [], []
+    shares = [(r["split"], r["cpu_share"]) for r in rows if r.get("cpu_share") is not None]
+    if shares:
+        out["cpu_share"] = {f"{f:g}": x for f, x in shares}
+        text.append("Share of its threads' time each split's process got on the CPU (1 = never "
+                    "waiting): " + ", ".join(f"{pct(f)}: {x:.2f}" for f, x in shares) + ".")
+    for r in rows:
+        why = []
+        share = r.get("cpu_share")
+        if share is not None and share < CPU_SHARE_BUSY:
+            why.append(f"CPU share {share:.2f}")
+        rng = r.get("epoch_images_per_s_range")
+        if rng and rng[0] > 0 and rng[1] / rng[0] > THROUGHPUT_UNSTABLE:
+            why.append(f"epoch throughput {rng[0]:.0f}–{rng[1]:.0f} images/s")
+        loads = [x for x in (r.get("load_avg_1min_at_start") or []) if x is not None]
+        if share is None and cpus and loads and loads[-1] > LOAD_BUSY * cpus:
+            why.append(f"load average {loads[-1]:.1f} at its start")
+        (busy if why else quiet).append((r["split"], why))
+    out["contended_splits"] = [f for f, _ in busy]
+    out["contended"] = bool(busy)
+    if busy:
+        text.append(
+            "Other work shared the CPU during " + "; ".join(
+                f"{pct(f)} ({', '.join(w)})" for f, w in busy) + ": its times include waiting for "
+            "the CPU (upper bounds for a quiet machine); the medians above keep the slowed "
+            "epochs from dominating, but not entirely.")
+        if quiet:
+            text.append("The other splits (" + ", ".join(pct(f) for f, _ in quiet) + ") ran on "
+                        "an otherwise quiet machine.")
+    elif rows:
+        text.append("Every split ran on an otherwise quiet machine (steady epoch throughput"
+                    + (", full CPU share" if shares else "") + ").")
+    return text
 
 
 def memory_findings(rows: list[dict], kind: str, isolated: bool | None) -> dict:
@@ -304,11 +343,13 @@ def reference_comparison(rows: list[dict]) -> dict:
         mine = next((r for r in rows if math.isclose(r["split"], f, rel_tol=1e-9)), None)
         out["rows"].append({"split": f, "reference_accuracy": a,
                             "test_accuracy": mine["test_accuracy"] if mine else None,
-                            "difference_points": 100 * (mine["test_accuracy"] - a) if mine else None})
+                            "difference_points": (100 * (mine["test_accuracy"] - a) if mine
+                                                  else None)})
     hits = [r for r in out["rows"] if r["test_accuracy"] is not None]
     if hits:
         out["text"].append("Against the original study at the same fractions: " + ", ".join(
-            f"{pct(r['split'])}: {100 * r['test_accuracy']:.2f}% vs {100 * r['reference_accuracy']:.1f}% "
+            f"{pct(r['split'])}: {100 * r['test_accuracy']:.2f}% vs "
+            f"{100 * r['reference_accuracy']:.1f}% "
             f"({r['difference_points']:+.1f} points)" for r in hits) + f"; the original's final "
             f"VGG16 reached {100 * REFERENCE['final_test_accuracy']:.2f}%.")
     return out

@@ -61,14 +61,17 @@ def _split_row(split: float, run_dir: Path, manifest: dict) -> dict:
             full.append(r)
         prev = r["step"]
     if full:
-        train_epoch = statistics.fmean(r["train_time_s"] for r in full)
-        wall_epoch = statistics.fmean(r["epoch_time_s"] for r in full)
+        # Medians: robust to the first epoch's warm-up and to epochs slowed by other work.
+        train_epoch = statistics.median(r["train_time_s"] for r in full)
+        ips = statistics.median(r["images_per_s"] for r in full)
+        val_per_epoch = statistics.fmean(r["epoch_time_s"] - r["train_time_s"] for r in full)
         estimated = False
     else:  # only a partial epoch (a short --steps budget): extrapolate from the throughput
-        train_epoch = (spe * b if n > b else n) / summary["mean_images_per_s"]
-        wall_epoch = train_epoch * summary["mean_epoch_time_s"] / max(
-            1e-9, statistics.fmean(r["train_time_s"] for r in metrics))
+        ips = summary["mean_images_per_s"]
+        train_epoch = (spe * b if n > b else n) / ips
+        val_per_epoch = statistics.fmean(r["epoch_time_s"] - r["train_time_s"] for r in metrics)
         estimated = True
+    wall_epoch = train_epoch + max(0.0, val_per_epoch)
     sessions = manifest.get("runs", {}).get(f"{split:g}", {}).get("sessions", [])
     cuda = str(summary.get("device", "cpu")).startswith("cuda")
     return {
@@ -83,7 +86,7 @@ def _split_row(split: float, run_dir: Path, manifest: dict) -> dict:
         "final_train_accuracy": metrics[-1]["train_acc"] if metrics else None,
         "train_epoch_time_s": train_epoch, "train_epoch_time_estimated": estimated,
         "mean_epoch_time_s": wall_epoch,
-        "images_per_s": summary.get("mean_images_per_s"),
+        "images_per_s": ips,
         "peak_memory_mb": summary.get("peak_memory_mb"),
         "peak_reserved_mb": summary.get("peak_reserved_mb") if cuda else None,
         "memory_kind": "gpu" if cuda else "rss",
@@ -94,6 +97,10 @@ def _split_row(split: float, run_dir: Path, manifest: dict) -> dict:
         "resumed": any(s.get("resumed") for s in sessions),
         "isolated": (all(s.get("isolated") for s in sessions) if sessions else None),
         "load_avg_1min_at_start": [s.get("load_avg_1min_at_start") for s in sessions],
+        # On CUDA the CPU mostly waits for the GPU, so its CPU share says nothing about sharing.
+        "cpu_share": sessions[-1].get("cpu_share") if sessions and not cuda else None,
+        "epoch_images_per_s_range": ([min(r["images_per_s"] for r in full),
+                                      max(r["images_per_s"] for r in full)] if full else None),
         "metrics": metrics,
     }
 
@@ -162,7 +169,7 @@ def _fraction_axis(ax, splits):
 
 def _log_y(ax, values):
     """Log y axis with plain-number labels when the values span more than a factor of 5."""
-    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     vals = [v for v in values if v and v > 0]
     if not vals or max(vals) / min(vals) <= 5:
@@ -170,9 +177,7 @@ def _log_y(ax, values):
         return False
     ax.set_yscale("log")
     ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-    fmt = ScalarFormatter()
-    fmt.set_scientific(False)
-    ax.yaxis.set_major_formatter(fmt)
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.yaxis.set_minor_formatter(NullFormatter())
     return True
 
@@ -214,7 +219,7 @@ def plot_epoch_time(rows, path: Path, fit: dict | None) -> None:
     walls = [(r["split"], r["mean_epoch_time_s"]) for r in rows if r.get("mean_epoch_time_s")]
     if walls:
         ax[0].plot([w[0] for w in walls], [w[1] for w in walls], "s--", alpha=0.8,
-                   label="wall (with validation, mean)")
+                   label="wall (training + mean validation)")
     if fit is not None:
         lo, hi = min(fs), max(fs)
         xs = [lo * (hi / lo) ** (i / 49) for i in range(50)] if hi > lo else [lo]
@@ -368,9 +373,10 @@ def _markdown(rep: dict, rows: list[dict]) -> str:
     cfg = st["config"]
     L = []
     L.append("# VGG on CIFAR-10: accuracy, time and memory against training-set size\n")
+    at_least = (f", at least {st['min_steps']} optimisation steps" if st.get("min_steps")
+                else "")
     length = (f"{cfg['steps']} optimisation steps per split" if cfg.get("steps") else
-              f"{cfg['epochs']} epochs per split" + (
-                  f", at least {st['min_steps']} optimisation steps" if st.get("min_steps") else ""))
+              f"{cfg['epochs']} epochs per split{at_least}")
     width = cfg.get("width", 1)
     width_txt = "" if width == 1 else f" (width {width:g})"
     L.append(f"Study folder `{st['name']}`: {cfg['arch']}{width_txt}, "
@@ -395,11 +401,11 @@ def _markdown(rep: dict, rows: list[dict]) -> str:
         "class); validation images come from the rest (up to the validation size); the test set "
         f"is the whole {n_test}test set, evaluated once on the checkpoint with the best "
         "validation accuracy (the last epoch when there is no validation set).",
-        "*train s/epoch*: training time of a full epoch (no validation), mean over the full "
-        "epochs; *wall s/epoch*: the same epochs' wall time, including validation when it ran; "
-        "*images/s*: "
-        "training throughput; *total time*: the split's whole run (data loading, training, "
-        "validation, test, figures).",
+        "*train s/epoch*: training time of a full epoch (no validation), median over the full "
+        "epochs, so the first epoch's warm-up and epochs slowed by other work do not skew it; "
+        "*wall s/epoch*: that plus the mean validation time per epoch; *images/s*: median "
+        "training throughput of the same epochs; *total time*: the split's whole run (start-up, "
+        "data loading, training, validation, test, figures).",
         ("*peak RSS*: the process's peak resident set size (see below)." if kind == "rss" else
          "*peak GPU alloc / reserved*: PyTorch's peak allocated / reserved CUDA memory, reset "
          "every epoch, maximum over epochs."),
@@ -456,8 +462,8 @@ def _markdown(rep: dict, rows: list[dict]) -> str:
     L.append("## Reproduce\n")
     for s in st["sessions"]:
         if s.get("command"):
-            L.append(f"- Command{' (session started ' + s['started'] + ')' if len(st['sessions']) > 1 else ''}: "
-                     f"`{s['command']}`")
+            when = f" (session started {s['started']})" if len(st["sessions"]) > 1 else ""
+            L.append(f"- Command{when}: `{s['command']}`")
     L.append(f"- Same settings without a preset: `{st['explicit_command']}`")
     L.append(f"- Seed: {cfg['seed']} (fixes the class-stratified split, the initialisation and "
              "the augmentation order)")
@@ -465,9 +471,11 @@ def _markdown(rep: dict, rows: list[dict]) -> str:
     v = st.get("versions") or {}
     L.append("- Versions: " + ", ".join(f"{k} {v[k]}" for k in
                                          ("vggcifar", "torch", "torchvision", "python", "cuda")
-                                         if k in v) + (f"; {v['platform']}" if "platform" in v else ""))
+                                         if k in v)
+             + (f"; {v['platform']}" if "platform" in v else ""))
     L.append(f"- Data: `{st.get('data_source') or cfg['data']}` ({st.get('data_format') or '?'})")
-    L.append(f"- Each split ran {'in its own process' if st['isolated'] else 'in one shared process'}; "
+    where = "in its own process" if st["isolated"] else "in one shared process"
+    L.append(f"- Each split ran {where}; "
              f"study wall time {_duration(st['wall_time_s'])} over {len(st['sessions'])} "
              f"session{'s' if len(st['sessions']) != 1 else ''} (sum of the splits' run times "
              f"{_duration(st['sum_split_time_s'])}).")
@@ -523,7 +531,8 @@ def write_report(study_dir: str | os.PathLike) -> dict:
           "memory": analysis.memory_findings(rows, kind, isolated),
           "reference": analysis.reference_comparison(rows)}
     study = {
-        "name": study_dir.name, "created": manifest.get("created"), "preset": manifest.get("preset"),
+        "name": study_dir.name, "created": manifest.get("created"),
+        "preset": manifest.get("preset"),
         "splits": manifest["splits"], "min_steps": manifest.get("min_steps", 0),
         "config": manifest["config"], "note": manifest.get("note"),
         "sessions": [{k: s.get(k) for k in ("started", "finished", "command", "wall_time_s",

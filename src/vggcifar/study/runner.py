@@ -133,7 +133,8 @@ def _shared_config(config: TrainConfig) -> dict:
 
 
 def _option(field: str) -> str:
-    return {"progress": "--quiet", "compile": "--compile"}.get(field, "--" + field.replace("_", "-"))
+    special = {"progress": "--quiet", "compile": "--compile"}
+    return special.get(field, "--" + field.replace("_", "-"))
 
 
 def _check_resume(saved: dict, splits: list[float], config: TrainConfig, min_steps: int) -> None:
@@ -199,8 +200,8 @@ def _is_main_rank() -> bool:
 
 def run_study(out: str | os.PathLike, splits, config: TrainConfig, *, min_steps: int = 0,
               preset: str | None = None, resume: bool = False, isolate: bool = True,
-              command: str | None = None, explicit_command: str | None = None,
-              note: str | None = None, report: bool = True) -> dict:
+              command: str | None = None, note: str | None = None,
+              report: bool = True) -> dict:
     """Train one run per split into ``out`` and write the report; returns the report dict.
 
     Args:
@@ -216,7 +217,8 @@ def run_study(out: str | os.PathLike, splits, config: TrainConfig, *, min_steps:
         isolate: train each split in its own (spawned) process, so that the trainer's peak memory
             (process RSS high-water mark on CPU; GPU caches on CUDA) belongs to that split alone.
             Ignored (off) under torchrun.
-        command, explicit_command, note: recorded in the manifest and shown in the report.
+        command: the command line as typed, and note: a line for the top of the report;
+            both recorded in the manifest and shown in the report.
         report: write ``report.md``/``report.json``/figures at the end.
 
     Raises:
@@ -260,8 +262,8 @@ def run_study(out: str | os.PathLike, splits, config: TrainConfig, *, min_steps:
     plan = plan_epochs(config, splits, min_steps)
     dataset = plan.pop("dataset")
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    session = {"started": now, "command": command, "explicit_command": explicit_command,
-               "isolate": isolate, "hardware": hardware(), "trained": [], "skipped": []}
+    session = {"started": now, "command": command, "isolate": isolate, "hardware": hardware(),
+               "trained": [], "skipped": []}
     if manifest is None:
         manifest = {"version": MANIFEST_VERSION, "created": now, "splits": splits,
                     "min_steps": int(min_steps), "preset": preset,
@@ -300,11 +302,17 @@ def run_study(out: str | os.PathLike, splits, config: TrainConfig, *, min_steps:
                 f"{p['epochs']} epochs ({p['steps']} steps of batch {p['batch_size']})")
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
         started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        cpu0, wall0 = _cpu_seconds(isolate), time.perf_counter()
         summary = _train_split(cfg, isolate)
+        cpu, wall = _cpu_seconds(isolate) - cpu0, time.perf_counter() - wall0
         run_info = manifest["runs"].setdefault(f"{s:g}", {"sessions": []})
-        run_info["sessions"].append({"started": started, "resumed": state == "partial",
-                                     "load_avg_1min_at_start": load, "isolated": isolate,
-                                     "total_time_s": summary.get("total_time_s")})
+        run_info["sessions"].append({
+            "started": started, "resumed": state == "partial", "load_avg_1min_at_start": load,
+            "isolated": isolate, "total_time_s": summary.get("total_time_s"),
+            "wall_time_s": wall, "cpu_time_s": cpu, "threads": _threads(),
+            # Share of the time its threads could have run that the split got: well below 1
+            # means other work was using the CPU (or the threads were waiting on something).
+            "cpu_share": cpu / (wall * _threads()) if wall > 0 else None})
         session["trained"].append(s)
         session["wall_time_s"] = time.perf_counter() - t0
         if main:
@@ -325,6 +333,20 @@ def run_study(out: str | os.PathLike, splits, config: TrainConfig, *, min_steps:
 
 
 # ---------------------------------------------------------------------- one split
+def _cpu_seconds(children: bool) -> float:
+    """User + system CPU time of this process, or of its finished child processes."""
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def _threads() -> int:
+    import torch
+
+    return max(1, torch.get_num_threads())
+
+
 def _train_split(cfg: TrainConfig, isolate: bool) -> dict:
     if not isolate:
         return trainer.train(cfg)
