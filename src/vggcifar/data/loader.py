@@ -111,12 +111,6 @@ class DeviceLoader:
         n = len(self.labels)
         return n // self.global_batch if self.drop_last else -(-n // self.global_batch)
 
-    @property
-    def num_samples(self) -> int:
-        """Images this rank sees per epoch."""
-        n = len(self.labels)
-        return sum(len(self._rank_slice(i, n)) for i in range(len(self)))
-
     def _rank_slice(self, i: int, n: int) -> range:
         """Positions in the global order of this rank's share of global batch ``i``."""
         start = i * self.global_batch
@@ -129,11 +123,13 @@ class DeviceLoader:
     def _chunks(self, batches: list[range]):
         """Group consecutive batches into chunks of about CHUNK_IMAGES images."""
         chunk: list[range] = []
+        size = 0
         for r in batches:
             chunk.append(r)
-            if sum(len(c) for c in chunk) >= self.CHUNK_IMAGES:
+            size += len(r)
+            if size >= self.CHUNK_IMAGES:
                 yield chunk
-                chunk = []
+                chunk, size = [], 0
         if chunk:
             yield chunk
 
