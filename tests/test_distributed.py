@@ -160,7 +160,7 @@ def test_torchrun_cli_end_to_end(cifar_batches, tmp_path):
            "--name", "tr", "--quiet"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env)
-    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-8000:]
     s = json.loads((tmp_path / "tr" / "summary.json").read_text())
     assert s["world_size"] == 2 and s["steps"] == 4
     # One JSON result line, from rank 0 only.

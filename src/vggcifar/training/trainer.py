@@ -391,6 +391,9 @@ class _Run:
         }
         if self.main:
             self._write_final(test, per_class, summary)
+        # Leave together: a rank that tears down its process group while rank 0 is still writing
+        # figures can be aborted by gloo when the connection closes under it.
+        distributed.barrier(self.info)
         summary["run_dir"] = str(self.run_dir)
         self.log(f"test accuracy {summary['test_accuracy']:.2%} ({chosen}); "
                  f"total {summary['total_time_s']:.1f}s; run folder {self.run_dir}")
