@@ -13,7 +13,8 @@ install, no network). Within --budget-s seconds (default 540, i.e. 9 minutes) it
    last; whatever finished is reported);
 3. exports the VGG16 checkpoint to ONNX fp32 and fp16 and runs the parity report on CUDA
    (TensorRT too when installed);
-4. measures training throughput (eager vs torch.compile) and inference throughput;
+4. measures training throughput (eager vs torch.compile), the loader benchmark
+   (benchmarks/bench_loader.py on CUDA) and inference throughput;
 5. writes logs, summary.json, the reports, figures and the fp16 weights (split into files under
    16 MB) to OUT_DIR, and prints a results table last.
 """
@@ -279,6 +280,20 @@ def main() -> int:
         except Exception as e:  # keep going: a failed measurement is a result too
             tp.append({"compile": comp, "error": f"{type(e).__name__}: {e}"[:300]})
     summary["train_throughput"] = tp
+    loader_json = out / "loader.json"
+    bench = [sys.executable, str(ROOT / "benchmarks" / "bench_loader.py"), "--data", str(data),
+             "--device", device, "--json", str(loader_json)] + (
+                 ["--images", "1000", "--workers", "0"] if dry else [])
+    with open(out / "logs" / "4-loader.log", "w") as f:
+        f.write("$ " + " ".join(bench[1:]) + "\n")
+        f.flush()
+        try:
+            subprocess.run(bench, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT, timeout=120,
+                           env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+        except subprocess.TimeoutExpired:
+            pass
+    summary["loader"] = (json.loads(loader_json.read_text()) if loader_json.exists()
+                         else {"error": "see logs/4-loader.log"})
     onnx_files = sorted((out / "export").glob("*.onnx")) if (out / "export").exists() else []
     try:
         summary["inference_throughput"] = inference_throughput(ckpt, device, onnx_files, dry)
@@ -313,6 +328,10 @@ def print_table(s: dict) -> None:
              ("training steps time", f"{t.get('train_time_s') or 0:.1f}s"),
              ("study", f"rc {s['study'].get('rc')}, test acc {s['study'].get('test_accuracy')}"),
              ("export rc", s["export"].get("rc"))]
+    ld = s.get("loader", {})
+    lines.append(("loader img/s: device vs classic", f"{ld['device_loader_img_s']:,} vs "
+                  f"{ld['classic_loader_img_s']:,} ({ld['speedup']}x)" if "speedup" in ld
+                  else ld.get("error")))
     for row in s.get("train_throughput", []):
         lines.append((f"train img/s ({'compiled' if row.get('compile') else 'eager'})",
                       f"{row['images_per_s']:,.0f}" if "images_per_s" in row else row.get("error")))

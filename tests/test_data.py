@@ -215,7 +215,40 @@ def test_fused_gather_equals_reference_crop_then_flip():
     idx = torch.randperm(12, generator=g)[:10]
     dy, dx = torch.randint(0, 9, (10,), generator=g), torch.randint(0, 9, (10,), generator=g)
     flips = torch.rand(10, generator=g) < 0.5
+    # the windows at the very end of the storage (last image, largest offsets, mirrored) too
+    idx, dy, dx = torch.cat([idx, torch.tensor([11, 11])]), torch.cat([dy, torch.tensor([8, 8])]), \
+        torch.cat([dx, torch.tensor([8, 0])])
+    flips = torch.cat([flips, torch.tensor([True, False])])
     out = gather_augmented(both, idx, dy, dx, flips, 32)
     ref = random_flip(random_crop(x[idx], 4, dy, dx), flips)
     assert torch.equal(out, ref)
     assert out.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_normalize_is_the_same_in_both_memory_formats():
+    from vggcifar.preprocessing import normalize_
+
+    x = torch.randint(0, 256, (5, 3, 32, 32)).float()
+    ref = (x / 255 - torch.tensor(CIFAR10_MEAN).view(1, 3, 1, 1)) / torch.tensor(
+        CIFAR10_STD).view(1, 3, 1, 1)
+    plain = normalize_(x.clone(), CIFAR10_MEAN, CIFAR10_STD)
+    cl = normalize_(x.clone().contiguous(memory_format=torch.channels_last), CIFAR10_MEAN,
+                    CIFAR10_STD)
+    assert cl.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(plain, ref, atol=1e-5) and torch.allclose(cl, ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_device_loader_batches_do_not_depend_on_chunk_size(channels_last):
+    imgs = torch.randint(0, 256, (100, 3, 32, 32), dtype=torch.uint8)
+    labels = torch.arange(100)
+    kw = dict(train=True, mean=CIFAR10_MEAN, std=CIFAR10_STD, seed=1, channels_last=channels_last)
+    big = DeviceLoader(imgs, labels, 8, **kw)
+    small = DeviceLoader(imgs, labels, 8, **kw)
+    small.CHUNK_BYTES = 1  # one batch per chunk
+    a, b = list(big), list(small)
+    assert len(a) == len(b) == 12
+    for (xa, ya), (xb, yb) in zip(a, b):
+        assert torch.equal(ya, yb) and torch.equal(xa, xb)
+        assert xa.is_contiguous(memory_format=torch.channels_last if channels_last
+                                else torch.contiguous_format)

@@ -24,6 +24,7 @@ def test_gpu_acceptance_dry_run(tmp_path):
     assert (out / "study" / "report.md").exists()
     assert s["export"]["rc"] == 0 and (out / "export" / "parity.json").exists()
     assert {row["compile"] for row in s["train_throughput"]} == {False, True}
+    assert s["loader"]["device_loader_img_s"] > 0 and s["loader"]["classic_loader_img_s"] > 0
     assert any("images_per_s" in row for row in s["inference_throughput"])
     parts = sorted((out / "model-fp16").glob("*.part*"))
     assert parts and all(p.stat().st_size < 16 * 2**20 for p in parts)

@@ -61,15 +61,23 @@ def normalize_(x: torch.Tensor, mean, std) -> torch.Tensor:
     """Normalise pixels in [0, 255] in place: ``x * (1 / (255 std)) - mean / std``.
 
     Args:
-        x: ``[N, 3, H, W]`` floating tensor of pixel values 0..255 (any memory format).
+        x: ``[N, C, H, W]`` floating tensor of pixel values 0..255 (any memory format).
     Returns:
         ``x``, now normalised model input.
     """
-    std_t = torch.as_tensor(std, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
-    mean_t = torch.as_tensor(mean, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+    std_t = torch.as_tensor(std, dtype=torch.float32, device=x.device)
+    mean_t = torch.as_tensor(mean, dtype=torch.float32, device=x.device)
+    scale, shift = (1.0 / (255.0 * std_t)).to(x.dtype), (-mean_t / std_t).to(x.dtype)
+    n, c, h, w = x.shape
+    if c > 1 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        # Channels are the innermost dimension here: broadcasting a [C] vector over them makes
+        # loops of C elements, which CPUs do not vectorise (4.7x slower on the 2-core CPU).
+        # Each image's whole H*W*C pattern of factors keeps every loop long.
+        flat = x.permute(0, 2, 3, 1).view(n, h * w * c)
+        torch.addcmul(shift.repeat(h * w), flat, scale.repeat(h * w), out=flat)
+        return x
     # One fused multiply-add pass over the batch.
-    return torch.addcmul((-mean_t / std_t).to(x.dtype), x, (1.0 / (255.0 * std_t)).to(x.dtype),
-                         out=x)
+    return torch.addcmul(shift.view(1, c, 1, 1), x, scale.view(1, c, 1, 1), out=x)
 
 
 def uint8_to_input(x: torch.Tensor, mean, std, dtype=torch.float32) -> torch.Tensor:
