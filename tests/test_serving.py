@@ -566,3 +566,24 @@ def test_cli_many_files_in_batches_with_progress(tmp_path, varied_checkpoint):
     assert r.exit_code == 0, r.stderr
     assert len(r.stdout.splitlines()) == 150
     assert "/150 [" in r.stderr  # the tqdm bar (more files than one batch)
+
+
+def test_shown_accuracy_is_the_one_view_figure_else_flagged_tta():
+    from vggcifar.serving.backends import served_accuracy
+
+    assert served_accuracy({"test_accuracy": 0.9, "test_accuracy_one_view": 0.88,
+                            "config": {"tta": True}}) == (0.88, False)
+    assert served_accuracy({"test_accuracy": 0.9, "config": {"tta": True}}) == (0.9, True)
+    assert served_accuracy({"test_accuracy": 0.9, "config": {"tta": False}}) == (0.9, False)
+    assert served_accuracy({"test_accuracy": None}) == (None, False)
+
+
+def test_exported_model_reports_the_one_view_accuracy(varied_checkpoint, tmp_path):
+    from vggcifar.serving.backends import onnx_from_checkpoint
+
+    ckpt = torch.load(varied_checkpoint, weights_only=True)
+    ckpt["test_accuracy"], ckpt["test_accuracy_one_view"] = 0.75, 0.5
+    torch.save(ckpt, tmp_path / "acc.pt")
+    for model in (tmp_path / "acc.pt", onnx_from_checkpoint(tmp_path / "acc.pt", tmp_path)):
+        info = Predictor(model).info
+        assert info.test_accuracy == 0.5 and "50.00%" in info.describe()

@@ -139,6 +139,11 @@ def test_classic_loader_and_tta_and_schedules(cifar_batches, tmp_path):
     s = train(tiny(cifar_batches, tmp_path, name="classic", loader="classic", workers=0,
                    epochs=1, steps=4, tta=True, schedule="step"))
     assert s["steps"] == 4 and s["tta"] is True
+    # TTA runs also record the one-view figure (what serving delivers), in the checkpoint too
+    assert 0 <= s["test_accuracy_one_view"] <= 1
+    _, meta = vggcifar.load_checkpoint(tmp_path / "classic" / "best.pt")
+    assert meta["test_accuracy_one_view"] == s["test_accuracy_one_view"]
+    assert meta["test_accuracy"] == s["test_accuracy"]
     assert lr_factor(0, 100, "onecycle") == pytest.approx(0.04)
     assert lr_factor(20, 100, "onecycle") == pytest.approx(1.0)
     assert lr_factor(100, 100, "cosine") == pytest.approx(0.0)

@@ -28,7 +28,8 @@ from .preprocessing import Preprocessing
 FORMAT = "vggcifar-checkpoint"
 FORMAT_VERSION = 1
 META_KEYS = ("arch", "head", "width", "num_classes", "dropout", "preprocessing", "config",
-             "metrics", "epoch", "test_accuracy", "versions", "created", "format_version")
+             "metrics", "epoch", "test_accuracy", "test_accuracy_one_view", "versions", "created",
+             "format_version")
 
 
 def atomic_write(path: str | os.PathLike, write_fn) -> None:
@@ -59,8 +60,11 @@ def make_checkpoint(model: torch.nn.Module, *, arch: str, head: str, width: floa
                     num_classes: int, dropout: float, preprocessing: Preprocessing,
                     config: dict | None = None, metrics: list | None = None, epoch: int = 0,
                     test_accuracy: float | None = None, training_state: dict | None = None,
-                    versions: dict | None = None, created: str | None = None) -> dict:
-    """Assemble the checkpoint dict (see module docstring)."""
+                    versions: dict | None = None, created: str | None = None,
+                    test_accuracy_one_view: float | None = None) -> dict:
+    """Assemble the checkpoint dict (see module docstring). ``test_accuracy`` is the run's
+    figure (with flip TTA when the run used it); ``test_accuracy_one_view`` is without TTA, i.e.
+    what serving, which classifies one view, delivers."""
     model = unwrap_model(model)
     ckpt = {
         "format": FORMAT, "format_version": FORMAT_VERSION,
@@ -68,7 +72,8 @@ def make_checkpoint(model: torch.nn.Module, *, arch: str, head: str, width: floa
         "dropout": float(dropout), "preprocessing": preprocessing.to_dict(),
         "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
         "config": config or {}, "metrics": metrics or [], "epoch": int(epoch),
-        "test_accuracy": test_accuracy, "versions": versions or {}, "created": created,
+        "test_accuracy": test_accuracy, "test_accuracy_one_view": test_accuracy_one_view,
+        "versions": versions or {}, "created": created,
     }
     if training_state is not None:
         ckpt["training_state"] = training_state

@@ -34,7 +34,8 @@ MIN_OPSET, MAX_OPSET = 13, 23
 PRECISIONS = ("fp32", "fp16", "int8")
 # Metadata keys read by the serving code: do not rename.
 METADATA_KEYS = ("class_names", "mean", "std", "input_size", "input_description", "arch", "head",
-                 "source_checkpoint", "source_sha256", "test_accuracy", "vggcifar_version",
+                 "source_checkpoint", "source_sha256", "test_accuracy",
+                 "test_accuracy_one_view", "vggcifar_version",
                  "precision", "exporter")
 INPUT_DESCRIPTION = ("RGB float32 in [0, 1], NCHW [N, 3, {s}, {s}], N dynamic; resize to {s}x{s} "
                      "first; mean/std normalisation happens inside the graph")
@@ -202,7 +203,7 @@ def build_metadata(meta: dict, *, precision: str, exporter: str, source_sha256: 
         raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
     pre: Preprocessing = meta["preproc"]
     src = source_checkpoint or str(Path(meta["path"]).resolve())
-    acc = meta.get("test_accuracy")
+    acc, one = meta.get("test_accuracy"), meta.get("test_accuracy_one_view")
     return {
         "class_names": json.dumps(list(pre.class_names)),
         "mean": json.dumps(list(pre.mean)),
@@ -216,6 +217,7 @@ def build_metadata(meta: dict, *, precision: str, exporter: str, source_sha256: 
         "source_checkpoint": src,
         "source_sha256": source_sha256,
         "test_accuracy": json.dumps(None if acc is None else float(acc)),
+        "test_accuracy_one_view": json.dumps(None if one is None else float(one)),
         "vggcifar_version": __version__,
         "precision": precision,
         "exporter": exporter,

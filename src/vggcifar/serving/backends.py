@@ -38,6 +38,9 @@ class ModelInfo:
     preproc: Preprocessing
     arch: str | None = None
     test_accuracy: float | None = None
+    # True when test_accuracy is only known with flip TTA (older checkpoints), which serving,
+    # classifying one view, does not do.
+    accuracy_with_tta: bool = False
     precision: str | None = None
     extra: dict = field(default_factory=dict)
 
@@ -51,7 +54,11 @@ class ModelInfo:
         if self.precision:
             bits.append(self.precision)
         acc = self.test_accuracy
-        bits.append(f"test accuracy {acc:.2%}" if acc is not None else "test accuracy unknown")
+        if acc is None:
+            bits.append("test accuracy unknown")
+        else:
+            bits.append(f"test accuracy {acc:.2%}" + (" with flip TTA" if self.accuracy_with_tta
+                                                      else ""))
         return f"{self.name} ({', '.join(bits)})"
 
 
@@ -73,6 +80,18 @@ def display_name(path: str | os.PathLike) -> str:
     if p.stem in ("best", "last") and p.parent.name:
         return f"{p.parent.name}/{p.name}"
     return p.name
+
+
+def served_accuracy(meta: dict) -> tuple[float | None, bool]:
+    """``(accuracy, with_tta)`` to show for a model: the one-view test accuracy (what serving
+    delivers) when recorded, else the run's figure, flagged when that used flip TTA."""
+    one = meta.get("test_accuracy_one_view")
+    if isinstance(one, (int, float)):
+        return float(one), False
+    acc = meta.get("test_accuracy")
+    if not isinstance(acc, (int, float)):
+        return None, False
+    return float(acc), bool((meta.get("config") or {}).get("tta"))
 
 
 def _meta_value(v):
@@ -100,11 +119,10 @@ def info_from_export_metadata(meta: dict, path, fmt: str) -> ModelInfo:
     preproc = Preprocessing.from_dict(
         {"class_names": m["class_names"], "mean": m["mean"], "std": m["std"],
          "input_size": m.get("input_size") or 32})
-    acc = m.get("test_accuracy")
+    acc, with_tta = served_accuracy(m)
     return ModelInfo(
         name=display_name(path), path=str(path), format=fmt, preproc=preproc,
-        arch=m.get("arch") or None,
-        test_accuracy=float(acc) if isinstance(acc, (int, float)) else None,
+        arch=m.get("arch") or None, test_accuracy=acc, accuracy_with_tta=with_tta,
         precision=str(m["precision"]) if m.get("precision") else None,
         extra={k: v for k, v in m.items() if k in ("source_sha256", "vggcifar_version")})
 
@@ -166,7 +184,8 @@ class TorchBackend(Backend):
         fmt = model_format(path)
         self.info = ModelInfo(
             name=display_name(path), path=str(path), format=fmt, preproc=self.preproc,
-            arch=meta.get("arch"), test_accuracy=meta.get("test_accuracy"),
+            arch=meta.get("arch"), test_accuracy=served_accuracy(meta)[0],
+            accuracy_with_tta=served_accuracy(meta)[1],
             precision="fp16 weights" if fmt == "shipped" else None)  # stored fp16, run fp32
 
     def run(self, pixels: np.ndarray) -> np.ndarray:

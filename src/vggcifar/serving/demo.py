@@ -109,6 +109,8 @@ def build_demo(predictor, *, top_k: int = 5, examples: list | None = None,
 
     info = predictor.info
     acc = (f"{info.test_accuracy:.2%}" if info.test_accuracy is not None else "unknown")
+    if info.accuracy_with_tta:
+        acc += " with flip TTA"
     with gr.Blocks(title="vggcifar demo", analytics_enabled=False,
                    delete_cache=(3600, 3600)) as demo:  # uploads are deleted after an hour
         gr.Markdown(
