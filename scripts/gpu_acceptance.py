@@ -47,9 +47,12 @@ def elapsed() -> float:
     return time.perf_counter() - T0
 
 
-def run_cli(module: str, args: list[str], log: Path, timeout: float | None = None) -> dict:
-    """Run ``module.main`` (a click command) in a fresh interpreter; log its output."""
-    cmd = [sys.executable, "-c", f"from {module} import main; main()", *args]
+def run_cli(module: str, args: list[str], log: Path, timeout: float | None = None,
+            script: Path | None = None) -> dict:
+    """Run ``module.main`` (a click command), or ``script`` when given, in a fresh interpreter;
+    log its output."""
+    cmd = ([sys.executable, str(script), *args] if script else
+           [sys.executable, "-c", f"from {module} import main; main()", *args])
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
     t = time.perf_counter()
     with open(log, "w") as f:
@@ -281,17 +284,10 @@ def main() -> int:
             tp.append({"compile": comp, "error": f"{type(e).__name__}: {e}"[:300]})
     summary["train_throughput"] = tp
     loader_json = out / "loader.json"
-    bench = [sys.executable, str(ROOT / "benchmarks" / "bench_loader.py"), "--data", str(data),
-             "--device", device, "--json", str(loader_json)] + (
-                 ["--images", "1000", "--workers", "0"] if dry else [])
-    with open(out / "logs" / "4-loader.log", "w") as f:
-        f.write("$ " + " ".join(bench[1:]) + "\n")
-        f.flush()
-        try:
-            subprocess.run(bench, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT, timeout=120,
-                           env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
-        except subprocess.TimeoutExpired:
-            pass
+    bench = ["--data", str(data), "--device", device, "--json", str(loader_json)] + (
+        ["--images", "1000", "--workers", "0"] if dry else [])
+    run_cli("benchmarks/bench_loader.py", bench, out / "logs" / "4-loader.log", timeout=120,
+            script=ROOT / "benchmarks" / "bench_loader.py")
     summary["loader"] = (json.loads(loader_json.read_text()) if loader_json.exists()
                          else {"error": "see logs/4-loader.log"})
     onnx_files = sorted((out / "export").glob("*.onnx")) if (out / "export").exists() else []

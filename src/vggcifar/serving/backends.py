@@ -182,10 +182,10 @@ class TorchBackend(Backend):
         self.device = str(dev)
         self.preproc: Preprocessing = meta["preproc"]
         fmt = model_format(path)
+        acc, with_tta = served_accuracy(meta)
         self.info = ModelInfo(
             name=display_name(path), path=str(path), format=fmt, preproc=self.preproc,
-            arch=meta.get("arch"), test_accuracy=served_accuracy(meta)[0],
-            accuracy_with_tta=served_accuracy(meta)[1],
+            arch=meta.get("arch"), test_accuracy=acc, accuracy_with_tta=with_tta,
             precision="fp16 weights" if fmt == "shipped" else None)  # stored fp16, run fp32
 
     def run(self, pixels: np.ndarray) -> np.ndarray:
