@@ -2,6 +2,15 @@
 
 Used by the image-folder dataset reader and by serving, so a file is turned into pixels the same
 way in training and in prediction.
+
+Two promises, because one bad upload or one odd file in a folder must never end a run:
+
+- every failure while decoding or converting (Pillow raises far more than ``OSError`` on
+  malformed files: ``IndexError``, ``struct.error``, ``TypeError``, ``KeyError``, ``EOFError``,
+  ``ZeroDivisionError``, ``MemoryError``...) becomes that file's one-line :class:`VggCifarError`;
+- memory is bounded by what a ``size`` x ``size`` model needs: JPEGs are decoded at reduced scale
+  (draft), other large images are box-averaged down to a few times ``size`` *before* any mode
+  conversion, and 16-bit data is converted with integer arithmetic.
 """
 
 from __future__ import annotations
@@ -9,39 +18,112 @@ from __future__ import annotations
 import io
 import os
 import warnings
+from contextlib import contextmanager
 
 import numpy as np
 import torch
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageFile, UnidentifiedImageError
 
 from .errors import VggCifarError
 
-# Refuse images larger than this many pixels before decoding them (decompression bombs).
+# Refuse images that would decode to more than this many pixels (decompression bombs): at most
+# ~160 MB at 4 bytes a pixel. Counted after JPEG drafting, so a 50 MP photo read for a 32x32
+# model (decoded at 1/8 scale) passes; Pillow's own check still refuses headers over ~89 MP.
 MAX_PIXELS = 40_000_000
+# Large images are reduced to at least this multiple of the model size a side before converting:
+# the final antialiased bicubic resize from there matches one from full size, and images up to
+# 2x this size (255 px for 32x32) take exactly the same path as before.
+REDUCE_TO = 4
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 # Pillow must never fill in truncated files silently.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
+# EXIF orientation -> the transpose that makes the image upright (as ImageOps.exif_transpose).
+_ORIENTATION = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+                4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+                6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+                8: Image.Transpose.ROTATE_90}
+
+
+def _label(source, name: str | None) -> str:
+    return name or (os.fspath(source) if isinstance(source, (str, os.PathLike)) else "image")
+
+
+@contextmanager
+def _decoding(label: str):
+    """Turn any exception raised inside the block into ``VggCifarError("{label}: ...")``.
+
+    ``Exception`` on purpose: on malformed files Pillow and numpy raise nearly every built-in
+    type, and no list of them survives the next Pillow release. Our own errors pass unchanged;
+    ``KeyboardInterrupt`` and ``SystemExit`` are not ``Exception`` and are never swallowed.
+    """
+    try:
+        yield
+    except VggCifarError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise VggCifarError(f"{label}: refused, too many pixels (possible decompression bomb)") from e
+    except UnidentifiedImageError as e:
+        raise VggCifarError(f"{label}: not a readable image (unknown or corrupt format)") from e
+    except Exception as e:
+        # Pillow's OSError/ValueError texts read well alone ("image file is truncated"); for the
+        # rest ("list index out of range") the type says what kind of corruption it was.
+        kind = type(e).__qualname__
+        kind = kind if type(e).__module__ == "builtins" else f"{type(e).__module__}.{kind}"
+        detail = str(e) if isinstance(e, (OSError, SyntaxError, ValueError)) and str(e) \
+            else f"{kind}: {e}".rstrip(": ")
+        detail = " ".join(detail.split())[:200]  # one line, whatever the library wrote
+        raise VggCifarError(f"{label}: cannot decode image ({detail})") from e
+
 
 def _to_8bit(img: Image.Image) -> Image.Image:
-    """16-bit and float greyscale modes -> 8-bit 'L' by scaling the full range, not clipping."""
-    arr = np.asarray(img, dtype=np.float64)
-    if img.mode.startswith("I;16") or img.mode == "I":
-        hi = 65535.0 if arr.max() > 255 else 255.0
-        arr = arr / hi * 255.0
-    elif img.mode == "F":
+    """16/32-bit integer and float greyscale -> 8-bit 'L' by scaling the full range, not clipping.
+
+    Integer data is scaled with integer arithmetic (round half up, the same bytes as the float
+    formula): a float64 copy would be 4-8x the decoded image.
+    """
+    if img.mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
         lo, hi = float(arr.min()), float(arr.max())
-        arr = (arr - lo) / (hi - lo if hi > lo else 1.0) * 255.0
-    return Image.fromarray(np.clip(arr + 0.5, 0, 255).astype(np.uint8), mode="L")
+        arr = np.clip((arr - lo) / (hi - lo if hi > lo else 1.0) * 255.0 + 0.5, 0, 255)
+    else:  # "I" or "I;16*"
+        arr = np.asarray(img).astype(np.int64)
+        hi = 65535 if arr.max() > 255 else 255
+        arr = (np.clip(arr, 0, hi) * 255 + hi // 2) // hi
+    return Image.fromarray(arr.astype(np.uint8), mode="L")
 
 
-def to_rgb(img: Image.Image) -> Image.Image:
-    """Any Pillow image -> upright 8-bit RGB: EXIF orientation applied, first frame of animations,
-    transparency composited on white, CMYK/palette/greyscale/16-bit converted."""
+def _upright(img: Image.Image):
+    """The transpose the image's EXIF orientation asks for, or None. Unreadable EXIF is ignored:
+    the pixels themselves are still good."""
+    try:
+        orientation = img.getexif().get(ExifTags.Base.Orientation, 1)
+    except Exception:
+        return None
+    return _ORIENTATION.get(orientation) if isinstance(orientation, int) else None
+
+
+def _shrink(img: Image.Image, size: int) -> Image.Image:
+    """Box-average an image larger than ``2 * REDUCE_TO * size`` on a side down to between
+    ``REDUCE_TO`` and ``2 * REDUCE_TO`` times ``size``, in its own mode (16-bit included), so
+    that every later conversion works on a few thousand pixels, not millions."""
+    fx, fy = (max(1, n // (REDUCE_TO * size)) for n in img.size)
+    if fx == fy == 1:
+        return img
+    if img.mode in ("1", "P", "PA"):  # palette indices and single bits cannot be averaged
+        img = img.convert("RGBA" if img.mode == "PA" or "transparency" in img.info else "RGB")
+    return img.resize((img.width // fx, img.height // fy), Image.Resampling.BOX)
+
+
+def _to_rgb(img: Image.Image, size: int | None = None) -> Image.Image:
     if getattr(img, "is_animated", False):
         img.seek(0)
-    img = ImageOps.exif_transpose(img) or img
-    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+    # Read the orientation first (a resized copy loses TIFF tags) and apply it last: every step
+    # in between works pixel by pixel, so the order does not change a single byte.
+    transpose = _upright(img)
+    if size:
+        img = _shrink(img, size)
+    if img.mode in ("I", "F") or img.mode.startswith("I;16"):
         img = _to_8bit(img)
     if img.mode == "P":
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
@@ -51,29 +133,51 @@ def to_rgb(img: Image.Image) -> Image.Image:
         img = Image.alpha_composite(background, rgba)
     if img.mode != "RGB":
         img = img.convert("RGB")
-    return img
+    return img.transpose(transpose) if transpose is not None else img
 
 
-def pil_to_uint8(img: Image.Image, size: int = 32) -> torch.Tensor:
-    """Pillow image -> ``[3, size, size]`` uint8 tensor (antialiased resize when needed)."""
-    img = to_rgb(img)
-    if img.size != (size, size):
-        img = img.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=None)
-    arr = np.asarray(img, dtype=np.uint8)
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
-
-
-def open_image(source, name: str | None = None) -> Image.Image:
-    """Open and fully decode an image from a path, bytes or file object.
+def to_rgb(img: Image.Image, label: str | None = None) -> Image.Image:
+    """Any Pillow image -> upright 8-bit RGB: EXIF orientation applied, first frame of animations,
+    transparency composited on white, CMYK/palette/greyscale/16-bit converted.
 
     Raises:
-        VggCifarError: empty, unreadable, truncated, unsupported or oversized (bomb) images, with
-            a one-line message naming the file.
+        VggCifarError: the image cannot be converted (one line naming ``label``).
     """
-    label = name or (os.fspath(source) if isinstance(source, (str, os.PathLike)) else "image")
+    with _decoding(label or getattr(img, "filename", "") or "image"):
+        return _to_rgb(img)
+
+
+def pil_to_uint8(img: Image.Image, size: int = 32, label: str | None = None) -> torch.Tensor:
+    """Pillow image -> ``[3, size, size]`` uint8 tensor (antialiased resize when needed).
+
+    Raises:
+        VggCifarError: the image cannot be decoded or converted (one line naming ``label``, else
+            the image's file name).
+    """
+    with _decoding(label or getattr(img, "filename", "") or "image"):
+        img = _to_rgb(img, size)
+        if img.size != (size, size):
+            img = img.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=None)
+        arr = np.asarray(img, dtype=np.uint8)
+        return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+
+
+def open_image(source, name: str | None = None, size: int | None = None) -> Image.Image:
+    """Open and fully decode an image from a path, bytes or file object.
+
+    Args:
+        size: the model's input size, when known: JPEGs are then decoded at the smallest scale
+            (1/2..1/8) that still leaves ``REDUCE_TO * size`` pixels a side, which a later
+            :func:`pil_to_uint8` with the same size turns into the same pixels at a fraction of
+            the memory.
+    Raises:
+        VggCifarError: empty, unreadable, truncated, malformed, unsupported or oversized (bomb)
+            images, with a one-line message naming the file.
+    """
+    label = _label(source, name)
     if isinstance(source, (bytes, bytearray)):
         source = io.BytesIO(source)
-    try:
+    with _decoding(label):
         if isinstance(source, (str, os.PathLike)):
             if not os.path.exists(source):
                 raise VggCifarError(f"{label}: no such file")
@@ -84,23 +188,27 @@ def open_image(source, name: str | None = None) -> Image.Image:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(source)
+            if size:
+                img.draft(None, (REDUCE_TO * size, REDUCE_TO * size))  # a no-op but for JPEG
             w, h = img.size
             if w * h > MAX_PIXELS:
                 raise VggCifarError(
                     f"{label}: image is {w}x{h} pixels, over the {MAX_PIXELS:,}-pixel limit "
                     "(possible decompression bomb)")
             img.load()
+            # Counting frames parses the rest of an animation, where fuzzed files fail too: do
+            # it here, under the guard, and callers get the cached count.
+            getattr(img, "n_frames", 1)
         return img
-    except VggCifarError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise VggCifarError(f"{label}: refused, too many pixels (possible decompression bomb)") from e
-    except UnidentifiedImageError as e:
-        raise VggCifarError(f"{label}: not a readable image (unknown or corrupt format)") from e
-    except (OSError, SyntaxError, ValueError) as e:
-        raise VggCifarError(f"{label}: cannot decode image ({e})") from e
 
 
 def read_image(source, size: int = 32, name: str | None = None) -> torch.Tensor:
-    """Read an image file (path, bytes or file object) -> ``[3, size, size]`` uint8 tensor."""
-    return pil_to_uint8(open_image(source, name=name), size=size)
+    """Read an image file (path, bytes or file object) -> ``[3, size, size]`` uint8 tensor.
+
+    The one call for "file in, model pixels out": decoding is bounded in memory for ``size``.
+
+    Raises:
+        VggCifarError: any problem with the file, as one line naming it.
+    """
+    label = _label(source, name)
+    return pil_to_uint8(open_image(source, name=label, size=size), size=size, label=label)

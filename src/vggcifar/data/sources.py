@@ -9,6 +9,11 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import re
+import secrets
+import shutil
+import socket
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,33 +79,121 @@ def detect_format(path: str | os.PathLike) -> tuple[str, Path]:
         "there or point --data at it")
 
 
-def _unpickle(file: Path) -> dict:
+class _Refused(pickle.UnpicklingError):
+    """A pickle names something a CIFAR-10 batch never holds."""
+
+
+class _ArrayType:
+    """Stands in for ``numpy.ndarray`` in a batch pickle, where it is only ever the first argument
+    of ``_reconstruct``: the real class would let a pickle call ``ndarray(shape)`` directly."""
+
+
+def _reconstruct(cls, shape, dtype):
+    # numpy pickles an array as _reconstruct(ndarray, (0,), 'b') followed by __setstate__ with
+    # the real shape, dtype and bytes; ignoring the arguments means a pickle cannot make this
+    # allocate anything, and __setstate__ checks the bytes against the shape.
+    if cls is not _ArrayType:
+        raise _Refused("numpy _reconstruct of something other than ndarray")
+    return np.ndarray((0,), dtype=np.uint8)
+
+
+def _dtype(*args):
+    dt = np.dtype(*args)
+    if dt.hasobject:  # object arrays unpickle arbitrary Python objects
+        raise _Refused("numpy arrays of Python objects")
+    return dt
+
+
+def _frombuffer(buf, dtype, shape, order):  # numpy's pickle protocol-5 form of an array
+    return np.frombuffer(buf, dtype=_dtype(dtype)).reshape(shape, order=order)
+
+
+def _latin1(text, encoding="latin1"):  # how Python 3 writes bytes into a protocol-2 pickle
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise _Refused(f"_codecs.encode with {encoding!r}")
+    return text.encode("latin1")
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """Unpickles only what a CIFAR-10 batch holds: dicts, lists, strings, bytes, numbers and
+    numpy arrays of plain dtypes (as written by the Python 2 originals or by Python 3). Any other
+    global - ``os.system``, ``builtins.eval``, the rest of numpy - is refused before it runs,
+    which ``pickle.load`` would not do."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"): _reconstruct,  # numpy < 2
+               ("numpy._core.multiarray", "_reconstruct"): _reconstruct,  # numpy >= 2
+               ("numpy.core.numeric", "_frombuffer"): _frombuffer,
+               ("numpy._core.numeric", "_frombuffer"): _frombuffer,
+               ("numpy", "ndarray"): _ArrayType, ("numpy", "dtype"): _dtype,
+               ("_codecs", "encode"): _latin1}
+
+    def find_class(self, module, name):
+        try:
+            return self.ALLOWED[(module, name)]
+        except (KeyError, TypeError):
+            raise _Refused(f"refused to unpickle {module}.{name}") from None
+
+
+def _unpickle(file: Path):
     try:
         with open(file, "rb") as f:
-            return pickle.load(f, encoding="latin1")
-    except Exception as e:
-        raise VggCifarError(f"{file} is not a readable CIFAR-10 batch file ({e})") from e
+            return _BatchUnpickler(f, encoding="latin1").load()
+    except _Refused as e:
+        raise VggCifarError(
+            f"{file}: {e}; a CIFAR-10 batch holds only dicts, lists, strings, numbers and numpy "
+            "arrays, so this file was not written as one and may be malicious: re-download "
+            "CIFAR-10") from None
+    except Exception as e:  # corrupt or truncated pickles raise nearly anything
+        raise VggCifarError(f"{file} is not a readable CIFAR-10 batch file "
+                            f"({' '.join(f'{type(e).__name__}: {e}'.split())[:200]})") from None
+
+
+def _batch_arrays(d, file: Path, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """``data`` ``[N, 3, 32, 32]`` uint8 and ``labels`` ``[N]`` int64 of one unpickled batch,
+    checked: an error names the file and what is wrong, instead of a reshape traceback or a
+    label that silently indexes past the classes."""
+    if not isinstance(d, dict) or "data" not in d or "labels" not in d:
+        raise VggCifarError(f"{file}: not a CIFAR-10 batch (expected a dict with 'data' and "
+                            "'labels')")
+    data, labels = d["data"], d["labels"]
+    if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2
+            and data.shape[1] == 3072):
+        got = (f"{data.dtype} array of shape {list(data.shape)}" if isinstance(data, np.ndarray)
+               else type(data).__name__)
+        raise VggCifarError(f"{file}: 'data' must be a uint8 array of shape [N, 3072], got {got}")
+    if isinstance(labels, np.ndarray) and labels.ndim == 1 and labels.dtype.kind in "iu":
+        labels = labels.tolist()
+    if not isinstance(labels, list) or len(labels) != len(data):
+        raise VggCifarError(f"{file}: 'labels' must be a list of one integer per image "
+                            f"({len(data)} images)")
+    for v in labels:
+        if type(v) is not int or not 0 <= v < num_classes:
+            raise VggCifarError(f"{file}: labels must be integers 0..{num_classes - 1}, "
+                                f"found {v!r:.40}")
+    labels = np.array(labels, dtype=np.int64)
+    return data.reshape(-1, 3, 32, 32), labels
 
 
 def _read_batches(root: Path):
-    xs, ys = [], []
-    for name in BATCH_FILES:
-        file = root / name
-        if not file.is_file():
-            raise VggCifarError(f"{root} lacks {name}; the cifar-10-batches-py folder is incomplete")
-        d = _unpickle(file)
-        xs.append(np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-        ys.append(np.asarray(d["labels"], dtype=np.int64))
-    t = _unpickle(root / TEST_FILE)
     classes = CIFAR10_CLASSES
     meta = root / "batches.meta"
     if meta.is_file():
-        names = _unpickle(meta).get("label_names")
+        names = _unpickle(meta)
+        names = names.get("label_names") if isinstance(names, dict) else None
         if names:
+            if not (isinstance(names, list) and all(isinstance(n, str) and n for n in names)):
+                raise VggCifarError(f"{meta}: 'label_names' must be a list of class names")
             classes = tuple(names)
-    return (torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys)),
-            torch.from_numpy(np.asarray(t["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)),
-            torch.from_numpy(np.asarray(t["labels"], dtype=np.int64)), classes)
+    xs, ys = [], []
+    for name in BATCH_FILES + [TEST_FILE]:
+        file = root / name
+        if not file.is_file():
+            raise VggCifarError(f"{root} lacks {name}; the cifar-10-batches-py folder is incomplete")
+        x, y = _batch_arrays(_unpickle(file), file, len(classes))
+        xs.append(x)
+        ys.append(y)
+    return (torch.from_numpy(np.concatenate(xs[:-1])), torch.from_numpy(np.concatenate(ys[:-1])),
+            torch.from_numpy(xs[-1]), torch.from_numpy(ys[-1]), classes)
 
 
 def _list_image_folder(root: Path):
@@ -124,19 +217,24 @@ def _list_image_folder(root: Path):
     return tuple(classes), files
 
 
-def _decode_all(items, desc: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _decode_all(items, desc: str, verbose: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     from tqdm.auto import tqdm
 
     out = torch.empty((len(items), 3, 32, 32), dtype=torch.uint8)
     labels = torch.tensor([lab for _, lab in items], dtype=torch.int64)
 
     def work(i):
-        out[i] = read_image(items[i][0], size=32)
+        out[i] = read_image(items[i][0], size=32)  # any decoding failure: VggCifarError
 
     # Pillow releases the GIL while decoding, so threads help on many small files.
-    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as ex:
+    ex = ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2))
+    try:
         list(tqdm(ex.map(work, range(len(items)), chunksize=256), total=len(items),
-                  desc=desc, unit="img", leave=False, mininterval=1.0))
+                  desc=desc, unit="img", leave=False, mininterval=1.0, disable=not verbose))
+    except VggCifarError as e:
+        raise VggCifarError(f"{e}; fix or remove that file from the data folder") from e
+    finally:
+        ex.shutdown(cancel_futures=True)  # after a bad file, do not decode the rest for nothing
     return out, labels
 
 
@@ -181,14 +279,25 @@ def _load_cache(file: Path, fingerprint: str):
 def load_cifar10(path: str | os.PathLike, *, download: bool = True, cache: bool = True,
                  cache_dir: str | os.PathLike | None = None, verbose: bool = True) -> CifarData:
     """Load CIFAR-10 from ``path`` (either format, detected), downloading the batches-py version
-    into ``path`` when it is missing or empty and ``download`` is true.
+    into ``path`` when ``download`` is true and ``path`` is an empty folder, or a missing one
+    whose parent folder exists (a deep mistyped path is never created).
 
     Raises:
-        VggCifarError: the path is neither format, or the data is missing and cannot be
-            downloaded.
+        VggCifarError: the path is missing or neither format; the data is missing and cannot be
+            downloaded; a batch file holds anything but CIFAR-10 arrays (it is refused before
+            any of it runs); an image of the folder cannot be decoded (named).
     """
     path = Path(path)
-    if not path.exists() or (path.is_dir() and not any(path.iterdir())):
+    if not path.exists():
+        # A mistyped --data must not become a new folder tree and a 170 MB download: create
+        # (one level) and download only into a folder whose parent exists.
+        if not download or not path.parent.is_dir():
+            raise VggCifarError(
+                f"{path}: no such folder; pass --data the folder holding cifar-10-batches-py or "
+                "train/ and test/"
+                + ("" if not download else f" (a download needs an existing {path.parent})"))
+        _download(path, create=True)
+    elif path.is_dir() and not any(path.iterdir()):
         if not download:
             raise VggCifarError(f"no data at {path}; pass --data pointing to CIFAR-10")
         _download(path)
@@ -208,34 +317,91 @@ def load_cifar10(path: str | os.PathLike, *, download: bool = True, cache: bool 
     if kind == "batches-py":
         train_x, train_y, test_x, test_y, classes = _read_batches(root)
     else:
-        train_x, train_y = _decode_all(files["train"], "decoding train images")
-        test_x, test_y = _decode_all(files["test"], "decoding test images")
+        train_x, train_y = _decode_all(files["train"], "decoding train images", verbose)
+        test_x, test_y = _decode_all(files["test"], "decoding test images", verbose)
     data = CifarData(train_x, train_y, test_x, test_y, tuple(classes), str(root), kind)
     if cache:
         _save_cache(cache_file, fingerprint, data, verbose)
     return data
 
 
-def _save_cache(file: Path, fingerprint: str, d: CifarData, verbose: bool) -> None:
-    from ..checkpoint import atomic_write
+# A cache file being written: ".<final name>.<pid>@<host>.<random>.tmp". The owner in the name
+# lets a later run tell a killed writer's leftover (hundreds of MB) from a live writer's file.
+_TMP = re.compile(r"^\.(?P<final>cifar10-[0-9a-f]+\.pt)\.(?:(?P<pid>\d+)@(?P<host>.+)\.)?\w+\.tmp$")
+STALE_TMP_S = 3600  # no cache write takes an hour: older temp files are leftovers, whoever's
 
+
+def _stale(tmp: Path) -> bool:
+    m = _TMP.match(tmp.name)
+    if m is None:
+        return False  # not ours
+    try:
+        if time.time() - tmp.stat().st_mtime > STALE_TMP_S:
+            return True
+    except OSError:
+        return False
+    if m["pid"] is None or m["host"] != socket.gethostname() or os.name != "posix":
+        return False  # owner unknown (older name, other machine; on Windows os.kill would kill)
+    try:
+        os.kill(int(m["pid"]), 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return True
+    except OSError:  # exists but is another user's, or the pid is out of range
+        return False
+    return False
+
+
+def _remove_stale_temps(folder: Path) -> None:
+    """Delete cache temp files left by killed cache builds (SIGKILL, OOM, power loss), which no
+    ``finally`` can remove."""
+    for tmp in folder.glob(".cifar10-*.tmp"):
+        if _stale(tmp):
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:  # someone else's file: never a reason not to write the cache
+                pass
+
+
+def _write_cache_file(file: Path, write_fn) -> None:
+    """Write through a temp file renamed into place; the temp file is removed on any exception
+    (Ctrl-C included). Not fsynced: a torn cache fails its checksum and is rebuilt."""
+    file.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temps(file.parent)
+    owner = f"{os.getpid()}@{socket.gethostname()}"
+    tmp = file.parent / f".{file.name}.{owner}.{secrets.token_hex(4)}.tmp"
+    try:
+        write_fn(tmp)
+        os.replace(tmp, file)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _save_cache(file: Path, fingerprint: str, d: CifarData, verbose: bool) -> None:
     payload = {"fingerprint": fingerprint, "classes": list(d.classes),
                "train_x": d.train_x, "train_y": d.train_y, "test_x": d.test_x, "test_y": d.test_y,
                "digest": _tensor_digest([d.train_x, d.train_y, d.test_x, d.test_y])}
     try:
-        atomic_write(file, lambda tmp: torch.save(payload, tmp))
+        _write_cache_file(file, lambda tmp: torch.save(payload, tmp))
     except OSError as e:  # a read-only home must not stop training
         if verbose:
             print(f"vggcifar: could not write data cache {file} ({e}); continuing without it")
 
 
-def _download(path: Path) -> None:
+def _download(path: Path, create: bool = False) -> None:
+    """Download the batches-py version into ``path``; ``create``: make ``path`` first (its parent
+    exists), and remove it again when the download fails, leaving no trace of a wrong path."""
+    made = False
     try:
         from torchvision.datasets import CIFAR10
 
-        path.mkdir(parents=True, exist_ok=True)
+        if create:
+            path.mkdir()
+            made = True
         CIFAR10(str(path), train=True, download=True)
     except Exception as e:
+        if made:
+            shutil.rmtree(path, ignore_errors=True)  # only what this call made and wrote
         raise VggCifarError(
             f"no CIFAR-10 data at {path} and downloading it failed ({type(e).__name__}); "
             "without network, unpack CIFAR-10 (cifar-10-batches-py or an image folder) and pass "

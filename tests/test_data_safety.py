@@ -1,0 +1,340 @@
+"""Reading data safely: no pickle executed, one bad image is a named error, bounded decoding
+memory, no folder created for a mistyped --data, no cache temp file left behind."""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from vggcifar.data import load_cifar10
+from vggcifar.errors import VggCifarError
+from vggcifar.images import open_image, pil_to_uint8, read_image
+from vggcifar.testing import write_batches_py, write_image_folder
+
+CORPUS = Path(__file__).parent / "corpus" / "decoder"
+
+
+# ---- CIFAR batch pickles ---------------------------------------------------------------------
+
+class _Payload:
+    """Pickles as a call of ``func(*args)``: what a malicious batch file carries."""
+
+    def __init__(self, func, *args):
+        self.func, self.args = func, args
+
+    def __reduce__(self):
+        return self.func, self.args
+
+
+def _batches(tmp_path: Path) -> Path:
+    return write_batches_py(tmp_path / "data", n_train=50, n_test=10)
+
+
+def _rewrite(file: Path, change) -> None:
+    with open(file, "rb") as f:
+        d = pickle.load(f, encoding="latin1")
+    change(d)
+    with open(file, "wb") as f:
+        pickle.dump(d, f, protocol=2)
+
+
+def _evil_folder(tmp_path: Path, func, *args) -> Path:
+    folder = _batches(tmp_path)
+    _rewrite(folder / "data_batch_3", lambda d: d.update(batch_label=_Payload(func, *args)))
+    return folder
+
+
+@pytest.mark.parametrize("how", ["os.system", "exec"])
+def test_batch_pickle_with_a_payload_is_refused_unrun(tmp_path, how):
+    marker = tmp_path / "pwned"
+    folder = (_evil_folder(tmp_path, os.system, f"touch '{marker}'") if how == "os.system"
+              else _evil_folder(tmp_path, exec, f"open({str(marker)!r}, 'w').close()"))
+    with pytest.raises(VggCifarError, match=r"data_batch_3: refused to unpickle .*malicious"):
+        load_cifar10(folder, download=False, cache=False)
+    assert not marker.exists()
+
+
+def test_vgg_train_refuses_a_malicious_batch_with_exit_2(tmp_path):
+    from vggcifar.training.cli import main
+
+    marker = tmp_path / "pwned"
+    folder = _evil_folder(tmp_path, exec, f"open({str(marker)!r}, 'w').close()")
+    r = CliRunner().invoke(main, ["--data", str(folder), "--out", str(tmp_path / "runs"),
+                                  "--device", "cpu", "--epochs", "1", "--width", "0.125",
+                                  "--quiet", "--no-download"])
+    assert r.exit_code == 2, r.output
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "data_batch_3" in lines[0]
+    assert not marker.exists()
+
+
+def _py2_batch(data: np.ndarray, labels: list[int]) -> bytes:
+    """A batch pickled as the published CIFAR-10 files are (Python 2 cPickle, numpy 1.x:
+    ``numpy.core.multiarray._reconstruct`` and byte strings as ``str``), opcode by opcode."""
+    n, d = data.shape
+    raw = data.tobytes()
+    return (b"\x80\x02}(U\x04data"
+            b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85U\x01b\x87R"
+            + b"(K\x01M" + struct.pack("<H", n) + b"M" + struct.pack("<H", d) + b"\x86"
+            + b"cnumpy\ndtype\nU\x02u1K\x00K\x01\x87R(K\x03U\x01|NNNJ\xff\xff\xff\xffJ\xff\xff"
+              b"\xff\xffK\x00tb"
+            + b"\x89T" + struct.pack("<I", len(raw)) + raw + b"tb"
+            + b"U\x06labels](" + b"".join(b"K" + bytes([v]) for v in labels) + b"eu.")
+
+
+@pytest.mark.parametrize("protocol", ["python2", 0, 2, 4, 5])
+def test_real_batch_pickles_of_every_protocol_still_load(tmp_path, protocol):
+    folder = _batches(tmp_path)
+    with open(folder / "data_batch_2", "rb") as f:
+        want = pickle.load(f, encoding="latin1")
+    x, y = want["data"], want["labels"]
+    raw = (_py2_batch(x, y) if protocol == "python2"
+           else pickle.dumps({"data": x, "labels": y, "batch_label": "b2"}, protocol=protocol))
+    (folder / "data_batch_2").write_bytes(raw)
+    d = load_cifar10(folder, download=False, cache=False)
+    assert torch.equal(d.train_x[10:20].reshape(10, -1), torch.from_numpy(x))
+    assert d.train_y[10:20].tolist() == y
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda d: d.update(data=d["data"].astype(np.float32)),
+     r"uint8 array of shape \[N, 3072\], got float32"),
+    (lambda d: d.update(data=d["data"][:, :100]), r"got uint8 array of shape \[10, 100\]"),
+    (lambda d: d.update(data=d["data"].tolist()), "got list"),
+    (lambda d: d["labels"].__setitem__(0, 12), r"labels must be integers 0\.\.9, found 12"),
+    (lambda d: d["labels"].__setitem__(0, -1), "found -1"),
+    (lambda d: d["labels"].__setitem__(0, "cat"), "found 'cat'"),
+    (lambda d: d["labels"].pop(), "one integer per image"),
+    (lambda d: d.pop("labels"), "expected a dict with 'data' and 'labels'"),
+])
+def test_batch_contents_are_checked(tmp_path, change, message):
+    folder = _batches(tmp_path)
+    _rewrite(folder / "data_batch_4", change)
+    with pytest.raises(VggCifarError, match=message) as e:
+        load_cifar10(folder, download=False, cache=False)
+    assert "data_batch_4" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_object_arrays_in_a_batch_are_refused(tmp_path):
+    folder = _batches(tmp_path)
+    _rewrite(folder / "test_batch", lambda d: d.update(data=np.array([1, "x"], dtype=object)))
+    with pytest.raises(VggCifarError, match="test_batch: .*Python objects"):
+        load_cifar10(folder, download=False, cache=False)
+
+
+# ---- one bad image ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("exc, shown", [
+    (IndexError("list index out of range"), "IndexError: list index out of range"),
+    (struct.error("unpack requires a buffer"), "struct.error: unpack requires a buffer"),
+    (TypeError("no int"), "TypeError: no int"), (KeyError(296), "KeyError: 296"),
+    (ZeroDivisionError("by zero"), "ZeroDivisionError: by zero"), (EOFError(), "EOFError"),
+    (MemoryError(), "MemoryError"),
+    (RecursionError("deep\nand\nlong"), "RecursionError: deep and long"),
+], ids=lambda v: type(v).__name__ if isinstance(v, BaseException) else "")
+def test_every_decoder_exception_becomes_the_files_one_line_error(tmp_path, monkeypatch, exc,
+                                                                   shown):
+    from PIL import PngImagePlugin
+
+    path = tmp_path / "x.png"
+    Image.new("RGB", (8, 8)).save(path)
+
+    def broken(self, *a, **k):
+        raise exc
+
+    monkeypatch.setattr(PngImagePlugin.PngImageFile, "load", broken)
+    with pytest.raises(VggCifarError) as e:
+        read_image(path)
+    assert str(e.value) == f"{path}: cannot decode image ({shown})"
+
+
+def test_conversion_failures_are_the_files_error_too(monkeypatch):
+    img = Image.new("RGBA", (8, 8))
+
+    def broken(self, *a, **k):
+        raise TypeError("unsupported conversion")
+
+    monkeypatch.setattr(Image.Image, "convert", broken)
+    with pytest.raises(VggCifarError, match=r"up\.png: cannot decode image \(TypeError"):
+        pil_to_uint8(img, 32, label="up.png")
+
+
+def _folder_with_one_bad_image(tmp_path: Path) -> Path:
+    root = write_image_folder(tmp_path / "imgs", n_train=20, n_test=10)
+    crasher = CORPUS / "gif-IndexError-1.gif"  # an IndexError from Pillow in the old decoder
+    shutil.copy(crasher, root / "train" / "cat" / "bad.gif")
+    return root
+
+
+def test_one_bad_image_in_a_data_folder_is_a_named_error(tmp_path):
+    root = _folder_with_one_bad_image(tmp_path)
+    with pytest.raises(VggCifarError, match=r"bad\.gif: cannot decode image.*fix or remove") as e:
+        load_cifar10(root, download=False, cache=False)
+    assert "\n" not in str(e.value)
+
+
+def test_vgg_train_on_a_folder_with_a_bad_image_exits_2(tmp_path):
+    from vggcifar.training.cli import main
+
+    root = _folder_with_one_bad_image(tmp_path)
+    r = CliRunner().invoke(main, ["--data", str(root), "--out", str(tmp_path / "runs"),
+                                  "--device", "cpu", "--epochs", "1", "--width", "0.125",
+                                  "--quiet", "--no-download"])
+    assert r.exit_code == 2, r.output
+    last = r.stderr.strip().splitlines()[-1]  # after the progress bar
+    assert last.startswith("error: ") and "bad.gif: cannot decode image" in last
+    assert "Traceback" not in r.stderr
+
+
+# ---- bounded decoding memory -----------------------------------------------------------------
+
+def test_16bit_images_convert_with_exact_rounding():
+    v = (np.arange(1024, dtype=np.uint32) * 64 + 63).astype(np.uint16).reshape(32, 32)
+    buf = io.BytesIO()
+    Image.fromarray(v).save(buf, "PNG")
+    x = read_image(buf.getvalue())
+    want = np.floor(v / 65535 * 255 + 0.5).astype(np.uint8)  # the float formula of before
+    assert all(np.array_equal(x[c].numpy(), want) for c in range(3))
+
+
+_MEASURE = textwrap.dedent("""
+    import resource, sys, time
+    from vggcifar.images import read_image
+
+    def peak_mb():
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (
+            1 << 20 if sys.platform == "darwin" else 1 << 10)
+
+    read_image(sys.argv[1])  # warm up: lazy imports and plugin set-up are not the decode
+    base = peak_mb()
+    for path in sys.argv[2:]:  # in order of need: the peak after each is that image's
+        t0 = time.perf_counter()
+        x = read_image(path)
+        assert tuple(x.shape) == (3, 32, 32)
+        print(f"{path} {time.perf_counter() - t0:.2f} s {peak_mb() - base:.0f} MB")
+""")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="ru_maxrss is POSIX")
+def test_big_images_decode_in_bounded_memory_and_time(tmp_path):
+    # A 6300x6300 16-bit PNG compresses to ~100 KB and took ~1 GB to decode (float64 copies);
+    # a 50 MP JPEG photo was refused outright.
+    a = np.zeros((6300, 6300), np.uint16)
+    a[::7] = 40000
+    a[:, ::5] = 1000
+    Image.fromarray(a).save(tmp_path / "big16.png")
+    del a
+    photo = Image.new("L", (8200, 6150), 60)
+    photo.paste(200, (1000, 1000, 5000, 4000))
+    photo.save(tmp_path / "photo50mp.jpg", quality=80)
+    del photo
+    Image.new("RGB", (32, 32)).save(tmp_path / "small.png")
+    r = subprocess.run([sys.executable, "-c", _MEASURE, str(tmp_path / "small.png"),
+                        str(tmp_path / "big16.png"), str(tmp_path / "photo50mp.jpg")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    for line in r.stdout.splitlines():
+        _, seconds, _, peak_mb, _ = line.split()
+        assert float(seconds) < 10 and float(peak_mb) < 300, r.stdout
+
+
+# ---- --data paths ----------------------------------------------------------------------------
+
+def test_mistyped_data_path_is_neither_created_nor_downloaded(tmp_path, monkeypatch):
+    import torchvision.datasets
+
+    calls = []
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", lambda *a, **k: calls.append(a))
+    for download in (True, False):
+        with pytest.raises(VggCifarError, match="dta/cifar10: no such folder; pass --data"):
+            load_cifar10(tmp_path / "dta" / "cifar10", download=download)
+    assert not (tmp_path / "dta").exists() and not calls
+
+
+def test_failed_download_removes_the_folder_it_made(tmp_path, monkeypatch):
+    import torchvision.datasets
+
+    def offline(root, *a, **k):
+        (Path(root) / "cifar-10-python.tar.gz").write_bytes(b"partial")
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
+    with pytest.raises(VggCifarError, match="downloading it failed"):
+        load_cifar10(tmp_path / "cifar10")
+    assert not (tmp_path / "cifar10").exists()
+    (tmp_path / "empty").mkdir()  # a folder the user made is kept, whatever happens
+    with pytest.raises(VggCifarError, match="downloading it failed"):
+        load_cifar10(tmp_path / "empty")
+    assert (tmp_path / "empty").is_dir()
+
+
+# ---- cache temp files ------------------------------------------------------------------------
+
+_KILLED_WRITER = textwrap.dedent("""
+    import os, signal, sys, torch
+    from vggcifar.data import load_cifar10
+
+    def save_then_die(obj, file):  # SIGKILL mid-write: no finally, no except runs
+        with open(file, "wb") as f:
+            f.write(b"x" * 100_000)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    torch.save = save_then_die
+    load_cifar10(sys.argv[1], cache_dir=sys.argv[2], download=False, verbose=False)
+""")
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
+def test_a_killed_cache_build_leaves_no_temp_file_for_long(tmp_path):
+    folder, cache = _batches(tmp_path), tmp_path / "cache"
+    r = subprocess.run([sys.executable, "-c", _KILLED_WRITER, str(folder), str(cache)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
+    assert len(list(cache.glob("*.tmp"))) == 1  # the leftover of the killed build
+    load_cifar10(folder, cache_dir=cache, download=False)  # the next build sweeps it
+    assert not list(cache.glob("*.tmp")) and len(list(cache.glob("*.pt"))) == 1
+
+
+def test_stale_temps_are_swept_live_ones_and_others_kept(tmp_path):
+    folder, cache = _batches(tmp_path), tmp_path / "cache"
+    cache.mkdir()
+    hours_ago = time.time() - 7200
+    old = cache / ".cifar10-0123abcd.pt.k2j3_x9q.tmp"  # an older, owner-less name, 2 h old
+    live = cache / f".cifar10-0123abcd.pt.{os.getpid()}@{socket.gethostname()}.0123abcd.tmp"
+    other = cache / "notes.tmp"
+    for f in (old, live, other):
+        f.write_bytes(b"x")
+    os.utime(old, (hours_ago, hours_ago))
+    os.utime(other, (hours_ago, hours_ago))
+    load_cifar10(folder, cache_dir=cache, download=False)
+    assert not old.exists() and live.exists() and other.exists()
+
+
+def test_interrupted_cache_write_leaves_no_temp_file(tmp_path, monkeypatch):
+    # Ctrl-C during the write (also handled before; kept as a guard).
+    folder, cache = _batches(tmp_path), tmp_path / "cache"
+
+    def save_then_interrupt(obj, file):
+        Path(file).write_bytes(b"x" * 1000)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", save_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        load_cifar10(folder, cache_dir=cache, download=False)
+    assert list(cache.iterdir()) == []
