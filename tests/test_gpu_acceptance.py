@@ -1,33 +1,174 @@
-"""The GPU acceptance script's --dry-run: every stage on tiny synthetic data on the CPU."""
+"""The GPU acceptance script on the CPU: its --dry-run (every stage on tiny synthetic data, the
+same code paths), a budget small enough to force a timeout, the limits on what $OUT may hold,
+and the process-group kill that takes a stage's workers down with it."""
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
+import tarfile
+import time
 from pathlib import Path
 
+
 ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "scripts" / "gpu_acceptance.sh"
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("gpu_acceptance",
+                                                  ROOT / "scripts" / "gpu_acceptance.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # its dataclass looks its module up there
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _run(tmp_path, *args, timeout=300):
+    # gradio is not on the device machine: a stand-in that refuses to import proves that
+    # nothing the script runs needs it.
+    fake = tmp_path / "no-gradio" / "gradio"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('gradio must not be imported here')\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "2",
+           "PYTHONPATH": str(tmp_path / "no-gradio"), "PYTHON": sys.executable}
+    out = tmp_path / "out"
+    r = subprocess.run(["bash", str(SCRIPT), "--dry-run", "--out", str(out),
+                        "--work", str(tmp_path / "work"), *args],
+                       capture_output=True, text=True, timeout=timeout, env=env)
+    return r, out
+
+
+def check_out_limits(out: Path) -> list[str]:
+    """What the device machine returns from $OUT: at most 8 files, each at most 16 MiB, 64 MiB
+    in all, at most two folders deep; results.tar.gz at most 15 MB."""
+    files = [p for p in out.rglob("*") if not p.is_dir()]
+    assert 0 < len(files) <= 8, files
+    assert all(p.is_file() and not p.is_symlink() for p in files)
+    assert all(p.stat().st_size <= 16 * 2**20 for p in files)
+    assert sum(p.stat().st_size for p in files) <= 64 * 2**20
+    assert all(len(p.relative_to(out).parts) <= 3 for p in files)
+    assert (out / "results.tar.gz").stat().st_size <= 15 * 10**6
+    assert not any(p.name.endswith((".pt", ".onnx")) for p in files)  # checkpoints stay out
+    return sorted(str(p.relative_to(out)) for p in files)
+
+
+def tar_names(out: Path) -> set[str]:
+    with tarfile.open(out / "results.tar.gz") as tar:
+        return set(tar.getnames())
 
 
 def test_gpu_acceptance_dry_run(tmp_path):
-    env = {**os.environ, "VGGCIFAR_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "2"}
-    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "gpu_acceptance.py"), "--dry-run",
-                        str(tmp_path / "out")], capture_output=True, text=True, timeout=420,
-                       env=env)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    out = tmp_path / "out"
+    r, out = _run(tmp_path)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-3000:]
     s = json.loads((out / "summary.json").read_text())
-    assert s["dry_run"] is True
-    assert s["train"]["rc"] == 0 and 0 <= s["train"]["test_accuracy"] <= 1
-    assert s["train"]["process_wall_s"] >= s["train"]["train_time_s"] > 0
-    assert s["study"]["rc"] == 0 and set(s["study"]["test_accuracy"]) == {"0.5", "1"}
-    assert (out / "study" / "report.md").exists()
-    assert s["export"]["rc"] == 0 and (out / "export" / "parity.json").exists()
-    assert {row["compile"] for row in s["train_throughput"]} == {False, True}
-    assert s["loader"]["device_loader_img_s"] > 0 and s["loader"]["classic_loader_img_s"] > 0
-    assert any("images_per_s" in row for row in s["inference_throughput"])
-    parts = sorted((out / "model-fp16").glob("*.part*"))
-    assert parts and all(p.stat().st_size < 16 * 2**20 for p in parts)
-    for f in ("train-curves.png", "train-summary.json", "logs/1-train.log", "logs/3-export.log"):
-        assert (out / f).exists(), f
+    assert s["dry_run"] is True and s["cpu_only"] is True
+    assert [st["name"] for st in s["stages"]] == ["smoke", "headline", "export", "study"]
+    assert all(st["status"] == "ok" and st["group_gone"] for st in s["stages"]), s["stages"]
+    env = s["environment"]
+    for key in ("torch", "cuda", "cudnn", "gpu", "onnxruntime_providers", "tensorrt"):
+        assert key in env
+    # 0. smoke: loader on the "device" equals the CPU, bf16 + compile steps, export, throughput
+    sm = s["smoke"]
+    assert sm["loader"]["ok"] and sm["loader"]["gather_equal"] and sm["loader"]["cpu_only"]
+    assert sm["train"]["steps"] == 20 and sm["train"]["amp"] is True
+    assert sm["train"]["compile"] == "compiled" and sm["train"]["best_val_accuracy"] is not None
+    assert sm["export"]["status"] == "PASS"
+    rows = sm["throughput"]["rows"]
+    assert [r_["compile"] for r_ in rows[:2]] == [False, True]
+    assert all(r_["images_per_s"] > 0 and r_["cpu_only"] for r_ in rows[:2])
+    # 1. headline
+    h = s["headline"]
+    assert h["finished"] and 0 <= h["test_accuracy"] <= 1 and h["epochs"] == 2
+    assert h["process_wall_s"] >= h["train_time_s"] > 0 and h["compile"] == "compiled"
+    # 2. export, parity, inference
+    e = s["export"]
+    assert e["status"] == "PASS" and e["parity"]["status"] == "PASS"
+    assert e["tensorrt"].startswith("skipped")
+    assert any("images_per_s" in row for row in e["inference"])
+    # 3. study (shrunk)
+    assert set(s["study"]["splits"]) == {"0.5"} and s["study"]["report"]
+    # the fp16 model + manifest, and the $OUT limits
+    m = s["model_fp16"]
+    assert m["manifest"] == "vgg16-fp16.json" and m["from"] == "best.pt"
+    files = check_out_limits(out)
+    assert set(files) == {"summary.json", "results.tar.gz", *m["files"]}
+    assert s["out_check"]["ok"] and s["out_check"]["files"] == files
+    names = tar_names(out)
+    for f in ("logs/1-headline.log", "logs/0-smoke.log", "logs/acceptance.log",
+              "headline/metrics.csv", "headline/summary.json", "headline/curves.png",
+              "export/parity.json", "stages/smoke.json", "study/report.md", "summary.json"):
+        assert f"results/{f}" in names, f
+    with tarfile.open(out / "results.tar.gz") as tar:
+        log = tar.extractfile("results/logs/1-headline.log").read().decode()
+    assert "train_loss" in log and "val_acc" in log  # the epoch table
+    assert "gradio" not in r.stdout + r.stderr
     assert "total script time" in r.stdout.splitlines()[-2]
+    # data, cache and checkpoints lived in the work folder
+    assert (tmp_path / "work" / "runs" / "headline" / "last.pt").exists()
+
+
+def test_gpu_acceptance_forced_timeout_keeps_partial_results(tmp_path):
+    # The headline can never finish 100,000 epochs: the deadline kills it (or the smoke stage,
+    # on a very slow machine), and what ran is in the summary and the tarball.
+    t = time.perf_counter()
+    r, out = _run(tmp_path, "--budget-s", "40", "--epochs", "100000")
+    wall = time.perf_counter() - t
+    assert r.returncode == 1, r.stdout[-4000:] + r.stderr[-3000:]
+    assert wall < 40 + 60  # the budget, plus start-up and teardown
+    s = json.loads((out / "summary.json").read_text())
+    status = {st["name"]: st["status"] for st in s["stages"]}
+    assert "timeout" in status.values(), status
+    assert status["headline"] in ("timeout", "skipped")
+    first = list(status.values()).index("timeout")
+    assert all(v == "ok" for v in list(status.values())[:first])
+    assert all(v == "skipped" for v in list(status.values())[first + 1:])
+    for st in s["stages"]:
+        if st["status"] == "timeout":
+            assert st["group_gone"] and st["reason"].startswith("killed")
+            assert f"results/{st['log']}" in tar_names(out)
+        if st["status"] == "skipped":
+            assert "left before the deadline" in st["reason"]
+    if status["headline"] == "timeout":
+        assert s["headline"]["finished"] is False and "timeout" in s["headline"]["partial"]
+    assert s["out_check"]["ok"], s["out_check"]
+    check_out_limits(out)
+
+
+def test_a_timed_out_stage_takes_its_workers_down(tmp_path):
+    """A stage that started a worker of its own (like vgg-study's split process): the timeout
+    kills the whole process group, the worker too."""
+    ga = _load_script()
+    pidfile = tmp_path / "worker.pid"
+    child = ("import subprocess, sys, time; "
+             "w = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)']); "
+             f"open({str(pidfile)!r}, 'w').write(str(w.pid)); time.sleep(120)")
+    r = ga.run_group([sys.executable, "-c", child], tmp_path / "stage.log", timeout=3)
+    assert r["status"] == "timeout" and r["rc"] is None and r["group_gone"]
+    worker = int(pidfile.read_text())
+    try:
+        state = Path(f"/proc/{worker}/status").read_text()
+        assert "\nState:\tZ" in state  # killed, not yet reaped by init
+    except FileNotFoundError:
+        pass
+    assert "timeout" in (tmp_path / "stage.log").read_text()
+
+
+def test_usage_errors(tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "gpu_acceptance.py"), "--out",
+                        str(tmp_path / "o")], capture_output=True, text=True)
+    assert r.returncode == 2 and "--archive" in r.stderr
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "gpu_acceptance.py"), "--dry-run",
+                        "--out", str(tmp_path / "o"), "--work", str(tmp_path / "o" / "w")],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "outside" in r.stderr
+
+
+def test_stage_table_at_the_top_matches_the_stages():
+    ga = _load_script()
+    head = ga.__doc__
+    for st in ga.STAGES:
+        cap = "rest" if st.cap_s == float("inf") else f"{st.cap_s:.0f}"
+        assert any(line.split()[:3] == [str(st.num), st.name, cap]
+                   for line in head.splitlines() if line.strip()), st

@@ -188,6 +188,17 @@ def test_vgg_train_bad_input(args, message, tmp_path, cifar_batches):
     assert message in r.stderr
     assert "Traceback" not in r.output
     assert len([ln for ln in r.stderr.splitlines() if ln.startswith("error:")]) <= 1
+    # A failed start leaves no (empty) run folder behind, nor the --out folder it created.
+    assert not (tmp_path / "runs").exists()
+
+
+def test_failed_start_keeps_an_existing_out_folder(tmp_path, cifar_batches):
+    (tmp_path / "runs" / "other").mkdir(parents=True)
+    (tmp_path / "junk").mkdir()
+    r = CliRunner().invoke(train_cli, ["--data", str(tmp_path / "junk"), "--out",
+                                       str(tmp_path / "runs"), "--name", "new", "--quiet"])
+    assert r.exit_code == 2
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["other"]
 
 
 def test_corrupt_cache_is_rebuilt_by_vgg_train(cifar_batches, tmp_path, monkeypatch):

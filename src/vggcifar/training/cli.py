@@ -60,13 +60,18 @@ def train_options(fn):
                      help="DataLoader workers for --loader classic."),
         click.option("--device", default=D.device, show_default=True, help="auto, cpu or cuda[:N]."),
         click.option("--amp/--no-amp", default=None,
-                     help="bf16 autocast (default: on for CUDA, off on CPU)."),
+                     help="bf16 autocast. Default: on for CUDA and for a CPU that runs bf16 "
+                          "natively (oneDNN's check; AVX512-BF16/AMX), off elsewhere. "
+                          "config.json records the choice and why."),
         click.option("--channels-last/--no-channels-last", default=None,
                      help="channels_last memory format (default: on; faster on GPU and CPU)."),
         click.option("--compile/--no-compile", "compile_", default=False, show_default=True,
                      help="torch.compile the model."),
         click.option("--sync-bn/--no-sync-bn", default=False, show_default=True,
                      help="SyncBatchNorm across ranks under torchrun."),
+        click.option("--save-every", type=click.IntRange(1), default=D.save_every,
+                     show_default=True,
+                     help="Write last.pt (for --resume) every N epochs and after the last one."),
         click.option("--seed", type=int, default=D.seed, show_default=True),
         click.option("--quiet", is_flag=True, help="No progress bar or epoch table."),
     ]

@@ -18,7 +18,9 @@ LOADERS = ("device", "classic")
 @dataclass
 class TrainConfig:
     """Every option of a training run. Zero means "choose automatically" for ``batch_size``,
-    ``lr`` and ``val_every``; ``None`` means "automatic" for ``amp`` (on for CUDA) and ``channels_last`` (on)."""
+    ``lr`` and ``val_every``; ``None`` means "automatic" for ``amp`` (see :func:`resolve_amp`:
+    on for CUDA and for CPUs with native bf16) and ``channels_last`` (on). ``save_every`` writes
+    ``last.pt`` every N epochs (and always after the last one)."""
 
     arch: str = "vgg16"
     head: str = "mlp"
@@ -53,6 +55,7 @@ class TrainConfig:
     resume: str | None = None
     eval_batch_size: int = 1000
     progress: bool = True
+    save_every: int = 1
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -79,6 +82,8 @@ class TrainConfig:
             raise VggCifarError(f"epochs must be >= 1, got {self.epochs}")
         if self.steps is not None and self.steps < 1:
             raise VggCifarError(f"steps must be >= 1, got {self.steps}")
+        if self.save_every < 1:
+            raise VggCifarError(f"save-every must be >= 1 (epochs), got {self.save_every}")
         for name in ("batch_size", "val_size", "val_every", "workers"):
             if getattr(self, name) < 0:
                 raise VggCifarError(f"{name.replace('_', '-')} must be >= 0")
@@ -101,6 +106,79 @@ def resolve_device(name: str) -> torch.device:
     if name == "cpu":
         return torch.device("cpu")
     raise VggCifarError(f"unknown device {name!r}; use auto, cpu or cuda[:N]")
+
+
+def _cpu_flags() -> set[str] | None:
+    """The x86 CPU feature flags of ``/proc/cpuinfo``; None where there are none to read."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return None
+
+
+def _mkldnn_bf16() -> bool | None:
+    """oneDNN's own check, ``torch.ops.mkldnn._is_mkldnn_bf16_supported()``; None where that
+    private operator is missing or fails."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except Exception:  # noqa: BLE001 - private API: any failure means "ask the fallback"
+        return None
+
+
+def cpu_bf16_support() -> tuple[bool, str]:
+    """Whether this CPU runs bf16 natively, so that bf16 autocast is faster than fp32 (1.8x for
+    VGG16 training on the 2-core AVX512-BF16 EPYC), with how that was found out.
+
+    1. oneDNN's own check, ``torch.ops.mkldnn._is_mkldnn_bf16_supported()``: its bf16 kernels
+       run on this CPU (x86 with AVX512BW/VL/DQ, or Arm with BF16).
+    2. On x86 that check also accepts AVX512 CPUs that only emulate bf16 (slower than fp32), so
+       where ``/proc/cpuinfo`` lists flags, one of ``avx512_bf16`` or ``amx_bf16`` must be there.
+    3. Documented fallback when the private operator is missing or fails: oneDNN available
+       (``torch.backends.mkldnn.is_available()``) and one of those two flags listed; anything
+       else (no flags to read, no oneDNN) means "not native".
+    """
+    flags = _cpu_flags()
+    native = sorted((flags or set()) & {"avx512_bf16", "amx_bf16"})
+    onednn = _mkldnn_bf16()
+    if onednn is not None:
+        if not onednn:
+            return False, "oneDNN reports no bf16 support on this CPU"
+        if flags is not None and not native:
+            return False, ("oneDNN supports bf16 here but only emulated (no avx512_bf16/amx_bf16 "
+                           "CPU flag): slower than fp32")
+        return True, ("oneDNN reports native bf16" +
+                      (f" ({', '.join(native)})" if native else ""))
+    try:
+        mkldnn = bool(torch.backends.mkldnn.is_available())
+    except Exception:  # noqa: BLE001
+        mkldnn = False
+    if mkldnn and native:
+        return True, f"oneDNN available and the CPU lists {', '.join(native)}"
+    why = "oneDNN unavailable" if not mkldnn else "no avx512_bf16/amx_bf16 CPU flag"
+    return False, f"no native bf16 on this CPU ({why})"
+
+
+def resolve_amp(amp: bool | None, device: torch.device) -> tuple[bool, str]:
+    """Decide bf16 autocast: ``(use it, why)``.
+
+    An explicit ``--amp``/``--no-amp`` (True/False) wins. ``None`` (the default) means: on for
+    CUDA; on for a CPU that runs bf16 natively (:func:`cpu_bf16_support`; about 1.8x fp32 for
+    VGG16 training on an AVX512-BF16 CPU, same accuracy); off elsewhere (emulated bf16 is slower
+    than fp32).
+    """
+    if amp is not None:
+        return bool(amp), f"--{'' if amp else 'no-'}amp given"
+    device = torch.device(device)
+    if device.type == "cuda":
+        return True, "default on CUDA"
+    if device.type == "cpu":
+        ok, why = cpu_bf16_support()
+        return ok, f"default on CPU: {why}"
+    return False, f"default off on {device.type}"
 
 
 def auto_batch_size(n_train: int, device: torch.device) -> int:

@@ -1,9 +1,15 @@
-"""The one trainer behind `vgg-train`, `vgg-study` and the benchmarks."""
+"""The one trainer behind `vgg-train`, `vgg-study` and the benchmarks.
+
+``VGGCIFAR_COMPILE_BACKEND`` (environment) picks the torch.compile backend of ``--compile``
+(default ``inductor``); the GPU acceptance script's dry run uses ``eager`` to exercise the
+compile code paths on a CPU in seconds.
+"""
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import platform
 import resource
 import sys
@@ -22,7 +28,7 @@ from ..errors import VggCifarError
 from ..models import create_model
 from ..preprocessing import CIFAR10_MEAN, CIFAR10_STD, Preprocessing
 from . import distributed
-from .config import TrainConfig, auto_batch_size, auto_lr, resolve_device
+from .config import TrainConfig, auto_batch_size, auto_lr, resolve_amp, resolve_device
 from .evaluate import evaluate, per_class_accuracy, predict_logits
 from .report import plot_confusion, plot_curves, plot_samples, write_csv
 from .schedule import lr_factor
@@ -88,6 +94,8 @@ class _Run:
             # Same options as the interrupted run, so the result matches an uninterrupted one.
             saved.resume, saved.progress, saved.device = config.resume, config.progress, config.device
             saved.data = config.data if config.data != TrainConfig.data else saved.data
+            if config.save_every != TrainConfig.save_every:
+                saved.save_every = config.save_every
             config = saved
             self.run_dir = Path(config.resume).resolve().parent
         else:
@@ -100,6 +108,7 @@ class _Run:
                                     f"with --resume {self.run_dir / 'last.pt'} or pick another --name")
         self.cfg = config
         self.main = info.is_main
+        self.created_dirs: list[Path] = []
 
     def log(self, msg: str) -> None:
         if self.main and self.cfg.progress:
@@ -111,6 +120,10 @@ class _Run:
         cfg, dev = self.cfg, self.device
         if self.main:
             try:
+                # Remember what this run creates: a start that fails during setup removes it
+                # again rather than leaving an empty run folder behind.
+                missing = [d for d in (self.run_dir, *self.run_dir.parents) if not d.exists()]
+                self.created_dirs = missing
                 self.run_dir.mkdir(parents=True, exist_ok=True)
                 probe = self.run_dir / ".write-test"
                 probe.write_text("")
@@ -137,8 +150,10 @@ class _Run:
                                 f"the world size {self.info.world_size}")
         if not cfg.lr:
             cfg.lr = auto_lr(cfg.batch_size)
-        if cfg.amp is None:
-            cfg.amp = dev.type == "cuda"
+        if self.resume_ckpt is not None and cfg.amp is not None:
+            self.amp_reason = "kept from the resumed run"
+        else:
+            cfg.amp, self.amp_reason = resolve_amp(cfg.amp, dev)
         if cfg.channels_last is None:
             cfg.channels_last = True  # faster for these convs on CUDA and on x86 CPUs alike
         distributed.check_same_config(self.info, cfg.to_dict())
@@ -189,8 +204,10 @@ class _Run:
         total = self.total_steps
         self.sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt, lambda s: lr_factor(s, total, cfg.schedule, cfg.warmup))
-        self.fwd = torch.compile(model) if cfg.compile else model
+        backend = os.environ.get("VGGCIFAR_COMPILE_BACKEND") or "inductor"
+        self.fwd = torch.compile(model, backend=backend) if cfg.compile else model
         self.compile_checked = False
+        self.compile_status = (f"requested ({backend}), not yet run" if cfg.compile else "off")
         self.preproc = Preprocessing(CIFAR10_MEAN, CIFAR10_STD, 32, tuple(self.classes))
         self.versions = versions(dev)
         self.start_epoch, self.step, self.best_acc, self.best_epoch = 0, 0, -1.0, None
@@ -254,11 +271,7 @@ class _Run:
             x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
             if cfg.channels_last and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bool(cfg.amp)):
-                logits = self._forward(x)
-                loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
+            logits, loss = self._train_step(x, y)
             lr_used = self.opt.param_groups[0]["lr"]
             self.opt.step()
             self.sched.step()
@@ -285,21 +298,58 @@ class _Run:
                 "lr": lr_used, "train_time_s": train_s, "images_per_s": n_all / max(train_s, 1e-9),
                 "images": int(n_all)}
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _step(self, fwd, x: torch.Tensor, y: torch.Tensor):
+        """Forward and backward of one batch through ``fwd``; returns ``(logits, loss)``."""
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bool(self.cfg.amp)):
+            logits = fwd(x)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=self.cfg.label_smoothing)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        return logits, loss
+
+    def _train_step(self, x: torch.Tensor, y: torch.Tensor):
         if self.fwd is self.model or self.compile_checked:
-            return self.fwd(x)
-        try:  # torch.compile fails lazily, at the first call: fall back instead of losing the run
-            out = self.fwd(x)
-        except Exception as e:
-            msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            return self._step(self.fwd, x, y)
+        # torch.compile fails lazily: in the first forward (graph capture, code generation) or in
+        # the first backward (the backward graph is compiled then). Either way, fall back to the
+        # eager module and redo the step from the same state (buffers such as BatchNorm
+        # statistics and the RNG), instead of losing the run.
+        base = unwrap_model(self.model)
+        buffers = {k: b.detach().clone() for k, b in base.named_buffers()}
+        rng = torch.get_rng_state()
+        rng_cuda = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
+        try:
+            out = self._step(self.fwd, x, y)
+            self.compile_status = "compiled"
+        except Exception as e:  # noqa: BLE001 - any compile failure: train eagerly
+            msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
             self.log(f"warning: torch.compile failed ({type(e).__name__}: {msg}); training eagerly")
+            self.compile_status = f"fell back to eager: {type(e).__name__}: {msg}".rstrip(": ")
             self.fwd = self.model
-            out = self.fwd(x)
+            with torch.no_grad():
+                for k, b in base.named_buffers():
+                    b.copy_(buffers[k])
+            torch.set_rng_state(rng)
+            if rng_cuda is not None:
+                torch.cuda.set_rng_state(rng_cuda, self.device)
+            out = self._step(self.model, x, y)
         self.compile_checked = True
         return out
 
+    def _remove_created_dirs(self) -> None:
+        """Remove the folders this run created, deepest first, where they are still empty."""
+        for d in self.created_dirs:
+            try:
+                d.rmdir()
+            except OSError:
+                break
+
     def run(self) -> dict:
-        self.setup()
+        try:
+            self.setup()
+        except BaseException:
+            self._remove_created_dirs()
+            raise
         cfg = self.cfg
         if self.main:
             atomic_write(self.run_dir / "config.json", lambda t: Path(t).write_text(json.dumps(
@@ -307,12 +357,14 @@ class _Run:
                  "val_every": self.val_every, "train_images": self.n_train,
                  "val_images": self.n_val, "test_images": len(self.data.test_y),
                  "world_size": self.info.world_size, "params": self.params,
-                 "data_format": self.data.kind, "data_source": self.data.source},
+                 "data_format": self.data.kind, "data_source": self.data.source,
+                 "amp": cfg.amp, "amp_reason": self.amp_reason},
                  "versions": self.versions}, indent=2)))
         self.log(f"vgg-train: {cfg.arch} ({self.params:,} params) on {self.device}"
                  f"{f' x{self.info.world_size} ranks' if self.info.enabled else ''} | train "
                  f"{self.n_train:,} / val {self.n_val:,} / test {len(self.data.test_y):,} images | "
                  f"batch {cfg.batch_size}, lr {cfg.lr:g}, {cfg.schedule}, {self.epochs} epochs "
+                 f"({'bf16' if cfg.amp else 'fp32'}: {self.amp_reason}) "
                  f"({self.total_steps} steps) | {self.run_dir}")
         header = " ".join(f"{name:>{len(fmt.format(0.0 if 'f' in fmt or '%' in fmt else 0))}}"
                           for name, fmt in TABLE_COLS)
@@ -327,7 +379,8 @@ class _Run:
             row.update({"val_loss": None, "val_acc": None})
             last = epoch == self.epochs - 1 or self.step >= self.total_steps
             if self.val_loader is not None and ((epoch + 1) % self.val_every == 0 or last):
-                v = evaluate(self.fwd, self.val_loader, self.num_classes,
+                # The eager module: the compiled one would recompile for eval mode and batch size.
+                v = evaluate(self.model, self.val_loader, self.num_classes,
                              amp_dtype=self.amp_dtype, info=self.info)
                 row.update({"val_loss": v["loss"], "val_acc": v["accuracy"]})
             row.update({"epoch_time_s": time.perf_counter() - t0, "train_time_s": tr["train_time_s"],
@@ -343,8 +396,10 @@ class _Run:
                 write_csv(self.run_dir / "metrics.csv", self.metrics)
                 if improved:
                     save_checkpoint(self.checkpoint(epoch + 1), self.run_dir / "best.pt")
-                save_checkpoint(self.checkpoint(epoch + 1, training_state=self._training_state()),
-                                self.run_dir / "last.pt")
+                if last or (epoch + 1) % cfg.save_every == 0:
+                    save_checkpoint(self.checkpoint(epoch + 1,
+                                                    training_state=self._training_state()),
+                                    self.run_dir / "last.pt")
             distributed.barrier(self.info)
             if last:
                 break
@@ -367,12 +422,14 @@ class _Run:
             unwrap_model(self.model).load_state_dict(best["state_dict"])
         else:
             chosen = f"last epoch ({final_epoch}): no validation set (split 1), so best.pt = last.pt"
+            if self.main:  # on disk before the test evaluation, whatever happens to that
+                save_checkpoint(self.checkpoint(final_epoch), self.run_dir / "best.pt")
         distributed.barrier(self.info)
-        test = evaluate(self.fwd, self.test_loader, self.num_classes, amp_dtype=self.amp_dtype,
+        test = evaluate(self.model, self.test_loader, self.num_classes, amp_dtype=self.amp_dtype,
                         tta=cfg.tta, info=self.info)
         per_class = per_class_accuracy(test["confusion"])
         # Serving classifies one view, so the figure it can promise is the one without TTA.
-        one_view = (evaluate(self.fwd, self.test_loader, self.num_classes,
+        one_view = (evaluate(self.model, self.test_loader, self.num_classes,
                              amp_dtype=self.amp_dtype, tta=False, info=self.info)["accuracy"]
                     if cfg.tta else test["accuracy"])
         summary = {
@@ -394,6 +451,8 @@ class _Run:
             "peak_reserved_mb": max((r.get("peak_reserved_mb") or 0 for r in self.metrics),
                                     default=None) if self.device.type == "cuda" else None,
             "device": str(self.device), "world_size": self.info.world_size,
+            "amp": bool(cfg.amp), "amp_reason": self.amp_reason,
+            "compile": self.compile_status,
             "versions": self.versions,
         }
         if self.main:
