@@ -1,8 +1,10 @@
-"""Serving benchmark: `vgg-predict` end-to-end throughput per backend, and the demo's request
-latency under concurrent gradio_client clients.
+"""Serving benchmark: `vgg-predict` end-to-end throughput per backend, the demo's request
+latency under concurrent gradio_client clients, and `vgg-serve`'s JSON API against the Gradio
+API of the same server.
 
     python benchmarks/bench_serving.py --model /work/cpu_runs/vgg16-cpu-e10/best.pt \\
         --data data/cifar10-jpg/test --per-class 100 --clients 8 --requests 25
+    python benchmarks/bench_serving.py --sections serve --per-class 20   # shipped model
 
 1. `vgg-predict`: ``--per-class`` real test images per class are linked (not copied) into a
    temporary folder; ``vgg-predict FOLDER --json`` runs as a subprocess per backend, ``--repeats``
@@ -12,6 +14,14 @@ latency under concurrent gradio_client clients.
 2. Demo: `vgg-demo` runs as a separate process (so client threads do not share its GIL);
    ``--clients`` threads, each with its own gradio_client.Client, send ``--requests`` images
    each, back to back. Reported: per-request latency median and p99, and requests/s.
+3. `vgg-serve` (``--sections serve``): one `vgg-serve` process with the demo mounted (its own
+   process: client and server do not share a GIL); for each of ``--serve-clients`` (1, 8, 32)
+   concurrent clients, first ``POST /v1/predict`` (one raw JPEG per request, asyncio + httpx,
+   one connection per client), then the Gradio API ``/predict`` of the same server
+   (gradio_client, one Client per thread). Each client sends ``--serve-requests`` images back
+   to back, and each run stops issuing after ``--serve-max-seconds``. Reported per front end:
+   p50 and p99 latency, images/s, and for the API the mean batch size (from ``/metrics``).
+   Loopback only.
 
 Prints a Markdown section (paste into docs/benchmarks.md) and writes the raw numbers as JSON.
 """
@@ -25,6 +35,7 @@ import platform
 import re
 import shlex
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -148,6 +159,164 @@ def bench_demo(model: str, images: list[Path], backend: str, clients: int, reque
             "req_s": round(len(lat) / total, 1)}
 
 
+def wait_healthy(server: subprocess.Popen, url: str, timeout: float = 180) -> dict:
+    import httpx
+
+    deadline = time.time() + timeout
+    while True:
+        if server.poll() is not None:
+            raise SystemExit(f"vgg-serve exited:\n{server.stderr.read()[-2000:]}")
+        try:
+            r = httpx.get(url + "healthz", timeout=2)
+            if r.status_code == 200:
+                return r.json()
+        except httpx.HTTPError:
+            pass
+        if time.time() > deadline:
+            raise SystemExit(f"vgg-serve was not ready within {timeout:.0f} s")
+        time.sleep(0.5)
+
+
+def _summary(front: str, clients: int, latencies: list[float], errors: list[str],
+             total: float, n_images: int) -> dict:
+    lat = np.array(latencies) if latencies else np.array([np.nan])
+    return {"front_end": front, "clients": clients, "requests": len(latencies),
+            "errors": len(errors), "first_error": errors[0][:200] if errors else None,
+            "p50_ms": round(float(np.median(lat)), 1),
+            "p99_ms": round(float(np.percentile(lat, 99)), 1),
+            "img_s": round(n_images / total, 1), "seconds": round(total, 1)}
+
+
+def _batch_stats(url: str) -> tuple[float, float]:
+    """(sum, count) of the server's batch-size histogram."""
+    import httpx
+
+    text = httpx.get(url + "metrics", timeout=10).text
+    get = lambda n: float(re.search(rf"^{n} (\S+)$", text, re.M).group(1))  # noqa: E731
+    return get("vggcifar_batch_size_sum"), get("vggcifar_batch_size_count")
+
+
+def bench_api(url: str, payloads: list[tuple[str, bytes]], clients: int, requests: int,
+              max_seconds: float) -> dict:
+    """``clients`` asyncio tasks, each with its own connection, POST one raw image per request
+    to /v1/predict, back to back."""
+    import asyncio
+
+    import httpx
+
+    async def run():
+        latencies, errors = [], []
+        limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+        async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as c:
+            for name, data in payloads[:2]:  # warm-up (connections, first requests)
+                await c.post("v1/predict", content=data,
+                             headers={"Content-Type": "image/jpeg"})
+            stop_at = time.perf_counter() + max_seconds
+
+            async def worker(i: int) -> None:
+                for j in range(requests):
+                    if time.perf_counter() > stop_at:
+                        return
+                    name, data = payloads[(i * requests + j) % len(payloads)]
+                    t0 = time.perf_counter()
+                    try:
+                        r = await c.post(f"v1/predict?filename={name}", content=data,
+                                         headers={"Content-Type": "image/jpeg"})
+                        r.raise_for_status()
+                        assert "label" in r.json()["results"][0]
+                    except Exception as e:  # recorded, reported, not fatal
+                        errors.append(repr(e))
+                        continue
+                    latencies.append((time.perf_counter() - t0) * 1000)
+
+            t0 = time.perf_counter()
+            await asyncio.gather(*(worker(i) for i in range(clients)))
+            return latencies, errors, time.perf_counter() - t0
+
+    before = _batch_stats(url)
+    latencies, errors, total = asyncio.run(run())
+    after = _batch_stats(url)
+    res = _summary("/v1/predict", clients, latencies, errors, total, len(latencies))
+    batches = after[1] - before[1]
+    res["mean_batch"] = round((after[0] - before[0]) / batches, 1) if batches else None
+    return res
+
+
+def bench_gradio_api(url: str, images: list[Path], clients: int, requests: int,
+                     max_seconds: float) -> dict:
+    """``clients`` threads, each with its own gradio_client.Client, call the page's /predict."""
+    from gradio_client import Client, handle_file
+
+    conns = [Client(url, verbose=False) for _ in range(clients)]
+    for c in conns[:2]:  # warm-up
+        c.predict(handle_file(str(images[0])), api_name="/predict")
+    latencies: list[float] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+    stop_at = time.perf_counter() + max_seconds
+
+    def worker(i: int) -> None:
+        for j in range(requests):
+            if time.perf_counter() > stop_at:
+                return
+            img = images[(i * requests + j) % len(images)]
+            t0 = time.perf_counter()
+            try:
+                conns[i].predict(handle_file(str(img)), api_name="/predict")
+            except Exception as e:  # recorded, reported, not fatal
+                errors.append(repr(e))
+                continue
+            with lock:
+                latencies.append((time.perf_counter() - t0) * 1000)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    total = time.perf_counter() - t0
+    for c in conns:
+        try:
+            c.close()
+        except Exception:
+            pass
+    return _summary("Gradio API", clients, latencies, errors, total, len(latencies))
+
+
+def bench_serve(model: str, images: list[Path], clients_list: list[int], requests: int,
+                max_seconds: float, max_batch: int, max_wait_ms: float, env: dict) -> dict:
+    """Start `vgg-serve` (demo mounted) and compare its two front ends at each concurrency."""
+    port = free_port()
+    cmd = [str(BIN / "vgg-serve"), "--model", model, "--device", "cpu", "--port", str(port),
+           "--max-batch", str(max_batch), "--max-wait-ms", str(max_wait_ms), "--quiet"]
+    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                              env=env)
+    url = f"http://127.0.0.1:{port}/"
+    payloads = [(p.name, p.read_bytes()) for p in images]
+    rows = []
+    try:
+        health = wait_healthy(server, url)
+        for n in clients_list:
+            print(f"vgg-serve: {n} clients on /v1/predict ...", file=sys.stderr)
+            rows.append(bench_api(url, payloads, n, requests, max_seconds))
+            print(f"  {rows[-1]}", file=sys.stderr)
+            print(f"vgg-serve: {n} clients on the Gradio API ...", file=sys.stderr)
+            rows.append(bench_gradio_api(url, images, n, requests, max_seconds))
+            print(f"  {rows[-1]}", file=sys.stderr)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            rc = server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            rc = "killed"
+    return {"backend": health["backend"], "model": health["model"], "arch": health["arch"],
+            "max_batch": max_batch, "max_wait_ms": max_wait_ms, "requests": requests,
+            "max_seconds": max_seconds, "exit_code": rc, "rows": rows,
+            "command": shlex.join(["vgg-serve", *cmd[1:]])}
+
+
 def machine() -> str:
     import torch
 
@@ -192,6 +361,25 @@ def markdown(res: dict) -> str:
             lines.append(f"| {d['backend']} | {d['clients']} | {d['requests']} | {d['errors']} | "
                          f"{d['median_ms']} ms | {d['p99_ms']} ms | {d['req_s']} |")
         lines.append("")
+    if res.get("serve"):
+        sv = res["serve"]
+        lines += [f"### `vgg-serve`: `/v1/predict` against the Gradio API of the same server", "",
+                  f"Server: `{sv['command']}` ({sv['model']}, {sv['arch']}, {sv['backend']}); "
+                  f"up to {sv['requests']} single-image requests per client, at most "
+                  f"{sv['max_seconds']:g} s per run; exit code after SIGTERM: {sv['exit_code']}.",
+                  "", "| clients | front end | requests | errors | p50 latency | p99 latency "
+                  "| images/s | mean batch | /v1/predict vs Gradio |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        by = {(r["clients"], r["front_end"]): r for r in sv["rows"]}
+        for r in sv["rows"]:
+            ratio = ""
+            g = by.get((r["clients"], "Gradio API"))
+            if r["front_end"] == "/v1/predict" and g and g["img_s"]:
+                ratio = f"{r['img_s'] / g['img_s']:.1f}x"
+            lines.append(f"| {r['clients']} | {r['front_end']} | {r['requests']} | "
+                         f"{r['errors']} | {r['p50_ms']} ms | {r['p99_ms']} ms | {r['img_s']} | "
+                         f"{r.get('mean_batch') or '-'} | {ratio} |")
+        lines.append("")
     lines.append("Latency is the client's wall time per request: upload, queue, decode, predict, "
                  "response. Clients and server share this machine's cores.")
     return "\n".join(lines)
@@ -199,7 +387,10 @@ def markdown(res: dict) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="/work/cpu_runs/vgg16-cpu-e10/best.pt")
+    ap.add_argument("--model", default=None,
+                    help="model file [default: the shipped model]")
+    ap.add_argument("--sections", default="cli,demo",
+                    help="what to run: cli (vgg-predict), demo (vgg-demo), serve (vgg-serve)")
     ap.add_argument("--model-note", default="", help="how the checkpoint was made (for the report)")
     ap.add_argument("--data", default="data/cifar10-jpg/test")
     ap.add_argument("--per-class", type=int, default=100)
@@ -214,9 +405,21 @@ def main() -> None:
     ap.add_argument("--demo-backends", default="torch",
                     help="backends to serve in the demo benchmark (comma-separated)")
     ap.add_argument("--concurrency", type=int, default=2, help="vgg-demo --concurrency")
+    ap.add_argument("--serve-clients", default="1,8,32",
+                    help="concurrent clients for the vgg-serve comparison")
+    ap.add_argument("--serve-requests", type=int, default=40, help="per client and front end")
+    ap.add_argument("--serve-max-seconds", type=float, default=45,
+                    help="a run stops issuing requests after this long")
+    ap.add_argument("--serve-max-batch", type=int, default=32, help="vgg-serve --max-batch")
+    ap.add_argument("--serve-max-wait-ms", type=float, default=5, help="vgg-serve --max-wait-ms")
     ap.add_argument("--note", default="", help="free text for the report (e.g. machine load)")
     ap.add_argument("--json-out", default="", help="also write the raw numbers here (JSON)")
     args = ap.parse_args()
+    sections = set(filter(None, args.sections.split(",")))
+    if args.model is None:
+        from vggcifar.shipped import MANIFEST_NAME, models_dir
+
+        args.model = str(models_dir() / MANIFEST_NAME)
 
     data = Path(args.data)
     if not data.is_dir():
@@ -229,7 +432,7 @@ def main() -> None:
         load_before = os.getloadavg()[0]
         print(f"{len(items)} images linked under {tmp / 'images'}", file=sys.stderr)
         cli = []
-        for b in filter(None, args.backends.split(",")):
+        for b in filter(None, args.backends.split(",") if "cli" in sections else []):
             model, backend = args.model, b
             if b == "onnx-file":
                 from vggcifar.serving.backends import onnx_from_checkpoint
@@ -241,12 +444,18 @@ def main() -> None:
             cli[-1]["model_file"] = Path(model).suffix
             print(f"  {cli[-1]}", file=sys.stderr)
         demo = []
-        for b in filter(None, args.demo_backends.split(",")):
+        for b in filter(None, args.demo_backends.split(",") if "demo" in sections else []):
             for n in [int(c) for c in args.clients.split(",")]:
                 print(f"vgg-demo --backend {b} with {n} clients ...", file=sys.stderr)
                 demo.append(bench_demo(args.model, [p for p, _ in items], b, n,
                                        args.requests, args.concurrency, env))
                 print(f"  {demo[-1]}", file=sys.stderr)
+        serve = None
+        if "serve" in sections:
+            serve = bench_serve(args.model, [p for p, _ in items],
+                                [int(c) for c in args.serve_clients.split(",")],
+                                args.serve_requests, args.serve_max_seconds,
+                                args.serve_max_batch, args.serve_max_wait_ms, env)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         load_after = os.getloadavg()[0]
@@ -254,7 +463,7 @@ def main() -> None:
            "load": f"1-minute load average {load_before:.1f} before, {load_after:.1f} after",
            "note": args.note, "per_class": args.per_class, "batch_size": args.batch_size,
            "command": shlex.join(["python", "benchmarks/bench_serving.py", *sys.argv[1:]]),
-           "cli": cli, "demo": demo}
+           "cli": cli, "demo": demo, "serve": serve}
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(res, indent=2))
     print(markdown(res))

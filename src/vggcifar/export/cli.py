@@ -23,6 +23,13 @@ from .quantize import CALIB_IMAGES, CALIBRATION_METHODS
               "--data training images.")
 @click.option("--tensorrt", is_flag=True, help="TensorRT engine (needs the tensorrt package "
               "and an NVIDIA GPU).")
+@click.option("--triton", "triton_dir", default=None, metavar="DIR",
+              type=click.Path(file_okay=False), help="Also write a Triton Inference Server model "
+              "repository in DIR: <name>/config.pbtxt (dynamic batching), <name>/1/model.onnx "
+              "(the fp32 file), <name>/labels.txt; checked by parsing config.pbtxt back against "
+              "the ONNX graph.")
+@click.option("--triton-name", default=None, help="The model's name in the Triton repository "
+              "[default: the run folder's name, or the manifest's for the shipped model].")
 @click.option("--opset", type=click.IntRange(MIN_OPSET, MAX_OPSET), default=DEFAULT_OPSET,
               show_default=True, help="ONNX opset.")
 @click.option("--exporter", type=click.Choice(("auto",) + EXPORTERS), default="auto",
@@ -40,15 +47,16 @@ from .quantize import CALIB_IMAGES, CALIBRATION_METHODS
 @click.option("--calib-method", type=click.Choice(CALIBRATION_METHODS), default="minmax",
               show_default=True, help="int8 activation-range calibration.")
 @click.option("--max-batch", type=click.IntRange(1), default=256, show_default=True,
-              help="Largest batch of the TensorRT engine's optimisation profile.")
+              help="Largest batch of the TensorRT engine's optimisation profile and of the "
+                   "Triton model (max_batch_size).")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Sampling of random inputs, test and calibration images.")
 @click.option("--quiet", is_flag=True, help="No progress messages (the table is still printed).")
 @user_errors
-def main(checkpoint, onnx, fp16, int8, tensorrt, opset, exporter, out, data, parity_images,
-         calib_images, calib_method, max_batch, seed, quiet):
-    """Export CHECKPOINT (a best.pt, or the shipped model's .json) to ONNX fp32/fp16/int8 and
-    TensorRT, and check every file against the checkpoint.
+def main(checkpoint, onnx, fp16, int8, tensorrt, triton_dir, triton_name, opset, exporter, out,
+         data, parity_images, calib_images, calib_method, max_batch, seed, quiet):
+    """Export CHECKPOINT (a best.pt, or the shipped model's .json) to ONNX fp32/fp16/int8,
+    TensorRT and a Triton model repository, and check every file against the checkpoint.
 
     Without CHECKPOINT the newest runs/*/best.pt is used, else the shipped model. Prints a table
     of the files with their parity figures and writes it as parity.json next to them. Exit
@@ -70,11 +78,12 @@ def main(checkpoint, onnx, fp16, int8, tensorrt, opset, exporter, out, data, par
         click.echo(f"using the {reason}", err=True)
         checkpoint = str(path)
     formats = [k for k, on in (("onnx", onnx), ("fp16", fp16), ("int8", int8),
-                               ("tensorrt", tensorrt)) if on] or ["onnx"]
+                               ("tensorrt", tensorrt), ("triton", triton_dir)) if on] or ["onnx"]
     report = export_checkpoint(
         checkpoint, formats, out=out, data=data, opset=opset, exporter=exporter,
         parity_images=parity_images, calib_images=calib_images, calib_method=calib_method,
-        max_batch=max_batch, seed=seed, progress=not quiet, log=log)
+        max_batch=max_batch, seed=seed, progress=not quiet, log=log, triton_dir=triton_dir,
+        triton_name=triton_name)
     click.echo(format_table(report))
     if report["status"] != "PASS":
         sys.exit(1)

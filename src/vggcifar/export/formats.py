@@ -54,6 +54,8 @@ class ExportJob:
     progress: bool = False
     log: Callable[[str], None] = lambda msg: None
     files: dict = field(default_factory=dict)          # format key -> staged path
+    triton_dir: Path | None = None                     # --triton: the model repository
+    triton_name: str | None = None
     chosen_exporter: str | None = None
     exporter_attempts: list = field(default_factory=list)
 
@@ -206,6 +208,34 @@ def _build_tensorrt(job: ExportJob, fmt: "ExportFormat") -> dict:
     return _entry(fmt, path, precision, rows, exporter=job.chosen_exporter, **info)
 
 
+def _build_triton(job: ExportJob, fmt: "ExportFormat") -> dict:
+    """Triton model repository around the fp32 ONNX file, written straight into
+    ``job.triton_dir`` (see :mod:`.triton`), then parsed back and checked against the graph; the
+    copied file gets the same parity check as the fp32 file."""
+    from .. import __version__
+    from . import triton as T
+
+    name = job.triton_name
+    job.log(f"writing the Triton model repository {job.triton_dir}/{name} "
+            f"(max_batch_size {job.max_batch})")
+    comment = (f"Written by vgg-export (vggcifar {__version__}) from {job.meta.get('arch')} "
+               f"checkpoint sha256 {job.source_sha256[:16]}.\n"
+               "Input image: float32 RGB in [0, 1], [N, 3, H, W]; normalisation is in the graph.")
+    model_dir = T.write_triton_repo(job.files["onnx"], job.triton_dir, name,
+                                    job.meta["preproc"].class_names, max_batch=job.max_batch,
+                                    comment=comment)
+    path = model_dir / "1" / T.MODEL_FILE
+    rows = job._cpu_rows(path, "fp32")
+    problems = T.validate_model_dir(model_dir, job.meta["preproc"].class_names)
+    rows[0]["failures"] = rows[0]["failures"] + [f"config.pbtxt: {p}" for p in problems]
+    entry = _entry(fmt, path, "fp32", rows, exporter=job.chosen_exporter,
+                   triton_model=name, triton_repository=str(job.triton_dir.resolve()),
+                   config=str(model_dir / T.CONFIG_NAME), structural_problems=problems)
+    entry["file"] = f"{name}/1/{T.MODEL_FILE}"
+    entry["path"] = str(path)
+    return entry
+
+
 @dataclass(frozen=True)
 class ExportFormat:
     """One row of the format table.
@@ -231,6 +261,7 @@ FORMATS: tuple[ExportFormat, ...] = (
     ExportFormat("fp16", "ONNX fp16", "model", ".onnx", _build_fp16),
     ExportFormat("int8", "ONNX int8", "model", ".onnx", _build_int8),
     ExportFormat("tensorrt", "TensorRT", "model", ".engine", _build_tensorrt),
+    ExportFormat("triton", "Triton repo", "model", ".onnx", _build_triton),
 )
 FORMAT_KEYS = tuple(f.key for f in FORMATS)
 
@@ -296,7 +327,9 @@ def export_checkpoint(checkpoint: str | os.PathLike, formats=("onnx",), *,
                       parity_images: int = P.PARITY_IMAGES, random_images: int = P.RANDOM_IMAGES,
                       calib_images: int = 512, calib_method: str = "minmax",
                       max_batch: int = 256, seed: int = 0, progress: bool = False,
-                      log: Callable[[str], None] | None = None) -> dict:
+                      log: Callable[[str], None] | None = None,
+                      triton_dir: str | os.PathLike | None = None,
+                      triton_name: str | None = None) -> dict:
     """Export a checkpoint to the requested formats and check each against it.
 
     Args:
@@ -308,7 +341,10 @@ def export_checkpoint(checkpoint: str | os.PathLike, formats=("onnx",), *,
             and training images for int8 calibration (``calib_images``). Required for "int8".
         opset: ONNX opset. exporter: "auto", "torchscript" or "dynamo".
         random_images: number of random ``[0, 1]`` inputs in the parity check.
-        max_batch: largest batch of the TensorRT optimisation profile.
+        max_batch: largest batch of the TensorRT optimisation profile, and the Triton
+            model's ``max_batch_size``.
+        triton_dir, triton_name: for "triton", the model repository folder and the model's
+            name in it (default :func:`vggcifar.export.triton.triton_model_name`).
         seed: sampling of random inputs, test and calibration images.
     Returns:
         the report (also written to ``<out>/parity.json``): ``status`` "PASS"/"FAIL",
@@ -332,6 +368,14 @@ def export_checkpoint(checkpoint: str | os.PathLike, formats=("onnx",), *,
         from .tensorrt import require_tensorrt
 
         require_tensorrt()
+    if "triton" in wanted:
+        from .triton import check_model_name, triton_model_name
+
+        if triton_dir is None:
+            raise VggCifarError("the triton format needs the repository folder (--triton DIR)")
+        triton_dir = Path(triton_dir)
+        triton_name = check_model_name(triton_name or triton_model_name(checkpoint))
+        _prepare_out(triton_dir)
 
     model, meta = load_checkpoint(checkpoint)
     sha = checkpoint_sha256(checkpoint)
@@ -357,7 +401,8 @@ def export_checkpoint(checkpoint: str | os.PathLike, formats=("onnx",), *,
         job = ExportJob(model=model, meta=meta, source_sha256=sha, stage=stage, out=out,
                         inputs=inputs, reference=reference, formats=wanted, opset=opset,
                         exporter=exporter, calib=calib, calib_method=calib_method,
-                        max_batch=max_batch, progress=progress, log=log)
+                        max_batch=max_batch, progress=progress, log=log,
+                        triton_dir=triton_dir, triton_name=triton_name)
         entries = [fmt.build(job, fmt) for fmt in FORMATS if fmt.key in wanted]
         report = {
             "status": "PASS" if all(e["status"] == "PASS" for e in entries) else "FAIL",
@@ -383,10 +428,10 @@ def export_checkpoint(checkpoint: str | os.PathLike, formats=("onnx",), *,
             os.replace(path, out / path.name)
         atomic_write(out / REPORT_NAME,
                      lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2)))
-        for p in [out / REPORT_NAME] + [out / e["file"] for e in entries]:
+        for p in [out / REPORT_NAME] + [out / e["file"] for e in entries if "path" not in e]:
             _readable(p)
         for e in entries:
-            e["path"] = str(out / e["file"])
+            e.setdefault("path", str(out / e["file"]))
         report["report_path"] = str(out / REPORT_NAME)
         return report
     except BaseException:
