@@ -568,22 +568,70 @@ def test_cli_many_files_in_batches_with_progress(tmp_path, varied_checkpoint):
     assert "/150 [" in r.stderr  # the tqdm bar (more files than one batch)
 
 
-def test_shown_accuracy_is_the_one_view_figure_else_flagged_tta():
+def test_both_accuracies_are_read_from_the_metadata():
     from vggcifar.serving.backends import served_accuracy
 
     assert served_accuracy({"test_accuracy": 0.9, "test_accuracy_one_view": 0.88,
-                            "config": {"tta": True}}) == (0.88, False)
-    assert served_accuracy({"test_accuracy": 0.9, "config": {"tta": True}}) == (0.9, True)
-    assert served_accuracy({"test_accuracy": 0.9, "config": {"tta": False}}) == (0.9, False)
-    assert served_accuracy({"test_accuracy": None}) == (None, False)
+                            "config": {"tta": True}}) == (0.88, 0.9)
+    assert served_accuracy({"test_accuracy": 0.9, "config": {"tta": True}}) == (None, 0.9)
+    assert served_accuracy({"test_accuracy": 0.9, "config": {"tta": False}}) == (0.9, None)
+    assert served_accuracy({"test_accuracy": 0.9, "test_accuracy_with_tta": True}) == (None, 0.9)
+    assert served_accuracy({"test_accuracy": None}) == (None, None)
 
 
-def test_exported_model_reports_the_one_view_accuracy(varied_checkpoint, tmp_path):
+def test_exported_model_reports_both_accuracies(varied_checkpoint, tmp_path):
     from vggcifar.serving.backends import onnx_from_checkpoint
 
     ckpt = torch.load(varied_checkpoint, weights_only=True)
     ckpt["test_accuracy"], ckpt["test_accuracy_one_view"] = 0.75, 0.5
+    ckpt["config"] = {**(ckpt.get("config") or {}), "tta": True}
     torch.save(ckpt, tmp_path / "acc.pt")
     for model in (tmp_path / "acc.pt", onnx_from_checkpoint(tmp_path / "acc.pt", tmp_path)):
         info = Predictor(model).info
-        assert info.test_accuracy == 0.5 and "50.00%" in info.describe()
+        assert (info.test_accuracy, info.test_accuracy_tta) == (0.5, 0.75)
+        assert "50.00% (one view)" in info.describe()
+        assert "75.00% (flip TTA)" in info.describe(tta=True)
+
+
+def wide_image(path: Path) -> Path:
+    """A 96x32 picture whose three thirds differ: squash and centre crop must disagree."""
+    rng = np.random.default_rng(3)
+    arr = np.concatenate([np.full((32, 32, 3), c, np.uint8) for c in (20, 128, 235)], axis=1)
+    arr[:, 32:64] = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    Image.fromarray(arr).save(path)
+    return path
+
+
+def test_centre_crop_keeps_the_middle_square(tmp_path, predictor):
+    from vggcifar.serving import fit_image
+
+    path = wide_image(tmp_path / "wide.png")
+    with Image.open(path) as im:
+        assert fit_image(im, "squash") is im
+        crop = fit_image(im, "crop")
+        assert crop.size == (32, 32)
+        np.testing.assert_array_equal(np.asarray(crop), np.asarray(im)[:, 32:64])
+    squash, crop = (predictor.predict(path, top_k=10, fit=f) for f in ("squash", "crop"))
+    assert crop.pixels.shape == (3, 32, 32)
+    np.testing.assert_array_equal(crop.pixels, np.asarray(Image.open(path))[:, 32:64]
+                                  .transpose(2, 0, 1))
+    assert not np.array_equal(squash.pixels, crop.pixels)
+    with pytest.raises(VggCifarError, match="unknown fit"):
+        predictor.predict(path, fit="stretch")
+
+
+def test_cli_tta_and_crop(tmp_path, varied_checkpoint):
+    path = wide_image(tmp_path / "wide.png")
+    r = run_cli(path, "--model", varied_checkpoint, "--json", "--top-k", "10", "--tta",
+                "--fit", "crop")
+    assert r.exit_code == 0, r.stderr
+    assert "(flip TTA)" in r.stderr
+    row = json.loads(r.stdout)
+    want = Predictor(varied_checkpoint, tta=True, fit="crop").predict(path, top_k=10)
+    plain = Predictor(varied_checkpoint).predict(path, top_k=10)
+    assert row["label"] == want.label
+    np.testing.assert_allclose([t["probability"] for t in row["top_k"]],
+                               [p for _, p in want.top_k], atol=1e-4)
+    assert [t["probability"] for t in row["top_k"]] != pytest.approx(
+        [p for _, p in plain.top_k], abs=1e-4)
+    assert "(one view)" in run_cli(path, "--model", varied_checkpoint).stderr

@@ -1,5 +1,6 @@
-"""The shipped model: a compact (fp16) checkpoint stored as parts under ``models/`` with a JSON
-manifest carrying sha256 digests, and the rule that picks the default model for the CLIs."""
+"""The shipped model: a compact (fp16) checkpoint stored as parts in the package's ``weights/``
+folder (package data, so every wheel carries it) with a JSON manifest carrying sha256 digests,
+and the rule that picks the default model for the CLIs."""
 
 from __future__ import annotations
 
@@ -11,18 +12,45 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import atomic_write, read_checkpoint
+from .checkpoint import atomic_write, check_format, read_checkpoint, torch_load_reason
 from .errors import VggCifarError
 
 SHIPPED_FORMAT = "vggcifar-shipped"
 MANIFEST_NAME = "vggcifar-default.json"
 PART_BYTES = 15 * 2**20  # under 16 MB per file
+# Bounds on what a manifest may make us read: the largest model here (VGG19, fp16) is 40 MB.
+MAX_SHIPPED_BYTES = 2**30
+MAX_PARTS = 1000
+MAX_MANIFEST_BYTES = 2**20
 
 
 def models_dir() -> Path:
-    """``$VGGCIFAR_MODELS``, else the ``models/`` folder of the source checkout."""
+    """``$VGGCIFAR_MODELS``, else the ``weights/`` folder inside the installed package (found
+    from the package itself, so it works from any working folder and in a wheel install)."""
     env = os.environ.get("VGGCIFAR_MODELS")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "models"
+    return Path(env) if env else Path(__file__).resolve().parent / "weights"
+
+
+def shipped_manifest() -> Path:
+    """The shipped model's manifest, ``models_dir() / MANIFEST_NAME``.
+
+    Raises:
+        VggCifarError: it is not there (a partial install, or ``$VGGCIFAR_MODELS`` set wrong).
+    """
+    path = models_dir() / MANIFEST_NAME
+    if not path.is_file():
+        raise VggCifarError(f"the shipped model is missing ({path} not found); reinstall "
+                            "vggcifar, or unset VGGCIFAR_MODELS")
+    return path
+
+
+def load_pretrained(map_location="cpu"):
+    """The shipped model, verified by sha256: ``(model, meta)`` as from
+    :func:`vggcifar.load_checkpoint` (model in eval mode, ``[N, 3, 32, 32]`` normalised input ->
+    ``[N, 10]`` logits; ``meta["preproc"]`` holds mean/std and class names)."""
+    from .checkpoint import load_checkpoint
+
+    return load_checkpoint(shipped_manifest(), map_location=map_location)
 
 
 def pack_shipped(checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
@@ -54,35 +82,109 @@ def pack_shipped(checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
     return path
 
 
-def read_shipped(manifest_path: str | os.PathLike) -> dict:
-    """Join and verify a shipped model's parts; return the checkpoint dict.
+def _manifest_error(path, what: str) -> VggCifarError:
+    return VggCifarError(f"{path} is not a valid shipped-model manifest ({what}); reinstall "
+                         "vggcifar")
+
+
+def _plain_name(name) -> bool:
+    """A file name without any folder part, on POSIX and on Windows: no ``/``, ``\\``, drive,
+    ``.`` or ``..``, so a part can only be a file in the manifest's own folder."""
+    return (isinstance(name, str) and name not in ("", ".", "..") and "/" not in name
+            and "\\" not in name and ":" not in name and "\0" not in name)
+
+
+def read_manifest(manifest_path: str | os.PathLike) -> dict:
+    """Read a shipped-model manifest and check its form: ``format``, a hex ``sha256``, and
+    ``parts``, a list of at most ``MAX_PARTS`` ``{file, bytes, sha256}`` whose ``file`` is a plain
+    name in the manifest's folder and whose sizes add up to at most ``MAX_SHIPPED_BYTES``.
 
     Raises:
-        VggCifarError: a missing part, or any sha256 mismatch (the file was changed or damaged).
+        VggCifarError: unreadable, not a manifest, or malformed (names the first problem).
     """
     path = Path(manifest_path)
     try:
-        manifest = json.loads(path.read_text())
+        with open(path, "rb") as f:
+            raw = f.read(MAX_MANIFEST_BYTES + 1)
+        if len(raw) > MAX_MANIFEST_BYTES:
+            raise ValueError(f"over {MAX_MANIFEST_BYTES} bytes")
+        manifest = json.loads(raw)
     except (OSError, ValueError) as e:
         raise VggCifarError(f"{path} is not a readable shipped-model manifest ({e})") from e
-    if manifest.get("format") != SHIPPED_FORMAT:
+    if not isinstance(manifest, dict) or manifest.get("format") != SHIPPED_FORMAT:
         raise VggCifarError(f"{path} is not a vggcifar shipped-model manifest")
+    if not _is_sha256(manifest.get("sha256")):
+        raise _manifest_error(path, "no sha256 of the model")
+    parts = manifest.get("parts")
+    if not isinstance(parts, list) or not 1 <= len(parts) <= MAX_PARTS:
+        raise _manifest_error(path, f"'parts' is not a list of 1 to {MAX_PARTS} entries")
+    for part in parts:
+        if not isinstance(part, dict) or not _is_sha256(part.get("sha256")):
+            raise _manifest_error(path, "a part without a sha256")
+        if not _plain_name(part.get("file")):
+            raise _manifest_error(path, f"part file {str(part.get('file'))[:80]!r} is not a plain "
+                                        "file name in the manifest's folder")
+        size = part.get("bytes")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise _manifest_error(path, f"part {part['file']} has no valid size")
+    total = sum(part["bytes"] for part in parts)
+    if total > MAX_SHIPPED_BYTES:
+        raise _manifest_error(path, f"{total:,} bytes, over the {MAX_SHIPPED_BYTES:,}-byte limit")
+    if manifest.get("bytes", total) != total:
+        raise _manifest_error(path, "the parts' sizes do not add up to 'bytes'")
+    return manifest
+
+
+def _is_sha256(v) -> bool:
+    return isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v)
+
+
+def read_shipped_bytes(manifest_path: str | os.PathLike) -> tuple[bytes, str]:
+    """Join a shipped model's parts, verifying each part's size and sha256 and the whole's
+    sha256 against the manifest. Returns ``(checkpoint bytes, sha256)``; the bytes are those of a
+    ``torch.save`` file.
+
+    Raises:
+        VggCifarError: a malformed manifest, a missing part, or any size or sha256 mismatch (the
+            files were changed or damaged).
+    """
+    path = Path(manifest_path)
+    manifest = read_manifest(path)
     chunks = []
     for part in manifest["parts"]:
         f = path.parent / part["file"]
         if not f.is_file():
             raise VggCifarError(f"shipped model part {f} is missing; reinstall vggcifar")
-        data = f.read_bytes()
-        if hashlib.sha256(data).hexdigest() != part["sha256"]:
+        # The size first, so a damaged or replaced part is never read whole.
+        data = f.read_bytes() if f.stat().st_size == part["bytes"] else b""
+        if len(data) != part["bytes"] or hashlib.sha256(data).hexdigest() != part["sha256"]:
             raise VggCifarError(f"sha256 mismatch for {f}: the shipped model is damaged or was "
-                                "modified; restore it (git checkout models/) or reinstall")
+                                "modified; reinstall vggcifar "
+                                "(or git checkout src/vggcifar/weights)")
         chunks.append(data)
     blob = b"".join(chunks)
     if hashlib.sha256(blob).hexdigest() != manifest["sha256"]:
-        raise VggCifarError(f"sha256 mismatch for the model described by {path}; restore models/")
-    tmp = io.BytesIO(blob)
-    ckpt = torch.load(tmp, map_location="cpu", weights_only=True)
-    ckpt["sha256"] = manifest["sha256"]
+        raise VggCifarError(f"sha256 mismatch for the model described by {path}; "
+                            "reinstall vggcifar")
+    return blob, manifest["sha256"]
+
+
+def read_shipped(manifest_path: str | os.PathLike) -> dict:
+    """Join and verify a shipped model's parts (:func:`read_shipped_bytes`); return the
+    checkpoint dict, loaded weights-only, with its ``sha256`` added.
+
+    Raises:
+        VggCifarError: a malformed manifest, a missing part, any sha256 mismatch, or verified
+            bytes that are not a vggcifar checkpoint.
+    """
+    blob, sha = read_shipped_bytes(manifest_path)
+    try:
+        ckpt = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for bad files
+        raise VggCifarError(f"the model described by {manifest_path} is not a readable "
+                            f"checkpoint ({torch_load_reason(e)}); reinstall vggcifar") from e
+    check_format(ckpt, manifest_path)
+    ckpt["sha256"] = sha
     return ckpt
 
 
@@ -99,5 +201,5 @@ def default_model(runs_dir: str | os.PathLike = "runs") -> tuple[Path, str]:
     shipped = models_dir() / MANIFEST_NAME
     if shipped.is_file():
         return shipped, f"shipped model {shipped}"
-    raise VggCifarError("no model found: no runs/*/best.pt and no shipped model under models/; "
+    raise VggCifarError(f"no model found: no runs/*/best.pt and no shipped model in {models_dir()}; "
                         "train one with vgg-train or name a model file explicitly")

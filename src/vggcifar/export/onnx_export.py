@@ -35,7 +35,7 @@ PRECISIONS = ("fp32", "fp16", "int8")
 # Metadata keys read by the serving code: do not rename.
 METADATA_KEYS = ("class_names", "mean", "std", "input_size", "input_description", "arch", "head",
                  "source_checkpoint", "source_sha256", "test_accuracy",
-                 "test_accuracy_one_view", "vggcifar_version",
+                 "test_accuracy_one_view", "test_accuracy_with_tta", "vggcifar_version",
                  "precision", "exporter")
 INPUT_DESCRIPTION = ("RGB float32 in [0, 1], NCHW [N, 3, {s}, {s}], N dynamic; resize to {s}x{s} "
                      "first; mean/std normalisation happens inside the graph")
@@ -218,6 +218,8 @@ def build_metadata(meta: dict, *, precision: str, exporter: str, source_sha256: 
         "source_sha256": source_sha256,
         "test_accuracy": json.dumps(None if acc is None else float(acc)),
         "test_accuracy_one_view": json.dumps(None if one is None else float(one)),
+        # Whether test_accuracy is the run's flip-TTA figure (as config.tta in the checkpoint).
+        "test_accuracy_with_tta": json.dumps(bool((meta.get("config") or {}).get("tta"))),
         "vggcifar_version": __version__,
         "precision": precision,
         "exporter": exporter,

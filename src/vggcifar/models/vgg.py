@@ -85,14 +85,33 @@ def list_models() -> list[str]:
 
 
 def create_model(name: str, num_classes: int = 10, head: str = "mlp", width: float = 1.0,
-                 dropout: float = 0.2) -> VGG:
-    """Build a freshly initialised VGG by name (see :class:`VGG` for the arguments)."""
+                 dropout: float = 0.2, pretrained: bool = False) -> VGG:
+    """Build a freshly initialised VGG by name (see :class:`VGG` for the arguments).
+
+    With ``pretrained=True`` it returns the shipped CIFAR-10 model instead (verified by sha256,
+    in eval mode), which must be this architecture with the default head, width and 10 classes.
+    """
     key = str(name).lower()
     if key not in CONFIGS:
         raise VggCifarError(
             f"unknown architecture {name!r}; choose one of: {', '.join(list_models())}")
+    if pretrained:
+        return _pretrained(key, num_classes, head, width)
     if head not in HEADS:
         raise VggCifarError(f"unknown head {head!r}; choose one of: {', '.join(HEADS)}")
     if not width > 0:
         raise VggCifarError(f"width must be > 0, got {width}")
     return VGG(CONFIGS[key], num_classes=num_classes, head=head, width=width, dropout=dropout)
+
+
+def _pretrained(key: str, num_classes: int, head: str, width: float) -> VGG:
+    from ..shipped import load_pretrained  # the shipped model is read through checkpoints
+
+    model, meta = load_pretrained()
+    shipped = (meta["arch"], meta["num_classes"], meta["head"], float(meta["width"]))
+    if (key, num_classes, head, float(width)) != shipped:
+        raise VggCifarError(
+            f"the shipped pretrained model is {shipped[0]} (head {shipped[2]}, width "
+            f"{shipped[3]:g}, {shipped[1]} classes); create_model({key!r}, num_classes="
+            f"{num_classes}, head={head!r}, width={width:g}, pretrained=True) asks for another")
+    return model

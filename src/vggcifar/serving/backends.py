@@ -11,9 +11,14 @@ them, so importing :mod:`vggcifar.serving` stays cheap and works without them.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
+import shutil
+import tempfile
 import threading
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,13 +29,28 @@ import torch
 from ..errors import VggCifarError
 from ..preprocessing import Preprocessing, uint8_to_input
 
+log = logging.getLogger(__name__)
+
 BACKENDS = ("auto", "torch", "onnx", "tensorrt")
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
+CACHE_FORMAT = "vggcifar-onnx-cache"  # the sidecar of a cached export: see cached_onnx
+# Part of a cached export's name: bump it when exports gain metadata that serving reads, so older
+# cached exports (without it) are rebuilt rather than reused. 2: test_accuracy_with_tta.
+CACHE_REVISION = 2
+
+
+class ModelFileError(VggCifarError):
+    """The model file itself is unusable: not loadable, or not what its metadata says."""
 
 
 @dataclass
 class ModelInfo:
-    """What the page and the CLI say about the loaded model."""
+    """What the page and the CLI say about the loaded model.
+
+    ``test_accuracy`` is the one-view figure (what plain serving delivers); ``test_accuracy_tta``
+    the figure with flip test-time augmentation (``Predictor(tta=True)``). Either is ``None``
+    when the model file does not record it.
+    """
 
     name: str
     path: str
@@ -38,9 +58,7 @@ class ModelInfo:
     preproc: Preprocessing
     arch: str | None = None
     test_accuracy: float | None = None
-    # True when test_accuracy is only known with flip TTA (older checkpoints), which serving,
-    # classifying one view, does not do.
-    accuracy_with_tta: bool = False
+    test_accuracy_tta: float | None = None
     precision: str | None = None
     extra: dict = field(default_factory=dict)
 
@@ -48,17 +66,23 @@ class ModelInfo:
     def class_names(self) -> tuple[str, ...]:
         return self.preproc.class_names
 
-    def describe(self) -> str:
-        """One line: ``name (arch, test accuracy 93.1%)``."""
+    def accuracy(self, tta: bool = False) -> float | None:
+        """The test accuracy of the chosen serving mode (``None``: not recorded)."""
+        return self.test_accuracy_tta if tta else self.test_accuracy
+
+    def accuracy_text(self, tta: bool = False) -> str:
+        """e.g. ``test accuracy 88.04% (one view)`` or ``... (flip TTA)``."""
+        acc, mode = self.accuracy(tta), "flip TTA" if tta else "one view"
+        return f"test accuracy {acc:.2%} ({mode})" if acc is not None else \
+            f"test accuracy unknown ({mode})"
+
+    def describe(self, tta: bool = False) -> str:
+        """One line: ``name (arch, test accuracy 93.10% (one view))``, the figure of the chosen
+        serving mode."""
         bits = [self.arch or "unknown arch"]
         if self.precision:
             bits.append(self.precision)
-        acc = self.test_accuracy
-        if acc is None:
-            bits.append("test accuracy unknown")
-        else:
-            bits.append(f"test accuracy {acc:.2%}" + (" with flip TTA" if self.accuracy_with_tta
-                                                      else ""))
+        bits.append(self.accuracy_text(tta))
         return f"{self.name} ({', '.join(bits)})"
 
 
@@ -82,16 +106,20 @@ def display_name(path: str | os.PathLike) -> str:
     return p.name
 
 
-def served_accuracy(meta: dict) -> tuple[float | None, bool]:
-    """``(accuracy, with_tta)`` to show for a model: the one-view test accuracy (what serving
-    delivers) when recorded, else the run's figure, flagged when that used flip TTA."""
-    one = meta.get("test_accuracy_one_view")
-    if isinstance(one, (int, float)):
-        return float(one), False
-    acc = meta.get("test_accuracy")
-    if not isinstance(acc, (int, float)):
-        return None, False
-    return float(acc), bool((meta.get("config") or {}).get("tta"))
+def served_accuracy(meta: dict) -> tuple[float | None, float | None]:
+    """``(one view, flip TTA)`` test accuracies recorded for a model, ``None`` where unknown.
+
+    A run's ``test_accuracy`` is its TTA figure when its config used flip TTA (exports record
+    that as ``test_accuracy_with_tta``), else the one-view figure; ``test_accuracy_one_view`` is
+    always one view.
+    """
+    def number(v):
+        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+    acc, one = number(meta.get("test_accuracy")), number(meta.get("test_accuracy_one_view"))
+    if (meta.get("config") or {}).get("tta") or meta.get("test_accuracy_with_tta") is True:
+        return one, acc
+    return (one if one is not None else acc), None
 
 
 def _meta_value(v):
@@ -108,21 +136,28 @@ def info_from_export_metadata(meta: dict, path, fmt: str) -> ModelInfo:
     """Build :class:`ModelInfo` from ONNX ``metadata_props`` or a TensorRT sidecar JSON.
 
     Raises:
-        VggCifarError: ``class_names``, ``mean`` or ``std`` missing (not a vggcifar export).
+        ModelFileError: ``class_names``, ``mean`` or ``std`` missing (not a vggcifar export), or
+            values out of bounds (see :func:`vggcifar.checkpoint.check_preprocessing`).
     """
+    from ..checkpoint import check_preprocessing
+
     m = {k: _meta_value(v) for k, v in meta.items()}
     missing = [k for k in ("class_names", "mean", "std") if not m.get(k)]
     if missing:
-        raise VggCifarError(
+        raise ModelFileError(
             f"{path} lacks the vggcifar metadata {', '.join(missing)}; "
             "export the model with vgg-export")
-    preproc = Preprocessing.from_dict(
-        {"class_names": m["class_names"], "mean": m["mean"], "std": m["std"],
-         "input_size": m.get("input_size") or 32})
-    acc, with_tta = served_accuracy(m)
+    pre = {"class_names": m["class_names"], "mean": m["mean"], "std": m["std"],
+           "input_size": m.get("input_size") or 32}
+    try:
+        check_preprocessing(pre, None, f"{path} metadata")
+    except VggCifarError as e:
+        raise ModelFileError(str(e)) from e
+    preproc = Preprocessing.from_dict(pre)
+    one, tta = served_accuracy(m)
     return ModelInfo(
         name=display_name(path), path=str(path), format=fmt, preproc=preproc,
-        arch=m.get("arch") or None, test_accuracy=acc, accuracy_with_tta=with_tta,
+        arch=m.get("arch") or None, test_accuracy=one, test_accuracy_tta=tta,
         precision=str(m["precision"]) if m.get("precision") else None,
         extra={k: v for k, v in m.items() if k in ("source_sha256", "vggcifar_version")})
 
@@ -182,10 +217,10 @@ class TorchBackend(Backend):
         self.device = str(dev)
         self.preproc: Preprocessing = meta["preproc"]
         fmt = model_format(path)
-        acc, with_tta = served_accuracy(meta)
+        one, tta = served_accuracy(meta)
         self.info = ModelInfo(
             name=display_name(path), path=str(path), format=fmt, preproc=self.preproc,
-            arch=meta.get("arch"), test_accuracy=acc, accuracy_with_tta=with_tta,
+            arch=meta.get("arch"), test_accuracy=one, test_accuracy_tta=tta,
             precision="fp16 weights" if fmt == "shipped" else None)  # stored fp16, run fp32
 
     def run(self, pixels: np.ndarray) -> np.ndarray:
@@ -203,7 +238,7 @@ class TorchBackend(Backend):
 _ORT_LOCK = threading.Lock()
 
 
-def ort_session(path, device: str | None = None):
+def ort_session(path, device: str | None = None, model_bytes: bytes | None = None):
     """Create an onnxruntime session on CUDA when it really works (else CPU), quietly.
 
     onnxruntime-gpu lists ``CUDAExecutionProvider`` as available even without a GPU or driver;
@@ -212,12 +247,16 @@ def ort_session(path, device: str | None = None):
     raised to FATAL while trying.
 
     Args:
+        path: the model file (named in messages; read only when ``model_bytes`` is None).
         device: ``None``/``auto`` (CUDA if it works, else CPU), ``cpu``, or ``cuda[:N]``
             (an error if CUDA does not work).
+        model_bytes: the model's bytes, already read and verified (see :func:`cached_onnx`), so
+            the file cannot change between the check and the load.
     Returns:
         ``(session, provider name)``.
     Raises:
-        VggCifarError: unreadable model file, or CUDA required but not working.
+        ModelFileError: unreadable model file.
+        VggCifarError: CUDA required but not working.
     """
     import onnxruntime as ort
 
@@ -239,10 +278,11 @@ def ort_session(path, device: str | None = None):
         warnings.simplefilter("ignore")
         ort.set_default_logger_severity(4)
         try:
-            sess = ort.InferenceSession(str(path), opts, providers=providers)
+            sess = ort.InferenceSession(str(path) if model_bytes is None else model_bytes, opts,
+                                        providers=providers)
         except Exception as e:  # onnxruntime raises its own exception types for bad files
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-            raise VggCifarError(f"{path} is not a loadable ONNX model ({first})") from e
+            raise ModelFileError(f"{path} is not a loadable ONNX model ({first})") from e
         finally:
             # Back to "errors only": later real failures are still reported.
             ort.set_default_logger_severity(3)
@@ -259,12 +299,15 @@ class OnnxBackend(Backend):
 
     name = "onnx"
 
-    def __init__(self, path, device: str | None = None, info: ModelInfo | None = None):
-        self.session, provider = ort_session(path, device)
+    def __init__(self, path, device: str | None = None, info: ModelInfo | None = None,
+                 model_bytes: bytes | None = None):
+        self.session, provider = ort_session(path, device, model_bytes)
+        self.path = path
         self.device = "cuda" if provider == "CUDAExecutionProvider" else "cpu"
         self.provider = provider
         meta = self.session.get_modelmeta().custom_metadata_map
         self.info = info or info_from_export_metadata(meta, path, "onnx")
+        self.num_classes = len(self.info.class_names)
         inputs = self.session.get_inputs()
         names = [o.name for o in self.session.get_outputs()]
         self.input_name = "image" if any(i.name == "image" for i in inputs) else inputs[0].name
@@ -273,11 +316,34 @@ class OnnxBackend(Backend):
         elif "logits" in names:
             self.output_name, self.softmax = "logits", True
         else:
-            raise VggCifarError(f"{path} has no 'probabilities' or 'logits' output; "
-                                "export the model with vgg-export")
+            raise ModelFileError(f"{path} has no 'probabilities' or 'logits' output; "
+                                 "export the model with vgg-export")
+        self._check_interface(inputs, self.session.get_outputs())
         shape = inputs[0].shape
         # A fixed batch dimension (an int) means batches must be cut to that size.
         self.fixed_batch = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else None
+
+    def _check_interface(self, inputs, outputs) -> None:
+        """The graph must take one float ``[N, 3, S, S]`` input (``S`` from the metadata) and give
+        ``[N, C]`` with ``C`` = the number of class names; symbolic sizes are checked per run.
+
+        Raises:
+            ModelFileError: naming the mismatch.
+        """
+        s = self.info.preproc.input_size
+        inp = next(i for i in inputs if i.name == self.input_name)
+        fixed = [(d, want) for d, want in zip(inp.shape[1:], (3, s, s)) if isinstance(d, int)]
+        if (len(inputs) != 1 or inp.type != "tensor(float)" or len(inp.shape) != 4
+                or any(d != want for d, want in fixed)):
+            raise ModelFileError(
+                f"{self.path} takes {len(inputs)} input(s), {inp.name!r} {inp.type} {inp.shape}; "
+                f"its metadata says one float [N, 3, {s}, {s}]: re-export it with vgg-export")
+        out = next(o for o in outputs if o.name == self.output_name)
+        if len(out.shape) != 2 or (isinstance(out.shape[1], int)
+                                   and out.shape[1] != self.num_classes):
+            raise ModelFileError(
+                f"{self.path} output {out.name!r} is {out.shape}, but its metadata names "
+                f"{self.num_classes} classes: re-export it with vgg-export")
 
     def run(self, pixels: np.ndarray) -> np.ndarray:
         x = pixels.astype(np.float32) * np.float32(1.0 / 255.0)
@@ -293,6 +359,9 @@ class OnnxBackend(Backend):
         return self._out(self.session.run([self.output_name], {self.input_name: x})[0])[:n]
 
     def _out(self, y: np.ndarray) -> np.ndarray:
+        if y.ndim != 2 or y.shape[1] != self.num_classes:  # a symbolic size in the graph
+            raise ModelFileError(f"{self.path} gave {y.shape[1:]} outputs per image, but its "
+                                 f"metadata names {self.num_classes} classes")
         y = y.astype(np.float32)
         if self.softmax:
             y = np.exp(y - y.max(axis=1, keepdims=True))
@@ -362,6 +431,9 @@ class TensorRTBackend(Backend):
         x = pixels.astype(np.float32) * np.float32(1.0 / 255.0)
         with self._lock, torch.cuda.device(self.torch_device):
             logits = self.runner(x)
+        if logits.ndim != 2 or logits.shape[1] != len(self.info.class_names):
+            raise ModelFileError(f"{self.info.path} gave {logits.shape[1:]} outputs per image, "
+                                 f"but its metadata names {len(self.info.class_names)} classes")
         return torch.softmax(torch.from_numpy(logits).float(), dim=1).numpy()
 
 
@@ -391,33 +463,147 @@ def onnx_cache_dir() -> Path:
     return Path(os.environ.get("VGGCIFAR_CACHE", Path.home() / ".cache" / "vggcifar")) / "onnx"
 
 
-def cached_onnx(path) -> Path:
-    """The ONNX export of a checkpoint, made once and kept in :func:`onnx_cache_dir`.
+def source_sha256(path) -> str:
+    """sha256 of a checkpoint's verified weights: the ``.pt`` file's own digest, or for a shipped
+    manifest the joined parts', every part checked against the manifest first (so damaged parts
+    are refused here, whichever backend runs them).
 
-    Keyed by the checkpoint's sha256 and the vggcifar and torch versions, so a changed
-    checkpoint or exporter never reuses a stale graph. Exporting a VGG16 takes seconds; reading
-    the cached file a fraction of that.
+    Raises:
+        VggCifarError: a missing, damaged or modified shipped part; an unreadable file.
+    """
+    from ..checkpoint import file_sha256
+
+    if model_format(path) == "shipped":
+        from ..shipped import read_shipped_bytes
+
+        return read_shipped_bytes(path)[1]
+    try:
+        return file_sha256(path)
+    except OSError as e:
+        raise VggCifarError(f"cannot read {path} ({e.strerror or e})") from e
+
+
+def cache_sidecar(cached) -> Path:
+    """The record written after a cached export: ``<export>.json`` holding the format, the
+    source's and the export's sha256."""
+    return Path(f"{cached}.json")
+
+
+def _private_dir(folder: Path) -> bool:
+    """True when only we can write to ``folder``, as ssh and pip require of what they trust: it
+    is ours (a group- or world-writable one, e.g. made under umask 002, is made private first).
+    On Windows the user's profile is private."""
+    if os.name != "posix":
+        return True
+    st = folder.stat()
+    if st.st_uid != os.geteuid():
+        return False
+    if st.st_mode & 0o022:
+        os.chmod(folder, st.st_mode & 0o755)
+    return True
+
+
+def _read_verified(cached: Path, sha: str) -> bytes | None:
+    """The cached export's bytes when its sidecar says it was built from weights with sha256
+    ``sha`` and the bytes hash to the sidecar's digest; else ``None`` (missing, truncated,
+    replaced or foreign: rebuild)."""
+    try:
+        side = json.loads(cache_sidecar(cached).read_text())
+        if (not isinstance(side, dict) or side.get("format") != CACHE_FORMAT
+                or side.get("source_sha256") != sha or cached.stat().st_size != side.get("bytes")):
+            return None
+        data = cached.read_bytes()
+    except (OSError, ValueError):
+        return None
+    return data if hashlib.sha256(data).hexdigest() == side.get("onnx_sha256") else None
+
+
+def _sweep_stale_builds(folder: Path, age_s: float = 3600) -> None:
+    """Remove build folders a killed process left in the cache (an export is hundreds of MB)."""
+    for d in folder.glob(".build-*"):
+        try:
+            if time.time() - d.stat().st_mtime > age_s:
+                shutil.rmtree(d, ignore_errors=True)
+        except OSError:
+            pass
+
+
+def cached_onnx(path, sha: str | None = None, rebuild: bool = False) -> tuple[Path, bytes]:
+    """The ONNX export of a checkpoint or shipped manifest, made once and kept in
+    :func:`onnx_cache_dir`: ``(file, its bytes)``, the bytes verified.
+
+    Named by the source's sha256 and the vggcifar and torch versions, so a changed checkpoint or
+    exporter never reuses a stale graph. A cached file is used only when its sidecar
+    (:func:`cache_sidecar`, written after the export, atomically) records this source's
+    sha256 and the file's own digest; anything else at that name (a truncated file, one dropped
+    there by someone else) is rebuilt, as with ``rebuild=True``. The caller also checks the
+    ``source_sha256`` in the graph's metadata (:func:`onnx_backend_for_checkpoint`). A cache
+    folder others can write to is not used: the export is then made afresh each time.
+
+    Args:
+        sha: :func:`source_sha256` of ``path`` when the caller has it.
+    Raises:
+        VggCifarError: damaged source weights; the export failed.
     """
     from .. import __version__
-    from ..checkpoint import atomic_write
-    from ..export.onnx_export import checkpoint_sha256
+    from ..io import atomic_write
 
-    sha = checkpoint_sha256(path)
-    key = f"{sha[:20]}-v{__version__}-torch{torch.__version__.split('+')[0]}"
-    cached = onnx_cache_dir() / f"{Path(path).stem}-{key}.onnx"
-    if cached.is_file():
-        return cached
-    import tempfile
-
-    with tempfile.TemporaryDirectory(prefix="vggcifar-onnx-") as tmp:
+    sha = sha or source_sha256(path)
+    key = f"{sha[:20]}-v{__version__}-torch{torch.__version__.split('+')[0]}-r{CACHE_REVISION}"
+    folder = onnx_cache_dir()
+    cached = folder / f"{Path(path).stem}-{key}.onnx"
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        usable = _private_dir(folder)
+    except OSError:  # read-only home
+        usable = False
+    if usable and not rebuild:
+        data = _read_verified(cached, sha)
+        if data is not None:
+            return cached, data
+    build_root = folder if usable else None
+    if usable:
+        _sweep_stale_builds(folder)
+    with tempfile.TemporaryDirectory(prefix=".build-", dir=build_root) as tmp:
         fresh = onnx_from_checkpoint(path, tmp, sha256=sha)
+        data = fresh.read_bytes()
+        if not usable:
+            log.debug("ONNX cache %s not private or not writable: export not cached", folder)
+            return fresh, data
         try:
-            atomic_write(cached, lambda t: Path(t).write_bytes(fresh.read_bytes()))
-        except OSError:  # read-only home or full disk: use the fresh export once, uncached
-            keep = Path(tempfile.mkdtemp(prefix="vggcifar-onnx-")) / fresh.name
-            fresh.replace(keep)
-            return keep
-    return cached
+            atomic_write(cached, lambda t: os.replace(fresh, t))
+            side = {"format": CACHE_FORMAT, "source_sha256": sha, "bytes": len(data),
+                    "onnx_sha256": hashlib.sha256(data).hexdigest(), "source": str(path)}
+            atomic_write(cache_sidecar(cached), lambda t: Path(t).write_text(json.dumps(side)))
+        except OSError:  # full disk: use the fresh export once, uncached
+            return fresh, data
+    return cached, data
+
+
+def onnx_backend_for_checkpoint(path, device: str | None = None) -> OnnxBackend:
+    """onnxruntime on the cached ONNX export of a checkpoint or shipped manifest.
+
+    The source weights are verified first (shipped parts on every load). The cached export is
+    used only if it verifies (:func:`cached_onnx`) and its metadata's ``source_sha256`` is this
+    source's; a file that fails either check, or fails to load, is rebuilt once.
+
+    Raises:
+        VggCifarError: damaged source weights, or an export that still fails after the rebuild.
+    """
+    sha = source_sha256(path)
+    for rebuild in (False, True):
+        cached, data = cached_onnx(path, sha, rebuild=rebuild)
+        try:
+            b = OnnxBackend(cached, device, model_bytes=data)
+            if b.info.extra.get("source_sha256") != sha:
+                raise ModelFileError(f"{cached} is not an export of {path}")
+            break
+        except ModelFileError as e:
+            if rebuild:
+                raise
+            log.info("cached ONNX export unusable (%s); rebuilding it", e)
+    _describe_as_checkpoint(b.info, path, model_format(path))
+    return b
 
 
 def _describe_as_checkpoint(info: ModelInfo, path, fmt: str) -> None:
@@ -427,25 +613,22 @@ def _describe_as_checkpoint(info: ModelInfo, path, fmt: str) -> None:
         info.precision = "fp16 weights"
 
 
-def _auto_cpu_checkpoint(path, fmt: str) -> Backend | None:
+def _auto_cpu_checkpoint(path) -> Backend | None:
     """onnxruntime on the cached ONNX export of a checkpoint, or ``None`` if that fails.
 
     On CPU, onnxruntime beat PyTorch for VGG16 on the project's 2-core machine (3.3x for
     `vgg-predict` on 1,000 files, far more at batch 1; docs/benchmarks.md, "Serving"), and it
     degrades gracefully when the cores are shared, where PyTorch's OpenMP threads stall. Any
-    failure (no onnxruntime, an export problem) leaves the choice to PyTorch, which always works.
+    failure (no onnxruntime, an export problem) leaves the choice to PyTorch, which always works
+    and reports damaged weights itself.
     """
     try:
         import onnxruntime  # noqa: F401
 
-        b = OnnxBackend(cached_onnx(path), "cpu")
+        return onnx_backend_for_checkpoint(path, "cpu")
     except Exception as e:  # noqa: BLE001 - deliberately broad: this is only an optimisation
-        import logging
-
-        logging.getLogger(__name__).debug("auto backend: onnxruntime not usable (%s)", e)
+        log.debug("auto backend: onnxruntime not usable (%s)", e)
         return None
-    _describe_as_checkpoint(b.info, path, fmt)
-    return b
 
 
 def create_backend(path, backend: str = "auto", device: str | None = None) -> Backend:
@@ -473,7 +656,7 @@ def create_backend(path, backend: str = "auto", device: str | None = None) -> Ba
         if fmt in ("onnx", "tensorrt"):
             backend = fmt
         elif resolve_torch_device(device).type == "cpu":
-            b = _auto_cpu_checkpoint(path, fmt)
+            b = _auto_cpu_checkpoint(path)
             if b is not None:
                 return b
             backend = "torch"
@@ -491,7 +674,5 @@ def create_backend(path, backend: str = "auto", device: str | None = None) -> Ba
             raise VggCifarError(f"{path} is an ONNX model; use --backend onnx or auto")
         return OnnxBackend(path, device)
     if backend == "onnx":
-        b = OnnxBackend(cached_onnx(path), device)
-        _describe_as_checkpoint(b.info, path, fmt)
-        return b
+        return onnx_backend_for_checkpoint(path, device)
     return TorchBackend(path, device)

@@ -1,22 +1,29 @@
 """`vgg-predict`: classify image files, folders and globs from the command line.
 
-Exit codes: 0 every image was predicted; 1 some inputs failed (unreadable file, missing path,
-folder without images) while others were predicted; 2 usage errors (bad option, no model,
-nothing at all to predict).
+Exit codes: 0 every image was predicted; 1 some inputs failed (unreadable file or folder,
+missing path, folder without images, non-finite model output) while others were predicted;
+2 usage or input errors (bad option, no or invalid model, nothing at all to predict); 3 internal
+error (a bug; see :mod:`vggcifar.cli_common`).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import time
 
 import click
 
-from ..cli_common import user_errors
+from ..cli_common import EXIT_OK, EXIT_SOME_FAILED, user_errors
 from ..errors import VggCifarError
 from .backends import BACKENDS
 from .files import expand_inputs
+from .predictor import FITS
+
+
+# Strict JSON: a NaN or infinity would be written as a bare NaN, which JSON parsers reject.
+_dumps = functools.partial(json.dumps, allow_nan=False)
 
 
 def _fmt_top(top) -> str:
@@ -55,10 +62,25 @@ class _Table:
               help="Images per model call.")
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar on stderr (default: when there is more than one batch).")
+@click.option("--tta", is_flag=True,
+              help="Flip test-time augmentation: average each image's and its mirror image's "
+                   "probabilities (two model calls per image; the model line says the test "
+                   "accuracy of each mode).")
+@click.option("--fit", type=click.Choice(FITS), default="squash", show_default=True,
+              help="Non-square pictures: squash the whole picture to a square (as training), "
+                   "or crop its largest centred square first.")
 @user_errors
-def main(inputs, model_path, top_k, backend, device, as_json, batch_size, progress):
+def main(inputs, model_path, top_k, backend, device, as_json, batch_size, progress, tta, fit):
     """Classify IMAGES (files, folders searched recursively, or glob patterns) with a vggcifar
-    model: PNG, JPEG, WebP, BMP, GIF (first frame), TIFF."""
+    model: PNG, JPEG, WebP, BMP, GIF (first frame), TIFF.
+
+    \b
+    Exit codes:
+      0  every image was predicted
+      1  some inputs failed (unreadable file or folder, no images, non-finite output)
+      2  usage or input error (bad option, no or invalid model, nothing to predict)
+      3  internal error (a bug in vggcifar: please report it with the traceback)
+    """
     from tqdm.auto import tqdm
 
     from ..shipped import default_model
@@ -73,15 +95,16 @@ def main(inputs, model_path, top_k, backend, device, as_json, batch_size, progre
     if model_path is None:
         model_path, reason = default_model()
         click.echo(f"model: {reason} (pass --model to choose)", err=True)
-    predictor = Predictor(model_path, backend=backend, device=device)
-    click.echo(f"model: {predictor.info.describe()}; backend: {predictor.backend_name}", err=True)
+    predictor = Predictor(model_path, backend=backend, device=device, tta=tta, fit=fit)
+    click.echo(f"model: {predictor.info.describe(tta=tta)}; backend: {predictor.backend_name}",
+               err=True)
 
     failed = 0
     for arg, reason in problems:
         failed += 1
         click.echo(f"error: {arg}: {reason}", err=True)
         if as_json:
-            click.echo(json.dumps({"file": arg, "error": f"{arg}: {reason}"}))
+            click.echo(_dumps({"file": arg, "error": f"{arg}: {reason}"}))
 
     table = _Table(files)
     if not as_json:
@@ -94,7 +117,7 @@ def main(inputs, model_path, top_k, backend, device, as_json, batch_size, progre
         for pred in predictor.predict_files(files, top_k=top_k, batch_size=batch_size):
             if pred.ok:
                 ok += 1
-                line = json.dumps(pred.to_dict()) if as_json else table.row(pred)
+                line = _dumps(pred.to_dict()) if as_json else table.row(pred)
                 tqdm.write(line, file=sys.stdout)
                 for note in pred.notes:
                     tqdm.write(f"note: {pred.source}: {note}", file=sys.stderr)
@@ -102,9 +125,9 @@ def main(inputs, model_path, top_k, backend, device, as_json, batch_size, progre
                 failed += 1
                 tqdm.write(f"error: {pred.error}", file=sys.stderr)
                 if as_json:
-                    tqdm.write(json.dumps(pred.to_dict()), file=sys.stdout)
+                    tqdm.write(_dumps(pred.to_dict()), file=sys.stdout)
             bar.update(1)
     secs = time.perf_counter() - t0
     click.echo(f"{ok} predicted, {failed} failed in {secs:.2f} s "
                f"({ok / secs if secs > 0 else 0:.0f} images/s)", err=True)
-    sys.exit(1 if failed else 0)
+    sys.exit(EXIT_SOME_FAILED if failed else EXIT_OK)

@@ -16,10 +16,20 @@ def is_image_name(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
 
 
-def walk_images(folder: Path) -> list[Path]:
-    """Image files under ``folder`` (recursively, sorted, hidden files and folders skipped)."""
+def walk_images(folder: Path, problems: list[tuple[str, str]] | None = None) -> list[Path]:
+    """Image files under ``folder`` (recursively, sorted, hidden files and folders skipped).
+
+    A folder that cannot be listed (no permission, removed meanwhile) is appended to
+    ``problems`` as ``(folder, one-line reason)`` instead of being skipped silently: its images
+    were asked for and not predicted.
+    """
+    def unreadable(e: OSError) -> None:
+        if problems is not None:
+            problems.append((e.filename or str(folder),
+                             f"cannot read this folder ({e.strerror or type(e).__name__})"))
+
     found = []
-    for root, dirs, files in os.walk(folder):
+    for root, dirs, files in os.walk(folder, onerror=unreadable):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         found += [Path(root) / f for f in sorted(files)
                   if not f.startswith(".") and is_image_name(f)]
@@ -35,8 +45,8 @@ def expand_inputs(args) -> tuple[list[Path], list[tuple[str, str]]]:
 
     Returns:
         ``(files, problems)``: ``problems`` are ``(argument, one-line reason)`` for arguments
-        that gave nothing: a path that does not exist, a folder without images, a pattern
-        matching nothing.
+        that gave nothing (a path that does not exist, a folder without images, a pattern
+        matching nothing) and for folders that could not be read.
     """
     files: list[Path] = []
     problems: list[tuple[str, str]] = []
@@ -45,10 +55,11 @@ def expand_inputs(args) -> tuple[list[Path], list[tuple[str, str]]]:
         if p.is_file():
             files.append(p)
         elif p.is_dir():
-            found = walk_images(p)
+            before = len(problems)
+            found = walk_images(p, problems)
             if found:
                 files += found
-            else:
+            elif len(problems) == before:
                 kinds = ", ".join(IMAGE_EXTENSIONS)
                 problems.append((arg, f"folder holds no image files ({kinds})"))
         elif _GLOB_CHARS & set(arg):
@@ -56,7 +67,7 @@ def expand_inputs(args) -> tuple[list[Path], list[tuple[str, str]]]:
             for m in sorted(glob.glob(arg, recursive=True)):
                 mp = Path(m)
                 if mp.is_dir():
-                    found += walk_images(mp)
+                    found += walk_images(mp, problems)
                 elif mp.is_file() and is_image_name(mp):
                     found.append(mp)
             if found:

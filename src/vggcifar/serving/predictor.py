@@ -4,6 +4,11 @@ It opens a model file with a backend (see :mod:`.backends`), turns images into t
 exactly as training did (:func:`vggcifar.images.open_image` and
 :func:`vggcifar.images.pil_to_uint8`), and returns the top-k classes with probabilities and the
 time taken.
+
+Two serving choices, each with a per-Predictor default and a per-call override in
+:meth:`Predictor.predict`: ``fit`` (``squash`` the whole picture to a square, as training and
+``vgg-predict`` do by default, or ``crop`` its largest centred square first: see :func:`fit_image`)
+and ``tta`` (flip test-time augmentation).
 """
 
 from __future__ import annotations
@@ -20,6 +25,15 @@ import torch
 from ..errors import VggCifarError
 from ..images import open_image, pil_to_uint8
 from .backends import Backend, ModelInfo, create_backend
+
+# NaN or infinite probabilities (damaged weights, or an overflow) are no answer: they are an error
+# for that input, never "airplane nan%".
+NON_FINITE = ("the model's output is not finite (NaN or infinity): its weights are damaged or "
+              "overflow on this input")
+# How a non-square picture becomes the model's square input: "squash" resizes the whole picture
+# (what training saw: CIFAR images are square, and what vgg-predict has always done); "crop" keeps
+# its largest centred square, so the object keeps its proportions but the edges are lost.
+FITS = ("squash", "crop")
 
 
 @dataclass
@@ -40,6 +54,8 @@ class Prediction:
     ms: float = 0.0
     notes: list[str] = field(default_factory=list)
     error: str | None = None
+    # The [3, S, S] uint8 input the model saw (set by Predictor.predict; not part of to_dict).
+    pixels: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
     def ok(self) -> bool:
@@ -56,21 +72,44 @@ class Prediction:
                 "backend": self.backend, "ms": round(self.ms, 3), "notes": self.notes}
 
 
-def image_to_pixels(img, size: int = 32, label: str = "image") -> tuple[torch.Tensor, list[str]]:
+def check_fit(fit: str) -> str:
+    """``fit`` if it is one of :data:`FITS`, else a one-line :class:`VggCifarError`."""
+    if fit not in FITS:
+        raise VggCifarError(f"unknown fit {fit!r}; use one of {', '.join(FITS)}")
+    return fit
+
+
+def fit_image(img, fit: str = "squash"):
+    """The part of a decoded Pillow image that becomes the model's input: all of it for
+    ``squash``; its largest centred square for ``crop`` (the one place centre-cropping is done,
+    for ``vgg-predict --fit crop`` and the demo alike).
+
+    Cropping before the EXIF orientation is applied is safe: a centred square stays the centred
+    square under every flip and quarter turn. The first frame of an animation is the one cropped.
+    """
+    w, h = img.size
+    if check_fit(fit) == "squash" or w == h:
+        return img
+    side = min(w, h)
+    left, top = (w - side) // 2, (h - side) // 2
+    return img.crop((left, top, left + side, top + side))
+
+
+def image_to_pixels(img, size: int = 32, label: str = "image",
+                    fit: str = "squash") -> tuple[torch.Tensor, list[str]]:
     """A decoded Pillow image -> ``([3, size, size]`` uint8 tensor, notes``)``, exactly as the
-    training data (:func:`vggcifar.images.pil_to_uint8`)."""
+    training data (:func:`vggcifar.images.pil_to_uint8`), after :func:`fit_image`."""
     notes = []
     frames = getattr(img, "n_frames", 1)
     if frames > 1:
         notes.append(f"animated image with {frames} frames: the first frame was used")
-    try:
-        return pil_to_uint8(img, size=size), notes
-    except (OSError, ValueError) as e:  # e.g. an exotic mode Pillow cannot convert to RGB
-        raise VggCifarError(f"{label}: cannot convert to RGB ({e})") from e
+    return pil_to_uint8(fit_image(img, fit), size=size, label=label), notes
 
 
-def load_pixels(source, size: int = 32, name: str | None = None) -> tuple[torch.Tensor, list[str]]:
-    """Decode one image (path, bytes or file object) into model pixels.
+def load_pixels(source, size: int = 32, name: str | None = None,
+                fit: str = "squash") -> tuple[torch.Tensor, list[str]]:
+    """Decode one image (path, bytes or file object) into model pixels (``fit``: see
+    :func:`fit_image`).
 
     Returns:
         ``([3, size, size]`` uint8 tensor, notes``)``: notes say e.g. that only the first frame
@@ -79,7 +118,8 @@ def load_pixels(source, size: int = 32, name: str | None = None) -> tuple[torch.
         VggCifarError: unreadable, empty, truncated or oversized images (one-line message).
     """
     label = name or (os.fspath(source) if isinstance(source, (str, os.PathLike)) else "image")
-    return image_to_pixels(open_image(source, name=name), size, label)
+    # size lets the decoder reduce big JPEGs while decoding (what a 32x32 model needs).
+    return image_to_pixels(open_image(source, name=name, size=size), size, label, fit)
 
 
 class Predictor:
@@ -94,13 +134,21 @@ class Predictor:
         workers: threads decoding images in :meth:`predict_files` (Pillow releases the GIL).
         warmup: run one blank image now, so the first real request does not pay for the
             runtime's lazy initialisation (hundreds of ms on CPU) and its timing is honest.
+        tta: flip test-time augmentation: each image's probabilities are the mean of the image's
+            and its mirror image's (two model calls per image; ``info.accuracy(tta)`` gives the
+            test accuracy of each mode).
+        fit: ``squash`` (default, as in training) or ``crop``: how a non-square picture becomes
+            the square input (:func:`fit_image`).
 
     Class names and preprocessing come from the model file itself.
     """
 
     def __init__(self, model, backend: str = "auto", device: str | None = None,
-                 workers: int | None = None, warmup: bool = True):
+                 workers: int | None = None, warmup: bool = True, tta: bool = False,
+                 fit: str = "squash"):
+        self.fit = check_fit(fit)
         self.backend: Backend = create_backend(model, backend, device)
+        self.tta = bool(tta)
         self.info: ModelInfo = self.backend.info
         self.class_names = list(self.info.class_names)
         self.input_size = self.info.preproc.input_size
@@ -116,14 +164,28 @@ class Predictor:
 
     # ---- core ------------------------------------------------------------------------------
 
-    def probabilities(self, pixels) -> np.ndarray:
-        """``[N, 3, S, S]`` uint8 (tensor or array) -> ``[N, num_classes]`` float32."""
+    def _check_pixels(self, pixels) -> np.ndarray:
         if isinstance(pixels, torch.Tensor):
             pixels = pixels.cpu().numpy()
         if pixels.dtype != np.uint8 or pixels.ndim != 4 or pixels.shape[1] != 3:
             raise VggCifarError(f"expected [N, 3, {self.input_size}, {self.input_size}] uint8 "
                                 f"pixels, got {pixels.dtype} {list(pixels.shape)}")
-        return self.backend.run(pixels)
+        return pixels
+
+    def view_probabilities(self, pixels) -> tuple[np.ndarray, np.ndarray]:
+        """Both serving modes at once: ``[N, 3, S, S]`` uint8 -> ``(one view, flip TTA)``, each
+        ``[N, num_classes]`` float32. Flip TTA is the mean of the two views' probabilities."""
+        pixels = self._check_pixels(pixels)
+        one = self.backend.run(pixels)
+        mirrored = self.backend.run(np.ascontiguousarray(pixels[..., ::-1]))
+        return one, (one + mirrored) * np.float32(0.5)
+
+    def probabilities(self, pixels, tta: bool | None = None) -> np.ndarray:
+        """``[N, 3, S, S]`` uint8 (tensor or array) -> ``[N, num_classes]`` float32, with flip TTA
+        when ``tta`` is true (``None``: the Predictor's own ``tta``)."""
+        if self.tta if tta is None else tta:
+            return self.view_probabilities(pixels)[1]
+        return self.backend.run(self._check_pixels(pixels))
 
     def _top(self, probs: np.ndarray, k: int) -> list[tuple[str, float]]:
         """``[num_classes]`` probabilities -> the ``k`` most likely ``(label, probability)``."""
@@ -133,38 +195,47 @@ class Predictor:
 
     # ---- one image -------------------------------------------------------------------------
 
-    def predict(self, source, top_k: int = 3, name: str | None = None) -> Prediction:
+    def predict(self, source, top_k: int = 3, name: str | None = None, *,
+                tta: bool | None = None, fit: str | None = None) -> Prediction:
         """Classify one image (path, bytes, file object or Pillow image).
 
+        ``tta`` and ``fit`` choose the serving mode for this call (``None``: the Predictor's
+        own), so one Predictor serves every mode. The result's ``pixels`` is the model's input.
+
         Raises:
-            VggCifarError: the image cannot be read (one-line message).
+            VggCifarError: the image cannot be read, or an unknown ``fit`` (one-line message).
         """
         t0 = time.perf_counter()
+        fit = self.fit if fit is None else check_fit(fit)
         label = name or (os.fspath(source) if isinstance(source, (str, os.PathLike)) else "image")
         if hasattr(source, "mode") and hasattr(source, "size"):  # already a Pillow image
-            pixels, notes = image_to_pixels(source, self.input_size, label)
+            pixels, notes = image_to_pixels(source, self.input_size, label, fit)
         else:
-            pixels, notes = load_pixels(source, self.input_size, name=name)
-        probs = self.probabilities(pixels[None].numpy())[0]
+            pixels, notes = load_pixels(source, self.input_size, name=name, fit=fit)
+        pixels = pixels.numpy()
+        probs = self.probabilities(pixels[None], tta)[0]
+        if not np.isfinite(probs).all():
+            raise VggCifarError(f"{label}: {NON_FINITE}")
         ms = (time.perf_counter() - t0) * 1000
         top = self._top(probs, top_k)
         return Prediction(source=label, label=top[0][0], probability=top[0][1], top_k=top,
-                          backend=self.backend_name, ms=ms, notes=notes)
+                          backend=self.backend_name, ms=ms, notes=notes, pixels=pixels)
 
     # ---- many files ------------------------------------------------------------------------
 
     def _decode(self, path) -> tuple[torch.Tensor | None, list[str], str | None, float]:
         t0 = time.perf_counter()
         try:
-            pixels, notes = load_pixels(path, self.input_size)
+            pixels, notes = load_pixels(path, self.input_size, fit=self.fit)
             return pixels, notes, None, time.perf_counter() - t0
         except VggCifarError as e:
             return None, [], str(e), time.perf_counter() - t0
 
     def predict_files(self, paths: Iterable, top_k: int = 3,
                       batch_size: int = 64) -> Iterator[Prediction]:
-        """Classify many files in batches, in order; a file that cannot be read yields a
-        :class:`Prediction` with ``error`` set instead of stopping the run.
+        """Classify many files in batches, in order, in the Predictor's ``fit`` and ``tta``
+        modes; a file that cannot be read yields a :class:`Prediction` with ``error`` set instead
+        of stopping the run.
 
         Decoding of the next batch overlaps the model call on the current one.
         """
@@ -192,6 +263,9 @@ class Predictor:
             probs = self.probabilities(x)
             share = (time.perf_counter() - t0) * 1000 / len(good)
             for row, j in zip(probs, good):
+                if not np.isfinite(row).all():
+                    out[j].error = f"{batch[j]}: {NON_FINITE}"
+                    continue
                 top = self._top(row, top_k)
                 out[j] = Prediction(source=batch[j], label=top[0][0], probability=top[0][1],
                                     top_k=top, backend=self.backend_name,
