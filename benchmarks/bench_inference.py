@@ -109,8 +109,10 @@ def torch_fn(model, preproc, device="cpu", dtype=torch.float32, channels_last=Fa
 
 
 def ort_fn(path, provider="CPUExecutionProvider", options=None, threads=None):
-    sess = P.ort_session(path, provider, provider_options=options, threads=threads)
-    return None if sess is None else P.ort_runner(sess)
+    from vggcifar.runtime.onnx import ort_session
+
+    sess, active = ort_session(path, provider, options=options, threads=threads)
+    return None if active != provider else P.ort_runner(sess)
 
 
 def to_markdown(rows: list[dict], baseline: str) -> str:
@@ -183,7 +185,7 @@ def main(argv=None) -> int:
         fn = ort_fn(work / "model.onnx", "CUDAExecutionProvider", {"use_tf32": 0})
         if fn is not None:
             backends.append(("onnxruntime fp32 (cuda)", fn))
-        from vggcifar.export.tensorrt import EngineRunner, tensorrt_status
+        from vggcifar.runtime.tensorrt import EngineRunner, tensorrt_status
 
         ok, reason = tensorrt_status()
         if ok:

@@ -435,7 +435,7 @@ def main() -> None:
         for b in filter(None, args.backends.split(",") if "cli" in sections else []):
             model, backend = args.model, b
             if b == "onnx-file":
-                from vggcifar.serving.backends import onnx_from_checkpoint
+                from vggcifar.export.cache import onnx_from_checkpoint
 
                 model, backend = str(onnx_from_checkpoint(args.model, tmp)), "onnx"
             print(f"vgg-predict --backend {backend} --model {model} ...", file=sys.stderr)

@@ -71,7 +71,7 @@ def test_cache_is_used_then_rebuilt_when_stale_or_corrupt(tmp_path, capsys):
     raw[len(raw) // 2: len(raw) // 2 + 64] = bytes(64)
     files[0].write_bytes(bytes(raw))
     c = load_cifar10(root, cache_dir=cache)
-    assert "corrupt cache" in capsys.readouterr().out
+    assert "corrupt cache" in capsys.readouterr().err  # a log line: stderr
     assert torch.equal(a.train_x, c.train_x)
     # Stale: source changed (new images) -> new fingerprint, new pixels.
     write_batches_py(tmp_path / "d", n_train=50, n_test=10, seed=7)
@@ -86,7 +86,7 @@ def test_truncated_cache_file_is_rebuilt(tmp_path, capsys):
     f = next(cache.glob("*.pt"))
     f.write_bytes(f.read_bytes()[:100])
     b = load_cifar10(root, cache_dir=cache)
-    assert "corrupt cache" in capsys.readouterr().out
+    assert "corrupt cache" in capsys.readouterr().err  # a log line: stderr
     assert torch.equal(a.test_x, b.test_x)
 
 

@@ -157,8 +157,8 @@ def test_torchrun_cli_end_to_end(cifar_batches, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
            "--master-port", str(free_port()), "-m", "vggcifar.training",
            "--data", str(cifar_batches), "--arch", "vgg11", "--width", "0.125", "--head", "linear",
-           "--steps", "4", "--batch-size", "32", "--device", "cpu", "--out", str(tmp_path),
-           "--name", "tr", "--quiet"]
+           "--steps", "4", "--batch-size", "32", "--device", "cpu", "--out", str(tmp_path / "tr"),
+           "--quiet", "--json"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-8000:]

@@ -154,7 +154,8 @@ def test_tolerance_logic():
 # ---------------------------------------------------------------------- command line
 def test_cli_table_and_parity_json(tiny_checkpoint, cifar_batches, tmp_path):
     out = tmp_path / "exp"
-    res = CliRunner().invoke(main, [str(tiny_checkpoint), "--onnx", "--fp16", "--out", str(out),
+    res = CliRunner().invoke(main, ["--model", str(tiny_checkpoint), "--onnx", "--fp16",
+                                    "--out", str(out),
                                     "--data", str(cifar_batches), "--parity-images", "100",
                                     "--exporter", "torchscript", "--quiet"])
     assert res.exit_code == 0, res.output
@@ -191,7 +192,8 @@ def test_shipped_manifest_uses_its_sha256(tiny_checkpoint, tmp_path):
 def test_parity_failure_keeps_files_and_exits_1(tiny_checkpoint, tmp_path, monkeypatch):
     monkeypatch.setitem(P.TOLERANCES, "fp32", P.Tolerance(max_abs_diff=-1.0, min_agreement=1.0))
     out = tmp_path / "o"
-    res = CliRunner().invoke(main, [str(tiny_checkpoint), "--out", str(out), "--exporter",
+    res = CliRunner().invoke(main, ["--model", str(tiny_checkpoint), "--out", str(out),
+                                    "--exporter",
                                     "torchscript", "--quiet"])
     assert res.exit_code == 1, res.output
     assert "FAIL" in res.stdout
@@ -210,7 +212,7 @@ def _assert_user_error(res, *words):
 
 def test_missing_checkpoint(tmp_path):
     out = tmp_path / "o"
-    res = CliRunner().invoke(main, [str(tmp_path / "nope.pt"), "--out", str(out)])
+    res = CliRunner().invoke(main, ["--model", str(tmp_path / "nope.pt"), "--out", str(out)])
     _assert_user_error(res, "does not exist")
     assert not out.exists()
 
@@ -219,7 +221,7 @@ def test_text_file_named_pt(tmp_path):
     bad = tmp_path / "bad.pt"
     bad.write_text("this is not a checkpoint\n")
     out = tmp_path / "o"
-    res = CliRunner().invoke(main, [str(bad), "--out", str(out)])
+    res = CliRunner().invoke(main, ["--model", str(bad), "--out", str(out)])
     _assert_user_error(res, "not")
     assert not out.exists()
 
@@ -227,14 +229,16 @@ def test_text_file_named_pt(tmp_path):
 def test_unwritable_out(tiny_checkpoint, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
-    res = CliRunner().invoke(main, [str(tiny_checkpoint), "--out", str(blocker / "sub")])
+    res = CliRunner().invoke(main, ["--model", str(tiny_checkpoint), "--out",
+                                    str(blocker / "sub")])
     _assert_user_error(res, "cannot write", "--out")
     assert blocker.read_text() == "x"
 
 
 def test_int8_without_data(tiny_checkpoint, tmp_path):
     out = tmp_path / "o"
-    res = CliRunner().invoke(main, [str(tiny_checkpoint), "--int8", "--out", str(out)])
+    res = CliRunner().invoke(main, ["--model", str(tiny_checkpoint), "--int8", "--out",
+                                    str(out)])
     _assert_user_error(res, "--int8", "--data")
     assert not out.exists()
 
@@ -243,7 +247,7 @@ def test_error_leaves_existing_folder_clean(tiny_checkpoint, tmp_path):
     out = tmp_path / "o"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    res = CliRunner().invoke(main, [str(tiny_checkpoint), "--out", str(out), "--data",
+    res = CliRunner().invoke(main, ["--model", str(tiny_checkpoint), "--out", str(out), "--data",
                                     str(tmp_path / "no-data-here")])
     assert res.exit_code == 2, res.output
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
@@ -268,7 +272,7 @@ def test_auto_falls_back_to_dynamo(tiny_checkpoint, tmp_path, monkeypatch):
 
 
 def _tensorrt_reason():
-    from vggcifar.export.tensorrt import tensorrt_status
+    from vggcifar.runtime.tensorrt import tensorrt_status
 
     return tensorrt_status()
 
@@ -278,7 +282,8 @@ def test_tensorrt_missing_is_a_user_error(tiny_checkpoint, tmp_path):
     if ok:
         pytest.skip(f"TensorRT is usable here ({reason})")
     out = tmp_path / "o"
-    res = CliRunner().invoke(main, [str(tiny_checkpoint), "--tensorrt", "--out", str(out)])
+    res = CliRunner().invoke(main, ["--model", str(tiny_checkpoint), "--tensorrt", "--out",
+                                    str(out)])
     _assert_user_error(res, "--tensorrt", "pip install")
     assert not out.exists()
 

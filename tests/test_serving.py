@@ -17,7 +17,9 @@ from PIL import Image
 from vggcifar.errors import VggCifarError
 from vggcifar.images import pil_to_uint8
 from vggcifar.serving import Predictor, load_pixels
-from vggcifar.serving.backends import create_backend, ort_session, tensorrt_available
+from vggcifar.runtime.onnx import device_session
+from vggcifar.runtime.tensorrt import tensorrt_status
+from vggcifar.serving.backends import create_backend
 from vggcifar.serving.cli import main as predict_cli
 from vggcifar.serving.files import expand_inputs
 
@@ -68,7 +70,7 @@ def predictor(varied_checkpoint) -> Predictor:
 @pytest.fixture(scope="module")
 def onnx_model(varied_checkpoint, tmp_path_factory) -> Path:
     """The checkpoint exported with the real exporter (vggcifar.export)."""
-    from vggcifar.serving.backends import onnx_from_checkpoint
+    from vggcifar.export.cache import onnx_from_checkpoint
 
     return onnx_from_checkpoint(varied_checkpoint, tmp_path_factory.mktemp("onnx"))
 
@@ -310,7 +312,7 @@ def test_onnx_metadata_drives_classes_and_info(onnx_model, varied_checkpoint):
 
 
 def test_auto_backend_prefers_onnxruntime_on_cpu(varied_checkpoint, monkeypatch):
-    from vggcifar.serving import backends
+    from vggcifar.export import cache
 
     if torch.cuda.is_available():
         assert Predictor(varied_checkpoint).backend.name == "torch"
@@ -318,13 +320,13 @@ def test_auto_backend_prefers_onnxruntime_on_cpu(varied_checkpoint, monkeypatch)
     p = Predictor(varied_checkpoint)
     assert p.backend.name == "onnx" and p.info.format == "checkpoint"
     assert p.info.name.endswith("best.pt") and p.info.arch == "vgg11"
-    cached = list(backends.onnx_cache_dir().glob("best-*.onnx"))
+    cached = list(cache.onnx_cache_dir().glob("best-*.onnx"))
     assert cached  # exported once, reused next time
 
-    def broken(path):
+    def broken(path, sha=None, rebuild=False):
         raise RuntimeError("exporter broke")
 
-    monkeypatch.setattr(backends, "cached_onnx", broken)
+    monkeypatch.setattr(cache, "cached_onnx", broken)
     assert Predictor(varied_checkpoint).backend.name == "torch"  # falls back, no error
 
 
@@ -341,13 +343,13 @@ def test_onnx_without_vggcifar_metadata_is_refused(tmp_path):
 
 
 def test_onnxruntime_cuda_probe_is_quiet_and_falls_back(onnx_model, capfd):
-    sess, provider = ort_session(onnx_model, "auto")
+    sess, provider = device_session(onnx_model, "auto")
     err = capfd.readouterr().err
     if not torch.cuda.is_available():
         assert provider == "CPUExecutionProvider"
         assert "libcuda" not in err and "Failed to load" not in err
         with pytest.raises(VggCifarError, match="cannot use CUDA"):
-            ort_session(onnx_model, "cuda")
+            device_session(onnx_model, "cuda")
 
 
 def test_backend_and_file_mismatches_are_clear(varied_checkpoint, onnx_model, tmp_path):
@@ -365,7 +367,7 @@ def test_backend_and_file_mismatches_are_clear(varied_checkpoint, onnx_model, tm
 
 
 def test_tensorrt_engine_without_tensorrt_is_a_clear_error(tmp_path):
-    if tensorrt_available():
+    if tensorrt_status()[0]:
         pytest.skip("tensorrt is usable here; covered by test_tensorrt_engine_matches_torch")
     engine = tmp_path / "model.engine"
     engine.write_bytes(b"\0" * 64)
@@ -374,8 +376,8 @@ def test_tensorrt_engine_without_tensorrt_is_a_clear_error(tmp_path):
 
 
 def test_engine_sidecar_metadata_is_understood(onnx_model, tmp_path):
-    from vggcifar.export.onnx_export import read_metadata
-    from vggcifar.serving.backends import engine_sidecar, info_from_export_metadata
+    from vggcifar.runtime.contract import engine_sidecar, read_metadata
+    from vggcifar.serving.backends import info_from_export_metadata
 
     engine = tmp_path / "model.engine"
     assert engine_sidecar(engine).name == "model.engine.json"  # what vgg-export writes
@@ -389,7 +391,7 @@ def test_engine_sidecar_metadata_is_understood(onnx_model, tmp_path):
 
 
 def test_tensorrt_engine_matches_torch(varied_checkpoint, onnx_model, predictor, tmp_path):
-    if not tensorrt_available():
+    if not tensorrt_status()[0]:
         pytest.skip("tensorrt package or CUDA GPU not available")
     from vggcifar.export.onnx_export import read_metadata
     from vggcifar.export.tensorrt import build_engine
@@ -580,7 +582,7 @@ def test_both_accuracies_are_read_from_the_metadata():
 
 
 def test_exported_model_reports_both_accuracies(varied_checkpoint, tmp_path):
-    from vggcifar.serving.backends import onnx_from_checkpoint
+    from vggcifar.export.cache import onnx_from_checkpoint
 
     ckpt = torch.load(varied_checkpoint, weights_only=True)
     ckpt["test_accuracy"], ckpt["test_accuracy_one_view"] = 0.75, 0.5
@@ -635,3 +637,37 @@ def test_cli_tta_and_crop(tmp_path, varied_checkpoint):
     assert [t["probability"] for t in row["top_k"]] != pytest.approx(
         [p for _, p in plain.top_k], abs=1e-4)
     assert "(one view)" in run_cli(path, "--model", varied_checkpoint).stderr
+
+
+def test_model_kinds_and_the_backend_table():
+    from vggcifar.runtime.contract import MODEL_KINDS, model_kind
+    from vggcifar.serving.backends import BACKEND_TABLE
+    from vggcifar.serving.names import BACKENDS
+
+    names = ("run/best.pt", "w/vggcifar-default.json", "m.ONNX", "m.plan", "m.engine", "m.trt")
+    assert [model_kind(p) for p in names] == ["checkpoint", "shipped", "onnx", "tensorrt",
+                                              "tensorrt", "tensorrt"]
+    assert set(BACKENDS) == {"auto", *(row.name for row in BACKEND_TABLE)}
+    assert {k for row in BACKEND_TABLE for k in row.kinds} == set(MODEL_KINDS)
+
+
+def test_cli_facing_modules_do_not_import_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys; import vggcifar.serving.names, vggcifar.export.options, "
+            "vggcifar.runtime.contract, vggcifar.runtime.devices, vggcifar.io; "
+            "assert not {'torch', 'onnx', 'onnxruntime'} & set(sys.modules), 'heavy import'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_write_probe_and_cache_dir(tmp_path, monkeypatch):
+    from vggcifar.io import cache_dir, check_writable
+
+    assert check_writable(tmp_path / "a" / "b", "run folder").is_dir()
+    assert not list((tmp_path / "a" / "b").iterdir())  # the probe is gone
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(VggCifarError, match="cannot write the run folder .*--out"):
+        check_writable(tmp_path / "file" / "sub", "run folder")
+    monkeypatch.setenv("VGGCIFAR_CACHE", str(tmp_path / "c"))
+    assert cache_dir("onnx") == tmp_path / "c" / "onnx" and cache_dir() == tmp_path / "c"

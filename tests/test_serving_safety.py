@@ -25,11 +25,15 @@ def ckpt(tmp_path_factory) -> Path:
 
 
 def edited_checkpoint(src: Path, dst: Path, **changes) -> Path:
-    """A copy of checkpoint ``src`` with top-level keys replaced (``preprocessing`` merged)."""
+    """A copy of checkpoint ``src`` with top-level keys replaced (``preprocessing`` merged; the
+    model options ``head``, ``width``, ``dropout`` set in ``model_kwargs``, format version 2)."""
     c = torch.load(src, weights_only=True)
     pre = changes.pop("preprocessing", None)
     if pre:
         c["preprocessing"] = {**c["preprocessing"], **pre}
+    for k in ("head", "width", "dropout"):
+        if k in changes:
+            c["model_kwargs"] = {**c["model_kwargs"], k: changes.pop(k)}
     c.update(changes)
     torch.save(c, dst)
     return dst
@@ -74,8 +78,7 @@ def test_oversized_or_inconsistent_architecture_is_refused_before_allocating(
 
 
 def test_vgg_shapes_match_the_real_networks():
-    from vggcifar.checkpoint import vgg_shapes
-    from vggcifar.models import CONFIGS, create_model
+    from vggcifar.models import CONFIGS, create_model, vgg_shapes
 
     for arch in CONFIGS:
         for head in ("mlp", "linear"):
@@ -87,7 +90,7 @@ def test_vgg_shapes_match_the_real_networks():
 
 @pytest.fixture(scope="module")
 def onnx_file(ckpt, tmp_path_factory) -> Path:
-    from vggcifar.serving.backends import onnx_from_checkpoint
+    from vggcifar.export.cache import onnx_from_checkpoint
 
     return onnx_from_checkpoint(ckpt, tmp_path_factory.mktemp("onnx-safety"))
 
@@ -104,7 +107,7 @@ def with_metadata(src: Path, dst: Path, **values) -> Path:
 
 
 def test_onnx_outputs_must_match_class_names(ckpt, tmp_path):
-    from vggcifar.serving.backends import onnx_from_checkpoint
+    from vggcifar.export.cache import onnx_from_checkpoint
 
     three = edited_checkpoint(ckpt, tmp_path / "three.pt", num_classes=3,
                               preprocessing={"class_names": ["a", "b", "c"]})
@@ -165,7 +168,7 @@ def test_nan_weights_are_an_error_per_input_and_json_stays_strict(ckpt, tmp_path
 
 
 def cache_files(stem: str) -> list[Path]:
-    from vggcifar.serving.backends import onnx_cache_dir
+    from vggcifar.export.cache import onnx_cache_dir
 
     return sorted(onnx_cache_dir().glob(f"{stem}-*.onnx"))
 
@@ -196,7 +199,7 @@ def reference(ckpt, img) -> np.ndarray:
 
 
 def test_foreign_file_at_the_cache_name_is_not_used(ckpt, tmp_path):
-    from vggcifar.serving.backends import cache_sidecar, onnx_from_checkpoint
+    from vggcifar.export.cache import cache_sidecar, onnx_from_checkpoint
 
     img = image_file(tmp_path)
     model = shutil.copy(ckpt, tmp_path / "mine.pt")
@@ -238,7 +241,7 @@ def test_truncated_cache_is_rebuilt(ckpt, tmp_path):
 
 
 def test_killed_build_leftovers_are_swept(ckpt, tmp_path):
-    from vggcifar.serving.backends import cached_onnx, onnx_cache_dir
+    from vggcifar.export.cache import cached_onnx, onnx_cache_dir
 
     onnx_cache_dir().mkdir(parents=True, exist_ok=True)
     stale = onnx_cache_dir() / ".build-killed"

@@ -48,7 +48,7 @@ def study(tmp_path_factory, cifar_batches) -> Path:
         # The run folders' sample grid is the slowest figure and the trainer's tests cover it.
         mp.setattr(trainer, "plot_samples", lambda *a, **k: None)
         r = invoke("--splits", SPLITS, *TINY, "--min-steps", "10", "--data", cifar_batches,
-                   "--out", out, "--no-isolate")
+                   "--out", out, "--no-isolate", "--json")
     assert r.exit_code == 0, r.output
     assert json.loads(r.output.strip().splitlines()[-1])["study_dir"] == str(out)
     return out

@@ -49,7 +49,7 @@ def test_run_folder_has_every_file(tiny_run):
 
 def test_checkpoint_loads_weights_only_and_round_trips(tiny_checkpoint, tmp_path):
     raw = torch.load(tiny_checkpoint, weights_only=True)
-    assert raw["format"] == "vggcifar-checkpoint" and raw["format_version"] == 1
+    assert raw["format"] == "vggcifar-checkpoint" and raw["format_version"] == 2
     assert raw["preprocessing"]["class_names"][3] == "cat"
     assert len(raw["preprocessing"]["mean"]) == 3 and raw["config"]["arch"] == "vgg11"
     model, meta = vggcifar.load_checkpoint(tiny_checkpoint)
@@ -153,14 +153,14 @@ def test_classic_loader_and_tta_and_schedules(cifar_batches, tmp_path):
 def test_vgg_train_cli_writes_the_run_folder(cifar_batches, tmp_path):
     r = CliRunner().invoke(train_cli, [
         "--data", str(cifar_batches), "--arch", "vgg11", "--width", "0.125", "--head", "linear", "--epochs", "2",
-        "--split", "0.5", "--device", "cpu", "--out", str(tmp_path), "--name", "cli", "--quiet"])
+        "--split", "0.5", "--device", "cpu", "--out", str(tmp_path / "cli"), "--quiet", "--json"])
     assert r.exit_code == 0, r.output
     assert RUN_FILES <= {p.name for p in (tmp_path / "cli").iterdir()}
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["run_dir"].endswith("cli") and 0 <= out["test_accuracy"] <= 1
     # Same name again: refuses instead of overwriting.
-    r = CliRunner().invoke(train_cli, ["--data", str(cifar_batches), "--out", str(tmp_path),
-                                       "--name", "cli", "--device", "cpu", "--quiet"])
+    r = CliRunner().invoke(train_cli, ["--data", str(cifar_batches), "--out",
+                                       str(tmp_path / "cli"), "--device", "cpu", "--quiet"])
     assert r.exit_code == 2 and "already holds a run" in r.stderr
 
 
@@ -196,7 +196,7 @@ def test_failed_start_keeps_an_existing_out_folder(tmp_path, cifar_batches):
     (tmp_path / "runs" / "other").mkdir(parents=True)
     (tmp_path / "junk").mkdir()
     r = CliRunner().invoke(train_cli, ["--data", str(tmp_path / "junk"), "--out",
-                                       str(tmp_path / "runs"), "--name", "new", "--quiet"])
+                                       str(tmp_path / "runs" / "new"), "--quiet"])
     assert r.exit_code == 2
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["other"]
 
@@ -205,9 +205,9 @@ def test_corrupt_cache_is_rebuilt_by_vgg_train(cifar_batches, tmp_path, monkeypa
     cache = tmp_path / "cache"
     monkeypatch.setenv("VGGCIFAR_CACHE", str(cache))
     args = ["--data", str(cifar_batches), "--arch", "vgg11", "--width", "0.125", "--steps", "1",
-            "--device", "cpu", "--out", str(tmp_path), "--quiet"]
-    assert CliRunner().invoke(train_cli, args + ["--name", "a"]).exit_code == 0
+            "--device", "cpu", "--quiet"]
+    assert CliRunner().invoke(train_cli, args + ["--out", str(tmp_path / "a")]).exit_code == 0
     f = next(cache.glob("*.pt"))
     f.write_bytes(b"garbage")
-    r = CliRunner().invoke(train_cli, args + ["--name", "b"])
+    r = CliRunner().invoke(train_cli, args + ["--out", str(tmp_path / "b")])
     assert r.exit_code == 0 and "corrupt cache" in r.output

@@ -22,7 +22,7 @@ CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "hors
 def repo(tiny_checkpoint, tmp_path_factory):
     """``vgg-export tiny --triton DIR`` run once through the CLI."""
     base = tmp_path_factory.mktemp("triton")
-    res = CliRunner().invoke(main, [str(tiny_checkpoint), "--triton", str(base / "repo"),
+    res = CliRunner().invoke(main, ["--model", str(tiny_checkpoint), "--triton", str(base / "repo"),
                                     "--out", str(base / "exp"), "--max-batch", "64",
                                     "--exporter", "torchscript", "--quiet"])
     assert res.exit_code == 0, res.output
@@ -123,7 +123,8 @@ def test_pbtxt_parser():
 def test_model_names_and_bad_options(tiny_checkpoint, tmp_path):
     assert T.triton_model_name("runs/vgg16 e10/best.pt") == "vgg16_e10"
     assert T.triton_model_name("src/vggcifar/weights/vggcifar-default.json") == "vggcifar-default"
-    res = CliRunner().invoke(main, [str(tiny_checkpoint), "--triton", str(tmp_path / "r"),
+    res = CliRunner().invoke(main, ["--model", str(tiny_checkpoint), "--triton",
+                                    str(tmp_path / "r"),
                                     "--triton-name", "../evil", "--out", str(tmp_path / "e"),
                                     "--quiet"])
     assert res.exit_code == 2 and "invalid Triton model name" in res.output

@@ -2,8 +2,15 @@
 
 __version__ = "0.1.0"
 
-from .checkpoint import load_checkpoint  # noqa: E402
-from .models import create_model, list_models  # noqa: E402
-from .shipped import load_pretrained  # noqa: E402
+# The rest is imported on first use (see vggcifar._lazy), so that `import vggcifar` and
+# `vgg-* --help` do not import torch.
+from ._lazy import lazy_package
 
-__all__ = ["__version__", "create_model", "list_models", "load_checkpoint", "load_pretrained"]
+_EXPORTS = {
+    "load_checkpoint": ".checkpoint",
+    "create_model": ".pretrained",
+    "list_models": ".models",
+    "load_pretrained": ".pretrained",
+}
+lazy_package(__name__, _EXPORTS)
+

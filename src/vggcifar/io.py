@@ -1,10 +1,15 @@
-"""Durable file writes: a crash or power cut never leaves a half-written file under its name."""
+"""Files and folders: durable writes (a crash or power cut never leaves a half-written file under
+its name), the one write-probe for output folders, the one ``$VGGCIFAR_CACHE`` lookup, and the
+permissions of what is published or trusted."""
 
 from __future__ import annotations
 
 import os
 import secrets
+import tempfile
 from pathlib import Path
+
+from .errors import VggCifarError
 
 
 def _fsync(path: str | os.PathLike, directory: bool = False) -> None:
@@ -52,3 +57,66 @@ def atomic_write(path: str | os.PathLike, write_fn) -> None:
             os.unlink(tmp)
         raise
     _fsync(path.parent, directory=True)
+
+
+def check_writable(folder: str | os.PathLike, what: str = "output folder") -> Path:
+    """Create ``folder`` (and its parents) if needed and prove a file can be made in it, so a
+    long job fails at its start rather than at its first save.
+
+    The probe is a uniquely named temporary file (``mkstemp``), removed at once, so concurrent
+    jobs writing to the same folder never trip over each other's probe.
+
+    Args:
+        what: how messages name the folder ("run folder", "study folder", ...).
+    Returns:
+        ``folder`` as a :class:`~pathlib.Path`.
+    Raises:
+        VggCifarError: it cannot be created or written (the message points at ``--out``).
+    """
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise VggCifarError(f"cannot write the {what} {folder} ({e.strerror or e}); "
+                            "choose a writable --out") from e
+    return folder
+
+
+def cache_dir(sub: str | None = None) -> Path:
+    """``$VGGCIFAR_CACHE`` (default ``~/.cache/vggcifar``), or its subfolder ``sub``: decoded
+    datasets live at the top, cached ONNX exports under ``onnx``. Not created here."""
+    root = Path(os.environ.get("VGGCIFAR_CACHE") or Path.home() / ".cache" / "vggcifar")
+    return root / sub if sub else root
+
+
+def private_dir(folder: Path) -> bool:
+    """True when only we can write to ``folder``, as ssh and pip require of what they trust: it
+    is ours (a group- or world-writable one, e.g. made under umask 002, is made private first).
+    On Windows the user's profile is private."""
+    if os.name != "posix":
+        return True
+    st = folder.stat()
+    if st.st_uid != os.geteuid():
+        return False
+    if st.st_mode & 0o022:
+        os.chmod(folder, st.st_mode & 0o755)
+    return True
+
+
+def make_shared(paths) -> None:
+    """Give published files and folders the usual permissions (0o666/0o777 minus the umask):
+    staged files (``mkstemp``, ``mkdtemp``) are owner-only, but exports are meant to be read by
+    serving code running as another user. Missing paths are skipped.
+
+    Reads the umask by setting it, which is process-wide: call this from one thread at a time.
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    for p in map(Path, paths):
+        if p.is_dir():
+            p.chmod(0o777 & ~umask)
+        elif p.is_file():
+            p.chmod(0o666 & ~umask)

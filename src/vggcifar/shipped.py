@@ -1,6 +1,11 @@
-"""The shipped model: a compact (fp16) checkpoint stored as parts in the package's ``weights/``
-folder (package data, so every wheel carries it) with a JSON manifest carrying sha256 digests,
-and the rule that picks the default model for the CLIs."""
+"""The shipped model's files: a compact (fp16) checkpoint stored as parts in the package's
+``weights/`` folder (package data, so every wheel carries it) with a JSON manifest carrying sha256
+digests, and the rule that picks the default model for the CLIs.
+
+This module reads and writes the files only; building the model from them is
+:func:`vggcifar.checkpoint.load_checkpoint` (which reads ``.json`` manifests through
+:func:`read_shipped`), and :func:`vggcifar.pretrained.load_pretrained` is the shipped model
+ready to use."""
 
 from __future__ import annotations
 
@@ -12,8 +17,9 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import atomic_write, check_format, read_checkpoint, torch_load_reason
+from .checkpoint_file import check_format, read_checkpoint, torch_load_reason, upgrade
 from .errors import VggCifarError
+from .io import atomic_write
 
 SHIPPED_FORMAT = "vggcifar-shipped"
 MANIFEST_NAME = "vggcifar-default.json"
@@ -42,15 +48,6 @@ def shipped_manifest() -> Path:
         raise VggCifarError(f"the shipped model is missing ({path} not found); reinstall "
                             "vggcifar, or unset VGGCIFAR_MODELS")
     return path
-
-
-def load_pretrained(map_location="cpu"):
-    """The shipped model, verified by sha256: ``(model, meta)`` as from
-    :func:`vggcifar.load_checkpoint` (model in eval mode, ``[N, 3, 32, 32]`` normalised input ->
-    ``[N, 10]`` logits; ``meta["preproc"]`` holds mean/std and class names)."""
-    from .checkpoint import load_checkpoint
-
-    return load_checkpoint(shipped_manifest(), map_location=map_location)
 
 
 def pack_shipped(checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
@@ -171,7 +168,8 @@ def read_shipped_bytes(manifest_path: str | os.PathLike) -> tuple[bytes, str]:
 
 def read_shipped(manifest_path: str | os.PathLike) -> dict:
     """Join and verify a shipped model's parts (:func:`read_shipped_bytes`); return the
-    checkpoint dict, loaded weights-only, with its ``sha256`` added.
+    checkpoint dict, loaded weights-only, in the current format version's form
+    (:func:`vggcifar.checkpoint_file.upgrade`), with its ``sha256`` added.
 
     Raises:
         VggCifarError: a malformed manifest, a missing part, any sha256 mismatch, or verified
@@ -184,6 +182,7 @@ def read_shipped(manifest_path: str | os.PathLike) -> dict:
         raise VggCifarError(f"the model described by {manifest_path} is not a readable "
                             f"checkpoint ({torch_load_reason(e)}); reinstall vggcifar") from e
     check_format(ckpt, manifest_path)
+    ckpt = upgrade(ckpt)
     ckpt["sha256"] = sha
     return ckpt
 

@@ -64,6 +64,10 @@ def random_flip(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.where(mask.view(-1, 1, 1, 1), x.flip(3), x)
 
 
+# Zero padding (pixels) before the random 32x32 crop: the study's augmentation, in both loaders.
+PAD = 4
+
+
 class DeviceLoader:
     """Iterate ``(inputs, labels)`` batches from tensors that live on ``device``.
 
@@ -71,12 +75,13 @@ class DeviceLoader:
         images: ``[N, 3, 32, 32]`` uint8 (moved to ``device`` once).
         labels: ``[N]`` int64.
         batch_size: per-rank batch size; the global batch is ``batch_size * world_size``.
-        train: shuffle and augment (crop with ``pad``, flip) when true; otherwise fixed order.
+        train: shuffle and augment (random crop of the image padded by ``PAD``, random
+            horizontal flip) and drop an incomplete final global batch (when there is more than
+            one) when true; otherwise fixed order, every image.
         mean, std: normalisation.
         dtype, channels_last: form of the produced input batch.
         seed: shuffling and augmentation depend only on ``(seed, epoch)``, so a resumed run sees
             the same batches as an uninterrupted one.
-        drop_last: drop an incomplete final global batch (training, when there is more than one).
     Yields:
         ``x``: ``[b, 3, 32, 32]`` normalised, ``y``: ``[b]`` int64, both on ``device``.
     """
@@ -89,10 +94,9 @@ class DeviceLoader:
     CHUNK_BYTES = 8 << 20
 
     def __init__(self, images, labels, batch_size, *, train, mean, std, device="cpu",
-                 dtype=torch.float32, channels_last=False, seed=0, pad=4, flip=True,
-                 rank=0, world_size=1, drop_last=None):
+                 dtype=torch.float32, channels_last=False, seed=0, rank=0, world_size=1):
         self.device = torch.device(device)
-        self.pad = int(pad) if train else 0
+        self.pad = PAD if train else 0
         self.channels, self.size = images.shape[1], images.shape[-1]
         if train:
             # Padded images and their mirror images, channels last: every augmented batch is then
@@ -105,11 +109,11 @@ class DeviceLoader:
         self.batch_size = int(batch_size)
         self.train, self.mean, self.std = train, mean, std
         self.dtype, self.channels_last = dtype, channels_last
-        self.seed, self.flip = int(seed), flip
+        self.seed = int(seed)
         self.rank, self.world_size = int(rank), int(world_size)
         self.global_batch = self.batch_size * self.world_size
         n = len(self.labels)
-        self.drop_last = (train and n > self.global_batch) if drop_last is None else drop_last
+        self.drop_last = train and n > self.global_batch
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -157,8 +161,6 @@ class DeviceLoader:
             dy = torch.randint(0, span, (n,), generator=g).to(self.device)
             dx = torch.randint(0, span, (n,), generator=g).to(self.device)
             flips = (torch.rand(n, generator=g) < 0.5).to(self.device)
-            if not self.flip:
-                flips.zero_()
         else:
             order = torch.arange(n, device=self.device)
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
@@ -196,13 +198,13 @@ class _UInt8Dataset(torch.utils.data.Dataset):
         return self.transform(Image.fromarray(self.images[i])), int(self.labels[i])
 
 
-def classic_loader(images, labels, batch_size, *, train, mean, std, workers=2, seed=0, pad=4):
+def classic_loader(images, labels, batch_size, *, train, mean, std, workers=2, seed=0):
     """The study's pipeline: torchvision PIL transforms (RandomCrop with padding, horizontal
     flip, ToTensor, Normalize) in DataLoader worker processes. Yields ``[b, 3, 32, 32]`` float32
     and ``[b]`` int64 CPU tensors."""
     from torchvision import transforms as T
 
-    steps = [T.RandomCrop(32, padding=pad), T.RandomHorizontalFlip()] if train else []
+    steps = [T.RandomCrop(32, padding=PAD), T.RandomHorizontalFlip()] if train else []
     tf = T.Compose(steps + [T.ToTensor(), T.Normalize(mean, std)])
     g = torch.Generator().manual_seed(int(seed))
     return torch.utils.data.DataLoader(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import pickle
 import re
 import secrets
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 
 from ..errors import VggCifarError
+from ..io import cache_dir as default_cache_dir  # $VGGCIFAR_CACHE
 from ..images import IMAGE_EXTENSIONS, read_image
 from ..preprocessing import CIFAR10_CLASSES
 
@@ -255,11 +257,6 @@ def _tensor_digest(tensors) -> str:
     return h.hexdigest()
 
 
-def default_cache_dir() -> Path:
-    """``$VGGCIFAR_CACHE`` or ``~/.cache/vggcifar``."""
-    return Path(os.environ.get("VGGCIFAR_CACHE", Path.home() / ".cache" / "vggcifar"))
-
-
 def _load_cache(file: Path, fingerprint: str):
     """The cached tensors, or ``(None, reason)`` when missing, stale or corrupt."""
     if not file.exists():
@@ -313,7 +310,7 @@ def load_cifar10(path: str | os.PathLike, *, download: bool = True, cache: bool 
             return CifarData(c["train_x"], c["train_y"], c["test_x"], c["test_y"],
                              tuple(c["classes"]), str(root), kind)
         if verbose and reason != "no cache":
-            print(f"vggcifar: {reason} at {cache_file}; rebuilding it")
+            print(f"vggcifar: {reason} at {cache_file}; rebuilding it", file=sys.stderr)
     if kind == "batches-py":
         train_x, train_y, test_x, test_y, classes = _read_batches(root)
     else:
@@ -385,7 +382,8 @@ def _save_cache(file: Path, fingerprint: str, d: CifarData, verbose: bool) -> No
         _write_cache_file(file, lambda tmp: torch.save(payload, tmp))
     except OSError as e:  # a read-only home must not stop training
         if verbose:
-            print(f"vggcifar: could not write data cache {file} ({e}); continuing without it")
+            print(f"vggcifar: could not write data cache {file} ({e}); continuing without it",
+                  file=sys.stderr)
 
 
 def _download(path: Path, create: bool = False) -> None:

@@ -7,13 +7,30 @@ metadata_props carry the preprocessing, class names and provenance (see
 :func:`vggcifar.export.onnx_export.build_metadata`).
 """
 
-from .formats import FORMATS, ExportFormat, default_out_dir, export_checkpoint, format_table
-from .onnx_export import (INPUT_NAME, METADATA_KEYS, OUTPUT_NAMES, ExportWrapper, build_metadata,
-                          check_onnx, checkpoint_sha256, export_onnx, read_metadata, wrap_model)
-from .parity import TOLERANCES, Tolerance, compare, make_parity_inputs
-from .quantize import quantize_int8
+# Imported on first use (see vggcifar._lazy): `vgg-* --help` must not import torch.
+from .._lazy import lazy_package
 
-__all__ = ["FORMATS", "INPUT_NAME", "METADATA_KEYS", "OUTPUT_NAMES", "TOLERANCES", "ExportFormat",
-           "ExportWrapper", "Tolerance", "build_metadata", "check_onnx", "checkpoint_sha256",
-           "compare", "default_out_dir", "export_checkpoint", "export_onnx", "format_table",
-           "make_parity_inputs", "quantize_int8", "read_metadata", "wrap_model"]
+_EXPORTS = {
+    "FORMATS": ".formats",
+    "ExportFormat": ".formats",
+    "default_out_dir": ".formats",
+    "export_checkpoint": ".formats",
+    "format_table": ".formats",
+    "INPUT_NAME": ".onnx_export",
+    "METADATA_KEYS": ".onnx_export",
+    "OUTPUT_NAMES": ".onnx_export",
+    "ExportWrapper": ".onnx_export",
+    "build_metadata": ".onnx_export",
+    "check_onnx": ".onnx_export",
+    "checkpoint_sha256": ".onnx_export",
+    "export_onnx": ".onnx_export",
+    "read_metadata": ".onnx_export",
+    "wrap_model": ".onnx_export",
+    "TOLERANCES": ".parity",
+    "Tolerance": ".parity",
+    "compare": ".parity",
+    "make_parity_inputs": ".parity",
+    "quantize_int8": ".quantize",
+}
+lazy_package(__name__, _EXPORTS)
+

@@ -1,20 +1,38 @@
-"""`vgg-export`: command-line front end of :func:`vggcifar.export.export_checkpoint`."""
+"""`vgg-export`: command-line front end of :func:`vggcifar.export.export_checkpoint`.
+
+Imports only torch-free modules before the command runs (``vgg-export --help`` is fast).
+"""
 
 from __future__ import annotations
 
+import json
 import sys
 
 import click
 
-from ..cli_common import user_errors
-from .formats import export_checkpoint, format_table
-from .onnx_export import DEFAULT_OPSET, EXPORTERS, MAX_OPSET, MIN_OPSET
-from .parity import PARITY_IMAGES
-from .quantize import CALIB_IMAGES, CALIBRATION_METHODS
+from ..cli_common import (Command, command, json_option, model_option, quiet_option,
+                          resolve_model, stderr_logger, user_errors)
+from .options import (CALIB_IMAGES, CALIBRATION_METHODS, DEFAULT_OPSET, EXPORTERS, MAX_OPSET,
+                      MIN_OPSET, PARITY_IMAGES)
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("checkpoint", required=False)
+class _ExportCommand(Command):
+    """A positional argument (the old ``vgg-export CHECKPOINT``) is a usage error naming
+    ``--model``."""
+
+    def parse_args(self, ctx, args):
+        ctx.allow_extra_args = True
+        rest = super().parse_args(ctx, args)
+        if ctx.args:
+            raise click.UsageError(
+                f"unexpected argument {ctx.args[0]!r}: vgg-export reads the model from --model "
+                f"(vgg-export --model {ctx.args[0]} ...)", ctx)
+        return rest
+
+
+@command("vgg-export", cls=_ExportCommand)
+@model_option("Model to export: a checkpoint (best.pt) or the shipped model's .json manifest. "
+              "Default: the newest runs/*/best.pt, else the shipped model.")
 @click.option("--onnx", is_flag=True, help="fp32 ONNX (always written: the other formats are "
               "built from it or checked with it).")
 @click.option("--fp16", is_flag=True, help="fp16 ONNX (float32 input/outputs, casts inside); "
@@ -35,11 +53,12 @@ from .quantize import CALIB_IMAGES, CALIBRATION_METHODS
 @click.option("--exporter", type=click.Choice(("auto",) + EXPORTERS), default="auto",
               show_default=True, help="auto: TorchScript exporter, then dynamo, keeping the first "
               "that passes fp32 parity.")
-@click.option("--out", default=None,
-              help="Output folder [default: <checkpoint folder>/export, or exports/<name> for the "
-                   "shipped model].")
-@click.option("--data", default=None, help="CIFAR-10 folder (either format): real test images "
-              "for parity, training images for --int8 calibration.")
+@click.option("--out", default=None, type=click.Path(file_okay=False), metavar="DIR",
+              help="Folder written (the files and parity.json) [default: <checkpoint "
+                   "folder>/export, or exports/<name> for the shipped model].")
+@click.option("--data", default=None, type=click.Path(file_okay=False), metavar="DIR",
+              help="CIFAR-10 folder (either format): real test images for parity, training "
+                   "images for --int8 calibration.")
 @click.option("--parity-images", type=click.IntRange(0), default=PARITY_IMAGES,
               show_default=True, help="Test images in the parity check (with --data).")
 @click.option("--calib-images", type=click.IntRange(1), default=CALIB_IMAGES, show_default=True,
@@ -51,32 +70,22 @@ from .quantize import CALIB_IMAGES, CALIBRATION_METHODS
                    "Triton model (max_batch_size).")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Sampling of random inputs, test and calibration images.")
-@click.option("--quiet", is_flag=True, help="No progress messages (the table is still printed).")
+@json_option("Print the parity report (as parity.json) as one JSON object instead of the table.")
+@quiet_option()
 @user_errors
-def main(checkpoint, onnx, fp16, int8, tensorrt, triton_dir, triton_name, opset, exporter, out,
-         data, parity_images, calib_images, calib_method, max_batch, seed, quiet):
-    """Export CHECKPOINT (a best.pt, or the shipped model's .json) to ONNX fp32/fp16/int8,
-    TensorRT and a Triton model repository, and check every file against the checkpoint.
+def main(model_path, onnx, fp16, int8, tensorrt, triton_dir, triton_name, opset, exporter, out,
+         data, parity_images, calib_images, calib_method, max_batch, seed, as_json, quiet):
+    """Export a model (--model: a best.pt, or the shipped model's .json) to ONNX
+    fp32/fp16/int8, TensorRT and a Triton model repository, and check every file against it.
 
-    Without CHECKPOINT the newest runs/*/best.pt is used, else the shipped model. Prints a table
-    of the files with their parity figures and writes it as parity.json next to them. Exit
-    status: 0 all within tolerance, 1 a parity check failed (files and report are kept), 2 a
-    usage or input error (nothing is written).
+    Prints a table of the files with their parity figures (--json: the report) and writes the
+    report as parity.json next to them. Exit status: 0 all within tolerance, 1 a parity check
+    failed (files and report are kept), 2 a usage or input error (nothing is written).
     """
-    def log(msg: str) -> None:
-        if not quiet:
-            click.echo(msg, err=True)
+    from .formats import export_checkpoint, format_table
 
-    if checkpoint is None:
-        from ..errors import VggCifarError
-        from ..shipped import default_model
-
-        try:
-            path, reason = default_model()
-        except VggCifarError as e:
-            raise VggCifarError(f"{e} (vgg-export takes it as its first argument)") from e
-        click.echo(f"using the {reason}", err=True)
-        checkpoint = str(path)
+    log = stderr_logger(quiet)
+    checkpoint = resolve_model(model_path)
     formats = [k for k, on in (("onnx", onnx), ("fp16", fp16), ("int8", int8),
                                ("tensorrt", tensorrt), ("triton", triton_dir)) if on] or ["onnx"]
     report = export_checkpoint(
@@ -84,7 +93,7 @@ def main(checkpoint, onnx, fp16, int8, tensorrt, triton_dir, triton_name, opset,
         parity_images=parity_images, calib_images=calib_images, calib_method=calib_method,
         max_batch=max_batch, seed=seed, progress=not quiet, log=log, triton_dir=triton_dir,
         triton_name=triton_name)
-    click.echo(format_table(report))
+    click.echo(json.dumps(report) if as_json else format_table(report))
     if report["status"] != "PASS":
         sys.exit(1)
 

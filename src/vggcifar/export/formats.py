@@ -23,11 +23,15 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..checkpoint import atomic_write, load_checkpoint
+from ..checkpoint import load_checkpoint
 from ..errors import VggCifarError
+from ..io import atomic_write, check_writable, make_shared
+from ..runtime.contract import (INPUT_NAME, LOGITS, build_metadata, engine_sidecar, model_kind,
+                                write_engine_sidecar)
+from ..runtime.onnx import ort_session
 from . import parity as P
-from .onnx_export import (DEFAULT_OPSET, EXPORTERS, build_metadata, checkpoint_sha256,
-                          export_onnx)
+from .onnx_export import checkpoint_sha256, export_onnx
+from .options import DEFAULT_OPSET, EXPORTERS
 
 REPORT_NAME = "parity.json"
 TRT_TIMING_CACHE = "tensorrt-timing.cache"
@@ -80,7 +84,7 @@ class ExportJob:
         return rows
 
     def _cpu_rows(self, path: Path, precision: str) -> list[dict]:
-        sess = P.ort_session(path)
+        sess, _ = ort_session(path)
         rows = P.parity_rows(P.ort_runner(sess), self.reference, self.inputs,
                              precision=precision, runtime="ort-cpu", progress=self.progress)
         bad = _dynamic_batch_failures(sess, self.inputs.random)
@@ -93,10 +97,10 @@ def _dynamic_batch_failures(sess, like: np.ndarray) -> list[str]:
     """Batches of 1 and 7 must give the rows a batch of 8 gives (the batch axis is really
     dynamic and nothing mixes images). ``like``: any ``[N, 3, S, S]`` input, for the shape."""
     x = P.random_inputs(8, like.shape[-1], seed=12345)
-    full = sess.run(["logits"], {"image": x})[0]
+    full = sess.run([LOGITS], {INPUT_NAME: x})[0]
     bad = []
     for n in (1, 7):
-        part = sess.run(["logits"], {"image": np.ascontiguousarray(x[:n])})[0]
+        part = sess.run([LOGITS], {INPUT_NAME: np.ascontiguousarray(x[:n])})[0]
         if part.shape[0] != n or not np.allclose(part, full[:n], rtol=1e-4, atol=1e-4):
             bad.append(f"batch {n} output differs from the same images in a batch of 8")
     return bad
@@ -187,6 +191,7 @@ def _build_int8(job: ExportJob, fmt: "ExportFormat") -> dict:
 
 def _build_tensorrt(job: ExportJob, fmt: "ExportFormat") -> dict:
     """Serialized TensorRT engine (fp16 with --fp16, else fp32), batch 1..max_batch."""
+    from ..runtime.tensorrt import EngineRunner
     from . import tensorrt as T
 
     precision = "fp16" if job.fp16 else "fp32"
@@ -197,11 +202,10 @@ def _build_tensorrt(job: ExportJob, fmt: "ExportFormat") -> dict:
     info = T.build_engine(job.files[src_key], path, fp16=job.fp16, max_batch=job.max_batch,
                           timing_cache=job.out / TRT_TIMING_CACHE)
     # Engines cannot carry metadata; a sidecar JSON holds the same keys as the ONNX files.
-    side = {**job.metadata(precision), **{k: str(v) for k, v in info.items()}}
-    atomic_write(path.with_name(path.name + ".json"),
-                 lambda tmp: Path(tmp).write_text(json.dumps(side, indent=2)))
+    write_engine_sidecar(path, {**job.metadata(precision),
+                                **{k: str(v) for k, v in info.items()}})
     job.files[fmt.key] = path
-    runner = T.EngineRunner(path)
+    runner = EngineRunner(path)
     rows = P.parity_rows(runner, job.reference, job.inputs, precision=precision,
                          runtime="tensorrt", batch_size=min(P.BATCH, job.max_batch),
                          progress=job.progress)
@@ -224,14 +228,14 @@ def _build_triton(job: ExportJob, fmt: "ExportFormat") -> dict:
     model_dir = T.write_triton_repo(job.files["onnx"], job.triton_dir, name,
                                     job.meta["preproc"].class_names, max_batch=job.max_batch,
                                     comment=comment)
-    path = model_dir / "1" / T.MODEL_FILE
+    path = model_dir / T.MODEL_VERSION / T.MODEL_FILE
     rows = job._cpu_rows(path, "fp32")
     problems = T.validate_model_dir(model_dir, job.meta["preproc"].class_names)
     rows[0]["failures"] = rows[0]["failures"] + [f"config.pbtxt: {p}" for p in problems]
     entry = _entry(fmt, path, "fp32", rows, exporter=job.chosen_exporter,
                    triton_model=name, triton_repository=str(job.triton_dir.resolve()),
                    config=str(model_dir / T.CONFIG_NAME), structural_problems=problems)
-    entry["file"] = f"{name}/1/{T.MODEL_FILE}"
+    entry["file"] = f"{name}/{T.MODEL_VERSION}/{T.MODEL_FILE}"
     entry["path"] = str(path)
     return entry
 
@@ -271,7 +275,7 @@ def default_out_dir(checkpoint: str | os.PathLike) -> Path:
     """``<run folder>/export`` for a ``.pt``; ``exports/<name>`` for a shipped ``.json``
     manifest (the models/ folder of an installed package may be read-only)."""
     p = Path(checkpoint)
-    if p.suffix == ".json":
+    if model_kind(p) == "shipped":
         return Path("exports") / p.stem
     return p.parent / "export"
 
@@ -283,25 +287,8 @@ def _prepare_out(out: Path) -> bool:
         VggCifarError: it cannot be created or written.
     """
     created = not out.exists()
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=out)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        raise VggCifarError(f"cannot write to the output folder {out}: "
-                            f"{e.strerror or e}; choose another with --out") from e
+    check_writable(out, "output folder")
     return created
-
-
-def _readable(path: Path) -> None:
-    """Give a published file the usual permissions: temporary files (mkstemp) are owner-only,
-    but exports are meant to be shared with serving code running as another user."""
-    umask = os.umask(0)
-    os.umask(umask)
-    for p in (path, path.with_name(path.name + ".json")):
-        if p.is_file():
-            p.chmod(0o666 & ~umask)
 
 
 def _versions() -> dict:
@@ -365,7 +352,7 @@ def export_checkpoint(checkpoint: str | os.PathLike, formats=("onnx",), *,
     if max_batch < 1:
         raise VggCifarError(f"--max-batch must be at least 1, got {max_batch}")
     if "tensorrt" in wanted:
-        from .tensorrt import require_tensorrt
+        from ..runtime.tensorrt import require_tensorrt
 
         require_tensorrt()
     if "triton" in wanted:
@@ -407,7 +394,8 @@ def export_checkpoint(checkpoint: str | os.PathLike, formats=("onnx",), *,
         report = {
             "status": "PASS" if all(e["status"] == "PASS" for e in entries) else "FAIL",
             "checkpoint": str(Path(checkpoint).resolve()), "source_sha256": sha,
-            "arch": meta["arch"], "head": meta["head"], "width": meta.get("width"),
+            "arch": meta["arch"], "model_kwargs": meta.get("model_kwargs"),
+            "head": meta.get("head"), "width": meta.get("width"),
             "checkpoint_test_accuracy": meta.get("test_accuracy"),
             "exporter": job.chosen_exporter, "exporter_attempts": job.exporter_attempts,
             "opset": opset, "out": str(out.resolve()),
@@ -428,8 +416,9 @@ def export_checkpoint(checkpoint: str | os.PathLike, formats=("onnx",), *,
             os.replace(path, out / path.name)
         atomic_write(out / REPORT_NAME,
                      lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2)))
-        for p in [out / REPORT_NAME] + [out / e["file"] for e in entries if "path" not in e]:
-            _readable(p)
+        # Staged files (mkstemp) are owner-only; exports are read by serving as another user.
+        published = [out / e["file"] for e in entries if "path" not in e]
+        make_shared([out / REPORT_NAME, *published, *map(engine_sidecar, published)])
         for e in entries:
             e.setdefault("path", str(out / e["file"]))
         report["report_path"] = str(out / REPORT_NAME)

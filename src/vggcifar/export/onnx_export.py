@@ -1,11 +1,9 @@
 """ONNX export of a checkpoint: the model wrapped so the graph takes RGB in [0, 1] and returns
 logits and probabilities, with the preprocessing and provenance stored as metadata.
 
-Graph interface (the same for fp32, fp16 and int8 files, so clients never change):
-
-    input  ``image``          float32 ``[N, 3, 32, 32]``, RGB in [0, 1], NCHW, N dynamic
-    output ``logits``         float32 ``[N, num_classes]``
-    output ``probabilities``  float32 ``[N, num_classes]`` (softmax of ``logits``)
+The graph interface and the metadata keys are the export/serving contract
+(:mod:`vggcifar.runtime.contract`); they are the same for fp32, fp16 and int8 files, so clients
+never change.
 """
 
 from __future__ import annotations
@@ -13,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-import json
 import os
 import warnings
 from pathlib import Path
@@ -23,22 +20,10 @@ import torch
 
 from ..errors import VggCifarError
 from ..preprocessing import Normalize, Preprocessing
-
-INPUT_NAME = "image"
-OUTPUT_NAMES = ("logits", "probabilities")
-EXPORTERS = ("torchscript", "dynamo")
-DEFAULT_OPSET = 18
-# The TorchScript exporter stops at opset 20; the dynamo exporter converts from 18 when asked for
-# less, which can fail; either failure is reported per exporter.
-MIN_OPSET, MAX_OPSET = 13, 23
-PRECISIONS = ("fp32", "fp16", "int8")
-# Metadata keys read by the serving code: do not rename.
-METADATA_KEYS = ("class_names", "mean", "std", "input_size", "input_description", "arch", "head",
-                 "source_checkpoint", "source_sha256", "test_accuracy",
-                 "test_accuracy_one_view", "test_accuracy_with_tta", "vggcifar_version",
-                 "precision", "exporter")
-INPUT_DESCRIPTION = ("RGB float32 in [0, 1], NCHW [N, 3, {s}, {s}], N dynamic; resize to {s}x{s} "
-                     "first; mean/std normalisation happens inside the graph")
+# The contract's names, re-exported: exports are made here, read by serving through runtime.
+from ..runtime.contract import (INPUT_NAME, METADATA_KEYS, OUTPUT_NAMES,  # noqa: F401
+                                build_metadata, model_kind, read_metadata, set_metadata)
+from .options import DEFAULT_OPSET, EXPORTERS, MAX_OPSET, MIN_OPSET, PRECISIONS  # noqa: F401
 
 
 class ExportWrapper(torch.nn.Module):
@@ -102,7 +87,7 @@ def _export_dynamo(wrapper, sample, path: Path, opset: int) -> None:
         torch.onnx.export(
             wrapper, (sample,), str(path), dynamo=True, input_names=[INPUT_NAME],
             output_names=list(OUTPUT_NAMES), opset_version=opset, external_data=False,
-            dynamic_shapes={"image": {0: batch}}, verbose=False)
+            dynamic_shapes={INPUT_NAME: {0: batch}}, verbose=False)
 
 
 def export_onnx(model: torch.nn.Module, preproc: Preprocessing, path: str | os.PathLike, *,
@@ -138,7 +123,8 @@ def export_onnx(model: torch.nn.Module, preproc: Preprocessing, path: str | os.P
         raise RuntimeError(f"{exporter} exporter failed at opset {opset}: {first[:300]}") from e
     proto = onnx.load(str(path))
     set_metadata(proto, metadata or {})
-    proto.doc_string = "vggcifar classifier; input 'image' RGB [0,1] NCHW; outputs logits, probabilities"
+    proto.doc_string = (f"vggcifar classifier; input '{INPUT_NAME}' RGB [0,1] NCHW; outputs "
+                        f"{', '.join(OUTPUT_NAMES)}")
     onnx.save(proto, str(path))
     check_onnx(path)
     return path
@@ -153,75 +139,21 @@ def check_onnx(path: str | os.PathLike) -> None:
     onnx.checker.check_model(onnx.load(str(path)), full_check=True)
 
 
-def set_metadata(proto: onnx.ModelProto, metadata: dict[str, str]) -> None:
-    """Replace ``proto``'s metadata_props entries named in ``metadata`` (values must be str)."""
-    keep = [p for p in proto.metadata_props if p.key not in metadata]
-    del proto.metadata_props[:]
-    proto.metadata_props.extend(keep)
-    for k, v in metadata.items():
-        if not isinstance(v, str):
-            raise TypeError(f"metadata value for {k!r} must be str, got {type(v).__name__}")
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = k, v
-
-
-def read_metadata(path: str | os.PathLike) -> dict[str, str]:
-    """The ``metadata_props`` of an ONNX file as a dict of strings (JSON-encoded values stay
-    strings: ``json.loads(meta["class_names"])`` gives the list)."""
-    proto = onnx.load(str(path), load_external_data=False)
-    return {p.key: p.value for p in proto.metadata_props}
-
-
 def checkpoint_sha256(path: str | os.PathLike) -> str:
-    """sha256 identifying a checkpoint: of the file for a ``.pt``; for a shipped-model ``.json``
-    manifest, the manifest's ``sha256`` (of the joined checkpoint bytes, verified on load)."""
+    """sha256 identifying a checkpoint's weights, verified: of the file for a ``.pt``; for a
+    shipped manifest, of the joined parts, every part checked against the manifest first (so
+    damaged parts are refused here, whatever then uses the digest).
+
+    Raises:
+        VggCifarError: a missing, damaged or modified shipped part; an unreadable file.
+    """
     from ..checkpoint import file_sha256
 
-    path = Path(path)
-    if path.suffix == ".json":
-        try:
-            return str(json.loads(path.read_text())["sha256"])
-        except (OSError, ValueError, KeyError) as e:
-            raise VggCifarError(f"{path} is not a readable shipped-model manifest ({e})") from e
-    return file_sha256(path)
+    if model_kind(path) == "shipped":
+        from ..shipped import read_shipped_bytes
 
-
-def build_metadata(meta: dict, *, precision: str, exporter: str, source_sha256: str,
-                   source_checkpoint: str | None = None) -> dict[str, str]:
-    """The metadata_props for an exported file (all values strings; lists JSON-encoded).
-
-    Args:
-        meta: the ``meta`` dict of :func:`vggcifar.checkpoint.load_checkpoint`.
-        precision: "fp32", "fp16" or "int8".
-        exporter: "torchscript" or "dynamo" (the one whose fp32 export passed parity).
-        source_sha256: see :func:`checkpoint_sha256`.
-        source_checkpoint: path to record; defaults to the resolved ``meta["path"]``.
-    """
-    from .. import __version__
-
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
-    pre: Preprocessing = meta["preproc"]
-    src = source_checkpoint or str(Path(meta["path"]).resolve())
-    acc, one = meta.get("test_accuracy"), meta.get("test_accuracy_one_view")
-    return {
-        "class_names": json.dumps(list(pre.class_names)),
-        "mean": json.dumps(list(pre.mean)),
-        "std": json.dumps(list(pre.std)),
-        "input_size": str(int(pre.input_size)),
-        "input_description": INPUT_DESCRIPTION.format(s=int(pre.input_size)),
-        "arch": str(meta["arch"]),
-        "head": str(meta["head"]),
-        "width": json.dumps(meta.get("width")),
-        "num_classes": str(int(meta["num_classes"])),
-        "source_checkpoint": src,
-        "source_sha256": source_sha256,
-        "test_accuracy": json.dumps(None if acc is None else float(acc)),
-        "test_accuracy_one_view": json.dumps(None if one is None else float(one)),
-        # Whether test_accuracy is the run's flip-TTA figure (as config.tta in the checkpoint).
-        "test_accuracy_with_tta": json.dumps(bool((meta.get("config") or {}).get("tta"))),
-        "vggcifar_version": __version__,
-        "precision": precision,
-        "exporter": exporter,
-        "outputs": json.dumps(list(OUTPUT_NAMES)),
-    }
+        return read_shipped_bytes(path)[1]
+    try:
+        return file_sha256(path)
+    except OSError as e:
+        raise VggCifarError(f"cannot read {path} ({e.strerror or e})") from e

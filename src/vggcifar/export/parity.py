@@ -19,11 +19,11 @@ import torch
 
 from ..errors import VggCifarError
 from ..preprocessing import Preprocessing, normalize
-from .onnx_export import INPUT_NAME
+from ..runtime.contract import INPUT_NAME, LOGITS, ModelFileError
+from ..runtime.onnx import CUDA, TENSORRT, ort_session
+from .options import PARITY_IMAGES, RANDOM_IMAGES  # noqa: F401  (re-exported)
 
 Runner = Callable[[np.ndarray], np.ndarray]
-RANDOM_IMAGES = 256
-PARITY_IMAGES = 1000
 BATCH = 256
 
 
@@ -124,37 +124,10 @@ def torch_runner(model: torch.nn.Module, preproc: Preprocessing) -> Runner:
 
 
 # ---------------------------------------------------------------------- onnxruntime sessions
-def ort_session(path: str | os.PathLike, provider: str = "CPUExecutionProvider", *,
-                provider_options: dict | None = None, threads: int | None = None):
-    """An onnxruntime session on ``provider`` (CPU as fallback for unsupported nodes), or None
-    when that provider cannot actually run here (missing libraries, no GPU): onnxruntime-gpu lists
-    CUDA and TensorRT as available even on machines where they fail to load."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    if threads:
-        so.intra_op_num_threads = int(threads)
-    providers = [(provider, provider_options or {})]
-    if provider == "TensorrtExecutionProvider":
-        providers.append(("CUDAExecutionProvider", {"use_tf32": 0}))
-    if provider != "CPUExecutionProvider":
-        providers.append(("CPUExecutionProvider", {}))
-    try:
-        sess = ort.InferenceSession(str(path), so, providers=providers)
-    except Exception:
-        if provider == "CPUExecutionProvider":
-            raise
-        return None
-    if sess.get_providers()[0] != provider:
-        return None  # onnxruntime fell back silently
-    return sess
-
-
 def ort_runner(sess) -> Runner:
     """Runner over an onnxruntime session of an exported file (first output = logits)."""
     def run(x: np.ndarray) -> np.ndarray:
-        return sess.run(["logits"], {INPUT_NAME: x})[0]
+        return sess.run([LOGITS], {INPUT_NAME: x})[0]
 
     return run
 
@@ -170,32 +143,39 @@ def gpu_ort_sessions(path: str | os.PathLike, *, precision: str,
         return []  # avoids onnxruntime's loud provider-library load errors on CPU machines
     out = []
     avail = ort.get_available_providers()
-    if "CUDAExecutionProvider" in avail:
-        sess = ort_session(path, "CUDAExecutionProvider", provider_options={"use_tf32": 0})
-        if sess is not None and _smoke(sess):
+    if CUDA in avail:
+        sess = _working(path, CUDA, {"use_tf32": 0})
+        if sess is not None:
             out.append(("ort-cuda", sess))
     # QDQ int8 models need TensorRT's explicit-quantization mode, which the EP only enables
     # with trt_int8_enable on TensorRT 10; checked through the CUDA provider instead.
-    if "TensorrtExecutionProvider" in avail and precision in ("fp32", "fp16") and trt_cache_dir:
+    if TENSORRT in avail and precision in ("fp32", "fp16") and trt_cache_dir:
         Path(trt_cache_dir).mkdir(parents=True, exist_ok=True)
         opts = {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(trt_cache_dir),
                 "trt_timing_cache_enable": True, "trt_timing_cache_path": str(trt_cache_dir),
                 "trt_fp16_enable": precision == "fp16"}
-        sess = ort_session(path, "TensorrtExecutionProvider", provider_options=opts)
-        if sess is not None and _smoke(sess):
+        sess = _working(path, TENSORRT, opts)
+        if sess is not None:
             out.append(("ort-tensorrt", sess))
     return out
 
 
-def _smoke(sess) -> bool:
-    """Whether a session really runs (a provider can load and then fail on the first run)."""
+def _working(path, provider: str, options: dict):
+    """A session of ``path`` really running on ``provider``, or None: onnxruntime falls back
+    to CPU silently, and a provider can load and then fail on the first run."""
+    try:
+        sess, active = ort_session(path, provider, options=options)
+    except ModelFileError:  # loads on CPU (checked before): the provider failed to load it
+        return None
+    if active != provider:
+        return None
     try:
         shape = sess.get_inputs()[0].shape
         size = shape[-1] if isinstance(shape[-1], int) else 32
         sess.run(None, {INPUT_NAME: np.zeros((1, 3, size, size), np.float32)})
-        return True
-    except Exception:
-        return False
+        return sess
+    except Exception:  # noqa: BLE001 - any failure means this runtime does not work here
+        return None
 
 
 # ---------------------------------------------------------------------- figures and checks

@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from .onnx_export import INPUT_NAME, check_onnx, set_metadata
+from ..runtime.contract import INPUT_NAME, set_metadata
+from .onnx_export import check_onnx
+from .options import CALIB_IMAGES, CALIBRATION_METHODS  # noqa: F401  (re-exported)
 
-CALIB_IMAGES = 512
 CALIB_BATCH = 32
-CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 
 
 class _Reader:
@@ -41,23 +41,22 @@ class _Reader:
 
 def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike,
                   calib_images: np.ndarray, *, metadata: dict[str, str] | None = None,
-                  per_channel: bool = True, method: str = "minmax",
-                  quant_format: str = "qdq", keep_float: bool = True) -> Path:
-    """Write a statically quantised int8 copy of ``fp32_path``.
+                  method: str = "minmax") -> Path:
+    """Write a statically quantised int8 copy of ``fp32_path``: QDQ format (portable: CPU and
+    TensorRT), per-output-channel weight scales (much better accuracy for convs).
+
+    The first convolution and the classifier (Gemm/MatMul) stay in float. Together they are
+    about 1% of a VGG's multiply-adds at 32x32, but the first conv sees the raw 3-channel input
+    and the classifier shapes the logits directly; on a VGG16 checkpoint keeping them raised
+    top-1 agreement with fp32 from 96.1% to 99.6% at no measurable speed cost
+    (docs/benchmarks.md).
 
     Args:
         fp32_path: the fp32 ONNX file from :func:`export_onnx`.
         out_path: int8 file to write.
         calib_images: ``[N, 3, S, S]`` float32 in [0, 1] (a few hundred training images).
         metadata: metadata_props for the result (``precision`` should be "int8").
-        per_channel: per-output-channel weight scales (much better accuracy for convs).
         method: calibration "minmax", "entropy" or "percentile".
-        quant_format: "qdq" (default, portable) or "qoperator" (QLinearConv etc., CPU only).
-        keep_float: leave the first convolution and the classifier (Gemm/MatMul) in float.
-            Together they are about 1% of a VGG's multiply-adds at 32x32, but the first conv
-            sees the raw 3-channel input and the classifier shapes the logits directly; on a
-            VGG16 checkpoint this raised top-1 agreement with fp32 from 96.1% to 99.6% at no
-            measurable speed cost (docs/benchmarks.md).
     """
     from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
@@ -68,7 +67,6 @@ def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike,
     out_path = Path(out_path)
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                "percentile": CalibrationMethod.Percentile}
-    fmt = {"qdq": QuantFormat.QDQ, "qoperator": QuantFormat.QOperator}[quant_format]
     with tempfile.TemporaryDirectory(prefix="vgg-int8-", dir=out_path.parent) as tmp:
         pre = Path(tmp) / "preprocessed.onnx"
         # Shape inference + graph optimisation first, as onnxruntime recommends: the quantiser
@@ -79,12 +77,11 @@ def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike,
         # to 256 levels would lose the small ones and buys no speed.
         nodes = proto.graph.node  # topologically sorted
         exclude = [n.name for n in nodes if n.op_type == "Softmax"]
-        if keep_float:
-            convs = [n.name for n in nodes if n.op_type == "Conv"]
-            exclude += convs[:1] + [n.name for n in nodes if n.op_type in ("Gemm", "MatMul")]
+        convs = [n.name for n in nodes if n.op_type == "Conv"]
+        exclude += convs[:1] + [n.name for n in nodes if n.op_type in ("Gemm", "MatMul")]
         quantize_static(
-            str(pre), str(out_path), _Reader(calib_images, CALIB_BATCH), quant_format=fmt,
-            per_channel=per_channel, activation_type=QuantType.QInt8,
+            str(pre), str(out_path), _Reader(calib_images, CALIB_BATCH), quant_format=QuantFormat.QDQ,
+            per_channel=True, activation_type=QuantType.QInt8,
             weight_type=QuantType.QInt8, calibrate_method=methods[method],
             nodes_to_exclude=exclude,
             extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},

@@ -26,12 +26,15 @@ import tempfile
 from pathlib import Path
 
 from ..errors import VggCifarError
+from ..io import make_shared
+from ..runtime.contract import PROBABILITIES
 
 PLATFORM = "onnxruntime_onnx"
 CONFIG_NAME = "config.pbtxt"
 LABELS_NAME = "labels.txt"
 MODEL_FILE = "model.onnx"
-LABEL_OUTPUT = "probabilities"
+MODEL_VERSION = "1"  # Triton serves the highest numbered folder; each export replaces the model
+LABEL_OUTPUT = PROBABILITIES
 DEFAULT_PREFERRED = (8, 32, 64)
 DEFAULT_QUEUE_DELAY_US = 2000
 
@@ -123,9 +126,9 @@ def preferred_sizes(max_batch: int, preferred=None) -> list[int]:
 
 def write_triton_repo(onnx_path: str | os.PathLike, repo: str | os.PathLike, name: str,
                       class_names, *, max_batch: int = 256, preferred=None,
-                      max_queue_delay_us: int = DEFAULT_QUEUE_DELAY_US, version: int = 1,
                       comment: str = "") -> Path:
-    """Write ``repo/<name>/`` (config, labels, ``<version>/model.onnx``) and return that folder.
+    """Write ``repo/<name>/`` (config, labels, ``<MODEL_VERSION>/model.onnx``) and return
+    that folder.
 
     The folder is assembled next to its final place and swapped in at the end: an existing
     model of the same name is replaced as a whole, never mixed with the new files.
@@ -151,18 +154,15 @@ def write_triton_repo(onnx_path: str | os.PathLike, repo: str | os.PathLike, nam
         raise VggCifarError(f"cannot write the Triton repository {repo}: {e.strerror or e}") from e
     try:
         model_dir = stage / name
-        (model_dir / str(version)).mkdir(parents=True)
-        shutil.copyfile(onnx_path, model_dir / str(version) / MODEL_FILE)
+        (model_dir / MODEL_VERSION).mkdir(parents=True)
+        shutil.copyfile(onnx_path, model_dir / MODEL_VERSION / MODEL_FILE)
         (model_dir / LABELS_NAME).write_text("\n".join(class_names) + "\n")
         label_output = LABEL_OUTPUT if any(o["name"] == LABEL_OUTPUT for o in outputs) else None
         (model_dir / CONFIG_NAME).write_text(render_config(
             name, inputs, outputs, max_batch=max_batch,
             preferred=preferred_sizes(max_batch, preferred),
-            max_queue_delay_us=max_queue_delay_us, label_output=label_output, comment=comment))
-        umask = os.umask(0)
-        os.umask(umask)
-        for p in [model_dir, *model_dir.rglob("*")]:
-            p.chmod((0o777 if p.is_dir() else 0o666) & ~umask)
+            max_queue_delay_us=DEFAULT_QUEUE_DELAY_US, label_output=label_output, comment=comment))
+        make_shared([model_dir, *model_dir.rglob("*")])  # staged under mkdtemp: owner-only
         final = repo / name
         if final.exists():
             os.replace(final, stage / ".old")

@@ -1,4 +1,5 @@
-"""VGG networks for 32x32 inputs, built by name from one configuration table."""
+"""VGG networks for 32x32 inputs, built by name from one configuration table and registered as
+``vgg11``, ``vgg13``, ``vgg16`` and ``vgg19`` (options ``head``, ``width``, ``dropout``)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import torch
 from torch import nn
 
 from ..errors import VggCifarError
+from .registry import is_finite_number, register_model, show_value
 
 # Numbers are 3x3 conv output channels (each followed by BatchNorm and ReLU); "M" is a 2x2 max-pool.
 CONFIGS: dict[str, list[int | str]] = {
@@ -79,39 +81,65 @@ class VGG(nn.Module):
         return self.classifier(self.flatten(self.features(x)))
 
 
-def list_models() -> list[str]:
-    """Names accepted by :func:`create_model`, e.g. ``['vgg11', 'vgg13', 'vgg16', 'vgg19']``."""
-    return sorted(CONFIGS)
+# Bounds on what a checkpoint may ask us to build, checked before anything is allocated: the
+# widest network trained here is width 1; 4 is already a 16x larger model.
+MAX_WIDTH = 4.0
 
 
-def create_model(name: str, num_classes: int = 10, head: str = "mlp", width: float = 1.0,
-                 dropout: float = 0.2, pretrained: bool = False) -> VGG:
-    """Build a freshly initialised VGG by name (see :class:`VGG` for the arguments).
+def check_vgg_kwargs(kw: dict) -> None:
+    """The registry validator of VGG's options: ``head`` in :data:`HEADS`,
+    ``0 < width <= MAX_WIDTH``, ``0 <= dropout < 1``.
 
-    With ``pretrained=True`` it returns the shipped CIFAR-10 model instead (verified by sha256,
-    in eval mode), which must be this architecture with the default head, width and 10 classes.
+    Raises:
+        VggCifarError: the first bad value, e.g. ``width 40.0 outside (0, 4]``.
     """
-    key = str(name).lower()
-    if key not in CONFIGS:
-        raise VggCifarError(
-            f"unknown architecture {name!r}; choose one of: {', '.join(list_models())}")
-    if pretrained:
-        return _pretrained(key, num_classes, head, width)
-    if head not in HEADS:
-        raise VggCifarError(f"unknown head {head!r}; choose one of: {', '.join(HEADS)}")
-    if not width > 0:
-        raise VggCifarError(f"width must be > 0, got {width}")
-    return VGG(CONFIGS[key], num_classes=num_classes, head=head, width=width, dropout=dropout)
+    head, width, dropout = kw.get("head"), kw.get("width"), kw.get("dropout")
+    if not isinstance(head, str) or head not in HEADS:
+        raise VggCifarError(f"unknown head {show_value(head)} (known: {', '.join(HEADS)})")
+    if not (is_finite_number(width) and 0 < width <= MAX_WIDTH):
+        raise VggCifarError(f"width {show_value(width)} outside (0, {MAX_WIDTH:g}]")
+    if not (is_finite_number(dropout) and 0 <= dropout < 1):
+        raise VggCifarError(f"dropout {show_value(dropout)} outside [0, 1)")
 
 
-def _pretrained(key: str, num_classes: int, head: str, width: float) -> VGG:
-    from ..shipped import load_pretrained  # the shipped model is read through checkpoints
+def vgg_shapes(arch: str, head: str, width: float, num_classes: int) -> dict[str, tuple]:
+    """The ``state_dict`` shapes of :class:`VGG`, computed from its layer table without building
+    it (building even on the ``meta`` device costs seconds of first-use imports). Mirrors
+    ``VGG.__init__``; ``tests/test_serving_safety.py`` checks it against real models."""
+    shapes: dict[str, tuple] = {}
+    i, in_ch = 0, 3
+    for v in CONFIGS[arch.lower()]:
+        if v == "M":
+            i += 1
+            continue
+        out = max(1, int(round(v * width)))
+        shapes[f"features.{i}.weight"], shapes[f"features.{i}.bias"] = (out, in_ch, 3, 3), (out,)
+        for k in ("weight", "bias", "running_mean", "running_var"):
+            shapes[f"features.{i + 1}.{k}"] = (out,)
+        shapes[f"features.{i + 1}.num_batches_tracked"] = ()
+        i, in_ch = i + 3, out  # conv, batchnorm, relu
+    hidden = max(1, int(round(512 * width)))
+    linears = ([(0, in_ch, hidden), (3, hidden, hidden), (6, hidden, num_classes)]
+               if head == "mlp" else [(0, in_ch, num_classes)])
+    for j, n_in, n_out in linears:
+        shapes[f"classifier.{j}.weight"], shapes[f"classifier.{j}.bias"] = (n_out, n_in), (n_out,)
+    return shapes
 
-    model, meta = load_pretrained()
-    shipped = (meta["arch"], meta["num_classes"], meta["head"], float(meta["width"]))
-    if (key, num_classes, head, float(width)) != shipped:
-        raise VggCifarError(
-            f"the shipped pretrained model is {shipped[0]} (head {shipped[2]}, width "
-            f"{shipped[3]:g}, {shipped[1]} classes); create_model({key!r}, num_classes="
-            f"{num_classes}, head={head!r}, width={width:g}, pretrained=True) asks for another")
-    return model
+
+def _register(arch: str) -> None:
+    """Register ``arch`` (a key of :data:`CONFIGS`) with its builder, validator and shapes."""
+    def build(num_classes: int = 10, head: str = "mlp", width: float = 1.0,
+              dropout: float = 0.2) -> VGG:
+        return VGG(CONFIGS[arch], num_classes=num_classes, head=head, width=width,
+                   dropout=dropout)
+
+    def shapes(num_classes: int, head: str, width: float, dropout: float) -> dict[str, tuple]:
+        return vgg_shapes(arch, head, width, num_classes)
+
+    build.__name__ = build.__qualname__ = arch
+    build.__doc__ = f"{arch.upper()} with BatchNorm for 32x32 inputs (see :class:`VGG`)."
+    register_model(arch, validate=check_vgg_kwargs, shapes=shapes)(build)
+
+
+for _arch in CONFIGS:
+    _register(_arch)

@@ -9,8 +9,19 @@
         ...                                       # pred.error is set for unreadable files
 """
 
-from .backends import BACKENDS, ModelInfo, create_backend
-from .predictor import FITS, Prediction, Predictor, fit_image, image_to_pixels, load_pixels
+# Imported on first use (see vggcifar._lazy): `vgg-* --help` must not import torch.
+from .._lazy import lazy_package
 
-__all__ = ["BACKENDS", "FITS", "ModelInfo", "Prediction", "Predictor", "create_backend",
-           "fit_image", "image_to_pixels", "load_pixels"]
+_EXPORTS = {
+    "BACKENDS": ".names",
+    "ModelInfo": ".backends",
+    "create_backend": ".backends",
+    "FITS": ".names",
+    "Prediction": ".predictor",
+    "Predictor": ".predictor",
+    "fit_image": ".predictor",
+    "image_to_pixels": ".predictor",
+    "load_pixels": ".predictor",
+}
+lazy_package(__name__, _EXPORTS)
+

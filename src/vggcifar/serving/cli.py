@@ -4,6 +4,9 @@ Exit codes: 0 every image was predicted; 1 some inputs failed (unreadable file o
 missing path, folder without images, non-finite model output) while others were predicted;
 2 usage or input errors (bad option, no or invalid model, nothing at all to predict); 3 internal
 error (a bug; see :mod:`vggcifar.cli_common`).
+
+``-`` among the images reads one image from stdin (reported as file ``-``). Only torch-free
+modules are imported before the command runs, so ``vgg-predict --help`` is fast.
 """
 
 from __future__ import annotations
@@ -15,11 +18,12 @@ import time
 
 import click
 
-from ..cli_common import EXIT_OK, EXIT_SOME_FAILED, user_errors
+from ..cli_common import (EXIT_OK, EXIT_SOME_FAILED, command, json_option, model_option,
+                          quiet_option, resolve_model, top_k_option, user_errors)
 from ..errors import VggCifarError
-from .backends import BACKENDS
-from .files import expand_inputs
-from .predictor import FITS
+from .names import BACKENDS, FITS
+
+STDIN = "-"
 
 
 # Strict JSON: a NaN or infinity would be written as a bare NaN, which JSON parsers reject.
@@ -44,24 +48,22 @@ class _Table:
                 f"{_fmt_top(pred.top_k)}")
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("inputs", nargs=-1, required=True, metavar="IMAGES...")
-@click.option("--model", "model_path", default=None,
-              help="Checkpoint (.pt), shipped manifest (.json), ONNX (.onnx) or TensorRT engine. "
-                   "Default: the newest runs/*/best.pt, else the shipped model.")
-@click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True,
-              help="How many classes to list per image.")
+@command("vgg-predict")
+@click.argument("inputs", nargs=-1, required=True, metavar="IMAGES...",
+                type=click.Path(allow_dash=True))
+@model_option()
+@top_k_option()
 @click.option("--backend", type=click.Choice(BACKENDS, case_sensitive=False), default="auto",
               show_default=True,
               help="Runtime; auto = the fastest that works for the model file here.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
-@click.option("--json", "as_json", is_flag=True,
-              help="One JSON object per line (file, label, probability, top_k, backend, ms); "
-                   "failures as {file, error}.")
+@json_option("One JSON object per line (file, label, probability, top_k, backend, ms); "
+             "failures as {file, error}.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
               help="Images per model call.")
 @click.option("--progress/--no-progress", default=None,
-              help="Progress bar on stderr (default: when there is more than one batch).")
+              help="Progress bar on stderr (default: when there is more than one batch and not "
+                   "--quiet).")
 @click.option("--tta", is_flag=True,
               help="Flip test-time augmentation: average each image's and its mirror image's "
                    "probabilities (two model calls per image; the model line says the test "
@@ -69,10 +71,13 @@ class _Table:
 @click.option("--fit", type=click.Choice(FITS), default="squash", show_default=True,
               help="Non-square pictures: squash the whole picture to a square (as training), "
                    "or crop its largest centred square first.")
+@quiet_option("No progress bar, model line or summary line on stderr (errors and notes still "
+              "appear).")
 @user_errors
-def main(inputs, model_path, top_k, backend, device, as_json, batch_size, progress, tta, fit):
-    """Classify IMAGES (files, folders searched recursively, or glob patterns) with a vggcifar
-    model: PNG, JPEG, WebP, BMP, GIF (first frame), TIFF.
+def main(inputs, model_path, top_k, backend, device, as_json, batch_size, progress, tta, fit,
+         quiet):
+    """Classify IMAGES (files, folders searched recursively, or glob patterns; - reads one
+    image from stdin) with a vggcifar model: PNG, JPEG, WebP, BMP, GIF (first frame), TIFF.
 
     \b
     Exit codes:
@@ -83,21 +88,24 @@ def main(inputs, model_path, top_k, backend, device, as_json, batch_size, progre
     """
     from tqdm.auto import tqdm
 
-    from ..shipped import default_model
-    from .predictor import Predictor
+    from .files import expand_inputs
+    from .predictor import Prediction, Predictor
 
-    files, problems = expand_inputs(inputs)
-    if not files:
+    if inputs.count(STDIN) > 1:
+        raise VggCifarError("IMAGES: - (stdin) can be given only once")
+    stdin = STDIN in inputs
+    files, problems = expand_inputs([a for a in inputs if a != STDIN])
+    if not files and not stdin:
         for arg, reason in problems:
             click.echo(f"error: {arg}: {reason}", err=True)
         raise VggCifarError("nothing to predict: no image files among the given paths")
+    data = sys.stdin.buffer.read() if stdin else None
 
-    if model_path is None:
-        model_path, reason = default_model()
-        click.echo(f"model: {reason} (pass --model to choose)", err=True)
+    model_path = resolve_model(model_path)
     predictor = Predictor(model_path, backend=backend, device=device, tta=tta, fit=fit)
-    click.echo(f"model: {predictor.info.describe(tta=tta)}; backend: {predictor.backend_name}",
-               err=True)
+    if not quiet:
+        click.echo(f"model: {predictor.info.describe(tta=tta)}; backend: "
+                   f"{predictor.backend_name}", err=True)
 
     failed = 0
     for arg, reason in problems:
@@ -106,28 +114,39 @@ def main(inputs, model_path, top_k, backend, device, as_json, batch_size, progre
         if as_json:
             click.echo(_dumps({"file": arg, "error": f"{arg}: {reason}"}))
 
-    table = _Table(files)
+    table = _Table(([STDIN] if stdin else []) + files)
     if not as_json:
         click.echo(table.header())
-    show = progress if progress is not None else len(files) > batch_size
+    show = (progress if progress is not None else len(files) > batch_size) and not quiet
     t0 = time.perf_counter()
     ok = 0
+
+    def emit(pred) -> None:
+        nonlocal ok, failed
+        if pred.ok:
+            ok += 1
+            line = _dumps(pred.to_dict()) if as_json else table.row(pred)
+            tqdm.write(line, file=sys.stdout)
+            for note in pred.notes:
+                tqdm.write(f"note: {pred.source}: {note}", file=sys.stderr)
+        else:
+            failed += 1
+            tqdm.write(f"error: {pred.error}", file=sys.stderr)
+            if as_json:
+                tqdm.write(_dumps(pred.to_dict()), file=sys.stdout)
+
+    if stdin:
+        try:
+            emit(predictor.predict(data, top_k=top_k, name=STDIN))
+        except VggCifarError as e:
+            emit(Prediction(source=STDIN, error=str(e), backend=predictor.backend_name))
     with tqdm(total=len(files), unit="img", file=sys.stderr, disable=not show,
               mininterval=0.5, leave=False, dynamic_ncols=True) as bar:
         for pred in predictor.predict_files(files, top_k=top_k, batch_size=batch_size):
-            if pred.ok:
-                ok += 1
-                line = _dumps(pred.to_dict()) if as_json else table.row(pred)
-                tqdm.write(line, file=sys.stdout)
-                for note in pred.notes:
-                    tqdm.write(f"note: {pred.source}: {note}", file=sys.stderr)
-            else:
-                failed += 1
-                tqdm.write(f"error: {pred.error}", file=sys.stderr)
-                if as_json:
-                    tqdm.write(_dumps(pred.to_dict()), file=sys.stdout)
+            emit(pred)
             bar.update(1)
     secs = time.perf_counter() - t0
-    click.echo(f"{ok} predicted, {failed} failed in {secs:.2f} s "
-               f"({ok / secs if secs > 0 else 0:.0f} images/s)", err=True)
+    if not quiet:
+        click.echo(f"{ok} predicted, {failed} failed in {secs:.2f} s "
+                   f"({ok / secs if secs > 0 else 0:.0f} images/s)", err=True)
     sys.exit(EXIT_SOME_FAILED if failed else EXIT_OK)

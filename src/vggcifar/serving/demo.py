@@ -44,10 +44,10 @@ from pathlib import Path
 
 import click
 
-from ..cli_common import user_errors
+from ..cli_common import (command, model_option, quiet_option, resolve_model, top_k_option,
+                          user_errors)
 from ..errors import VggCifarError
-from .backends import BACKENDS
-from .predictor import FITS
+from .names import BACKENDS, DEFAULT_TOP_K, FITS
 
 log = logging.getLogger(__name__)
 
@@ -176,13 +176,14 @@ PROBABILITIES_NOTE = (
     "even a sure answer rarely shows more than about 90%.")
 
 
-def preview_image(pixels, px: int = PREVIEW_PX):
+def preview_image(pixels):
     """``[3, S, S]`` uint8 model input -> ``[H, W, 3]`` uint8 enlarged by whole pixels (nearest
-    neighbour, to about ``px``), so each of the model's pixels shows as a sharp square."""
+    neighbour, to about :data:`PREVIEW_PX`), so each of the model's pixels shows as a sharp
+    square."""
     import numpy as np
 
     hwc = np.asarray(pixels).transpose(1, 2, 0)
-    k = max(1, px // hwc.shape[0])
+    k = max(1, PREVIEW_PX // hwc.shape[0])
     return np.ascontiguousarray(hwc.repeat(k, axis=0).repeat(k, axis=1))
 
 
@@ -221,7 +222,7 @@ def _details(predictor, pred, tta: bool, fit: str) -> str:
     return "\n".join(lines)
 
 
-def make_predict_fn(predictor, top_k: int = 5, *, roots=(),
+def make_predict_fn(predictor, top_k: int = DEFAULT_TOP_K, *, roots=(),
                     max_bytes: int = int(DEFAULT_MAX_FILE_MB * 2**20)):
     """The event handler: ``(FileData payload, fit, tta)`` -> (``{label: probability}``, the
     enlarged 32x32 model input, :meth:`Prediction.to_dict` JSON, details markdown).
@@ -274,7 +275,7 @@ def _header(predictor, name: str | None, has_card: bool) -> str:
         "work best.")
 
 
-def build_demo(predictor, *, top_k: int = 5, examples: list | None = None,
+def build_demo(predictor, *, top_k: int = DEFAULT_TOP_K, examples: list | None = None,
                concurrency_limit: int = DEFAULT_CONCURRENCY,
                queue_size: int = DEFAULT_QUEUE_SIZE,
                max_file_size_mb: float = DEFAULT_MAX_FILE_MB):
@@ -371,35 +372,39 @@ def make_workdir() -> Path:
     return work
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--model", "model_path", default=None,
-              help="Checkpoint (.pt), shipped manifest (.json), ONNX or TensorRT engine. "
-                   "Default: the newest runs/*/best.pt, else the shipped model.")
+@command("vgg-demo")
+@model_option()
 @click.option("--backend", type=click.Choice(BACKENDS, case_sensitive=False), default="auto",
               show_default=True, help="Runtime; auto = the fastest that works for the model here.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Interface to listen on (0.0.0.0 exposes the page to your whole network).")
-@click.option("--port", type=click.IntRange(1, 65535), default=7860, show_default=True)
+@click.option("--port", type=click.IntRange(1, 65535), default=7860, show_default=True,
+              help="Port to listen on.")
 @click.option("--share", is_flag=True, help="Also open a public gradio.live link (off by default).")
-@click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True,
-              help="Classes shown in the chart.")
+@top_k_option("Classes shown in the chart.")
 @click.option("--max-file-size", "max_file_mb", type=click.FloatRange(min=0.001),
               default=DEFAULT_MAX_FILE_MB, show_default=True, help="Upload limit in MB.")
 @click.option("--concurrency", type=click.IntRange(min=1), default=DEFAULT_CONCURRENCY,
               show_default=True, help="Predictions running at once.")
+@quiet_option("No model lines and no Gradio messages on stderr (the address line and errors "
+              "still appear).")
 @user_errors
-def main(model_path, backend, device, host, port, share, top_k, max_file_mb, concurrency):
-    """Serve a web page that classifies uploaded images."""
-    from ..shipped import default_model
+def main(model_path, backend, device, host, port, share, top_k, max_file_mb, concurrency, quiet):
+    """Serve a web page that classifies uploaded images. Ctrl-C or SIGTERM stops it."""
+    import contextlib
+    import time
+
+    from ..cli_common import check_port
     from .examples import write_examples
     from .predictor import Predictor
 
-    if model_path is None:
-        model_path, reason = default_model()
-        click.echo(f"model: {reason} (pass --model to choose)", err=True)
+    check_port(host, port)  # first: a port in use fails before the model is loaded
+    model_path = resolve_model(model_path)
     predictor = Predictor(model_path, backend=backend, device=device)
-    click.echo(f"model: {predictor.info.describe()}; backend: {predictor.backend_name}", err=True)
+    if not quiet:
+        click.echo(f"model: {predictor.info.describe()}; backend: {predictor.backend_name}",
+                   err=True)
     work = make_workdir()
     # `kill` (SIGTERM) should clean up like Ctrl-C: exit normally so atexit removes `work`.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
@@ -409,7 +414,25 @@ def main(model_path, backend, device, host, port, share, top_k, max_file_mb, con
     demo = build_demo(predictor, top_k=top_k, examples=examples, concurrency_limit=concurrency,
                       max_file_size_mb=max_file_mb)
     try:
-        launch_demo(demo, host=host, port=port, share=share, max_file_size_mb=max_file_mb,
-                    allowed_paths=[str(work)])
-    except OSError as e:  # port in use, bad host
-        raise VggCifarError(f"cannot start the server on {host}:{port} ({e})") from e
+        # Gradio prints its banner (which names launch()'s parameters, not our options) and
+        # messages on stdout: keep stdout for results, and print our own address line.
+        with contextlib.redirect_stdout(sys.stderr):
+            _, local_url, share_url = launch_demo(
+                demo, host=host, port=port, share=share, max_file_size_mb=max_file_mb,
+                allowed_paths=[str(work)], prevent_thread_lock=True, quiet=True)
+    except OSError as e:  # port taken since the check, or a host that is not ours
+        raise VggCifarError(f"--port/--host: cannot start the server on {host}:{port} (port in "
+                            f"use or host not available here); pass another --port or "
+                            f"--host") from e
+    public = (f" and {share_url}" if share_url else
+              " (no public link: see the message above)" if share else
+              " (--share adds a public link)")
+    click.echo(f"vgg-demo: running on {local_url}{public}; Ctrl-C stops it", err=True)
+    try:
+        while demo.is_running:
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        click.echo("vgg-demo: stopped", err=True)
+    finally:
+        with contextlib.redirect_stdout(sys.stderr):  # Gradio's "Closing server ..."
+            demo.close()

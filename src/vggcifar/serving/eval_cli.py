@@ -1,4 +1,7 @@
-"""`vgg-eval`: accuracy of any servable model on the CIFAR-10 test set of a data folder."""
+"""`vgg-eval`: accuracy of any servable model on the CIFAR-10 test set of a data folder.
+
+Imports only torch-free modules before the command runs (``vgg-eval --help`` is fast).
+"""
 
 from __future__ import annotations
 
@@ -6,15 +9,15 @@ import json
 
 import click
 
-from ..cli_common import user_errors
-from .backends import BACKENDS
+from ..cli_common import (command, json_option, model_option, quiet_option, resolve_model,
+                          user_errors)
+from .names import BACKENDS
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option("--model", "model_path", type=click.Path(dir_okay=False), default=None,
-              help="Checkpoint (.pt), shipped manifest (.json), ONNX (.onnx) or TensorRT engine. "
-                   "Default: the newest runs/*/best.pt, else the shipped model.")
+@command("vgg-eval")
+@model_option()
 @click.option("--data", "data_path", type=click.Path(exists=True, file_okay=False), required=True,
+              metavar="DIR",
               help="CIFAR-10 folder (cifar-10-batches-py or train/ and test/ image folders); its "
                    "test images are evaluated.")
 @click.option("--backend", type=click.Choice(BACKENDS, case_sensitive=False), default="auto",
@@ -24,8 +27,8 @@ from .backends import BACKENDS
               help="Evaluate only the first N test images (quick checks).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=500, show_default=True,
               help="Images per model call.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
-@click.option("--quiet", is_flag=True, help="No progress bar or model line on stderr.")
+@json_option("Print one JSON object instead of tables.")
+@quiet_option("No progress bar or data-loading lines on stderr.")
 @user_errors
 def main(model_path, data_path, backend, device, limit, batch_size, as_json, quiet):
     """Measure a model's test accuracy the way vgg-predict and the demo serve it: one view per
@@ -36,14 +39,10 @@ def main(model_path, data_path, backend, device, limit, batch_size, as_json, qui
     """
     from ..data import load_cifar10
     from ..errors import VggCifarError
-    from ..shipped import default_model
     from .evaluation import evaluate_predictor, format_report
     from .predictor import Predictor
 
-    if model_path is None:
-        model_path, reason = default_model()
-        if not quiet:
-            click.echo(f"model: {reason} (pass --model to choose)", err=True)
+    model_path = resolve_model(model_path)
     predictor = Predictor(model_path, backend=backend, device=device)
     data = load_cifar10(data_path, download=False, verbose=not quiet)
     if tuple(data.classes) != tuple(predictor.class_names):

@@ -31,7 +31,6 @@ FastAPI, uvicorn, Gradio and torch are imported inside functions, so ``vgg-serve
 # signatures of the endpoints, which are defined inside create_app (imports stay lazy).
 
 import asyncio
-import inspect
 import logging
 import math
 import os
@@ -42,9 +41,10 @@ import time
 
 import click
 
-from ..cli_common import user_errors
+from ..cli_common import (command, model_option, quiet_option, resolve_model, top_k_option,
+                          user_errors)
 from ..errors import VggCifarError
-from .backends import BACKENDS
+from .names import BACKENDS, DEFAULT_TOP_K
 from .demo import DEFAULT_MAX_FILE_MB
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,6 @@ DEFAULT_MAX_BATCH = 32
 DEFAULT_MAX_WAIT_MS = 5.0
 DEFAULT_QUEUE_SIZE = 256   # images waiting for a batch; beyond this: 503
 DEFAULT_MAX_FILES = 64     # images per request
-DEFAULT_TOP_K = 3          # as vgg-predict
 RETRY_AFTER_S = 1
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0,
                    10.0)
@@ -330,7 +329,8 @@ def create_app(predictor, *, max_batch: int = DEFAULT_MAX_BATCH,
                max_file_mb: float = DEFAULT_MAX_FILE_MB, max_request_mb: float | None = None,
                max_files: int = DEFAULT_MAX_FILES, demo: bool = True,
                demo_examples: list | None = None, allowed_paths: list[str] | None = None,
-               demo_concurrency: int | None = None, host: str = "127.0.0.1", port: int = 7860):
+               demo_concurrency: int | None = None, host: str = "127.0.0.1", port: int = 7860,
+               top_k: int = DEFAULT_TOP_K):
     """The FastAPI application around ``predictor`` (see the module docstring).
 
     Args:
@@ -343,6 +343,8 @@ def create_app(predictor, *, max_batch: int = DEFAULT_MAX_BATCH,
         max_files: images per request (at most ``queue_size``).
         demo: mount the Gradio page at ``/``; ``demo_examples``, ``allowed_paths`` and
             ``demo_concurrency`` are passed on to it.
+        top_k: classes listed per image when a request has no ``?top_k=``, and in the page's
+            chart.
     The batcher and the warm-up start with the app's lifespan (uvicorn, or ``TestClient`` used
     as a context manager); until the warm-up has passed, ``/healthz`` and ``/v1/predict``
     answer 503.
@@ -392,7 +394,7 @@ def create_app(predictor, *, max_batch: int = DEFAULT_MAX_BATCH,
 
     @app.post("/v1/predict", summary="Classify one or many images")
     async def predict(request: Request,
-                      top_k: int = Query(DEFAULT_TOP_K, ge=1, le=1000,
+                      top_k: int = Query(top_k, ge=1, le=1000,
                                          description="classes listed per image")):
         t0 = time.perf_counter()
         status = 500
@@ -423,11 +425,9 @@ def create_app(predictor, *, max_batch: int = DEFAULT_MAX_BATCH,
 
         from .demo import DEFAULT_CONCURRENCY, build_demo
 
-        kwargs = {"examples": demo_examples,
-                  "concurrency_limit": demo_concurrency or DEFAULT_CONCURRENCY}
-        if "max_file_size_mb" in inspect.signature(build_demo).parameters:
-            kwargs["max_file_size_mb"] = max_file_mb  # the page's own limit, where it has one
-        blocks = build_demo(predictor, **kwargs)
+        blocks = build_demo(predictor, top_k=top_k, examples=demo_examples,
+                            concurrency_limit=demo_concurrency or DEFAULT_CONCURRENCY,
+                            max_file_size_mb=max_file_mb)
         # The same limits as launch_demo (vgg-demo).
         app = gr.mount_gradio_app(
             app, blocks, path="/", server_name=host, server_port=port,
@@ -452,17 +452,17 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@command("vgg-serve")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Interface to listen on (0.0.0.0 exposes the server to your whole network).")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True,
               help="Port (0: any free port, printed at start-up).")
-@click.option("--model", "model_path", default=None,
-              help="Checkpoint (.pt), shipped manifest (.json), ONNX or TensorRT engine. "
-                   "Default: the newest runs/*/best.pt, else the shipped model.")
+@model_option()
 @click.option("--backend", type=click.Choice(BACKENDS, case_sensitive=False), default="auto",
               show_default=True, help="Runtime; auto = the fastest that works for the model here.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
+@top_k_option("Classes listed per image when a request has no ?top_k= (and in the demo page's "
+              "chart).")
 @click.option("--max-batch", type=click.IntRange(1, 1024), default=DEFAULT_MAX_BATCH,
               show_default=True, help="Most images per model call.")
 @click.option("--max-wait-ms", type=click.FloatRange(0, 10000), default=DEFAULT_MAX_WAIT_MS,
@@ -479,9 +479,9 @@ def _bind(host: str, port: int) -> socket.socket:
 @click.option("--demo-concurrency", type=click.IntRange(min=1), default=None,
               help="Predictions the demo page runs at once [default: as vgg-demo].")
 @click.option("--no-demo", is_flag=True, help="Do not mount the Gradio page at /.")
-@click.option("--quiet", is_flag=True, help="No access log; warnings and errors only.")
+@quiet_option("No access log or model lines: warnings, errors and the address line only.")
 @user_errors
-def main(host, port, model_path, backend, device, max_batch, max_wait_ms, queue_size,
+def main(host, port, model_path, backend, device, top_k, max_batch, max_wait_ms, queue_size,
          max_file_mb, max_request_mb, max_files, demo_concurrency, no_demo, quiet):
     """Serve the model over HTTP: POST /v1/predict (JSON, dynamic batching), GET /healthz,
     GET /metrics (Prometheus), and the demo page at /.
@@ -490,18 +490,20 @@ def main(host, port, model_path, backend, device, max_batch, max_wait_ms, queue_
     """
     import uvicorn
 
-    from ..shipped import default_model
     from .predictor import Predictor
 
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,
                         format="%(levelname)s: %(name)s: %(message)s")
-    sock = _bind(host, port)  # first: a port in use fails before the model is loaded
+    try:
+        sock = _bind(host, port)  # first: a port in use fails before the model is loaded
+    except VggCifarError as e:
+        raise VggCifarError(f"{e}; pass another --port (or --host)") from e
     port = sock.getsockname()[1]
-    if model_path is None:
-        model_path, reason = default_model()
-        click.echo(f"model: {reason} (pass --model to choose)", err=True)
+    model_path = resolve_model(model_path)
     predictor = Predictor(model_path, backend=backend, device=device, warmup=False)
-    click.echo(f"model: {predictor.info.describe()}; backend: {predictor.backend_name}", err=True)
+    if not quiet:
+        click.echo(f"model: {predictor.info.describe()}; backend: {predictor.backend_name}",
+                   err=True)
     examples, allowed = None, []
     if not no_demo:
         from .demo import make_workdir
@@ -516,7 +518,7 @@ def main(host, port, model_path, backend, device, max_batch, max_wait_ms, queue_
                      queue_size=queue_size, max_file_mb=max_file_mb,
                      max_request_mb=max_request_mb, max_files=max_files, demo=not no_demo,
                      demo_examples=examples, allowed_paths=allowed,
-                     demo_concurrency=demo_concurrency, host=host, port=port)
+                     demo_concurrency=demo_concurrency, host=host, port=port, top_k=top_k)
     shown = f"[{host}]" if ":" in host else host
     click.echo(f"serving on http://{shown}:{port}: POST /v1/predict, GET /healthz, GET /metrics"
                + ("" if no_demo else ", demo page at /"), err=True)

@@ -25,15 +25,12 @@ import torch
 from ..errors import VggCifarError
 from ..images import open_image, pil_to_uint8
 from .backends import Backend, ModelInfo, create_backend
+from .names import FITS
 
 # NaN or infinite probabilities (damaged weights, or an overflow) are no answer: they are an error
 # for that input, never "airplane nan%".
 NON_FINITE = ("the model's output is not finite (NaN or infinity): its weights are damaged or "
               "overflow on this input")
-# How a non-square picture becomes the model's square input: "squash" resizes the whole picture
-# (what training saw: CIFAR images are square, and what vgg-predict has always done); "crop" keeps
-# its largest centred square, so the object keeps its proportions but the edges are lost.
-FITS = ("squash", "crop")
 
 
 @dataclass

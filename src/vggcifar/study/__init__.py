@@ -2,10 +2,23 @@
 set (one ordinary run folder per split, all by :func:`vggcifar.training.train`) and report
 accuracy, time and memory against the fraction (`vgg-study`)."""
 
-from .presets import PRESETS, REFERENCE, Preset, apply_preset
-from .report import collect, explicit_command, write_report
-from .runner import parse_splits, plan_epochs, read_manifest, run_name, run_study, split_state
+# Imported on first use (see vggcifar._lazy): `vgg-* --help` must not import torch.
+from .._lazy import lazy_package
 
-__all__ = ["PRESETS", "REFERENCE", "Preset", "apply_preset", "collect", "explicit_command",
-           "parse_splits", "plan_epochs", "read_manifest", "run_name", "run_study",
-           "split_state", "write_report"]
+_EXPORTS = {
+    "PRESETS": ".presets",
+    "REFERENCE": ".presets",
+    "Preset": ".presets",
+    "apply_preset": ".presets",
+    "collect": ".report",
+    "explicit_command": ".report",
+    "write_report": ".report",
+    "parse_splits": ".runner",
+    "plan_epochs": ".runner",
+    "read_manifest": ".layout",
+    "run_name": ".layout",
+    "run_study": ".runner",
+    "split_state": ".layout",
+}
+lazy_package(__name__, _EXPORTS)
+

@@ -1,4 +1,7 @@
-"""`vgg-study`: command-line front end of :func:`vggcifar.study.run_study`."""
+"""`vgg-study`: command-line front end of :func:`vggcifar.study.run_study`.
+
+Imports only torch-free modules before the command runs (``vgg-study --help`` is fast).
+"""
 
 from __future__ import annotations
 
@@ -9,15 +12,16 @@ from datetime import datetime
 import click
 from click.core import ParameterSource
 
-from ..cli_common import user_errors
+from ..cli_common import Command, command, json_option, user_errors
 from ..errors import VggCifarError
-from ..training.cli import config_from_options, train_options
+from ..training.cli import check_model_options, config_from_options, train_options
 from .presets import DEFAULT_SPLITS, PRESETS, apply_preset
 
-STUDY_ONLY = ("splits", "preset", "min_steps", "out", "resume", "isolate", "note", "report_only")
+STUDY_ONLY = ("splits", "preset", "min_steps", "out", "resume", "isolate", "note", "report_only",
+              "as_json")
 
 
-class _RecordArgs(click.Command):
+class _RecordArgs(Command):
     """Keeps the command line as typed, for the report's "Reproduce" section."""
 
     def parse_args(self, ctx, args):
@@ -29,8 +33,7 @@ def _preset_help() -> str:
     return " ".join(f"{name}: {p.description}" for name, p in PRESETS.items())
 
 
-@click.command(cls=_RecordArgs,
-               context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@command("vgg-study", cls=_RecordArgs)
 @click.option("--splits", default=",".join(f"{s:g}" for s in DEFAULT_SPLITS), show_default=True,
               help="Training fractions, comma-separated, each in (0, 1] and given once; one run "
                    "per split.")
@@ -40,9 +43,9 @@ def _preset_help() -> str:
 @click.option("--min-steps", type=int, default=0, show_default=True,
               help="With --epochs: train every split for at least this many optimisation steps "
                    "(small splits get more epochs; 0 = off). Ignored with --steps.")
-@click.option("--out", default=None,
-              help="Study folder (default: studies/<preset or arch>-<timestamp>). Each split is a "
-                   "run folder inside it.")
+@click.option("--out", default=None, metavar="DIR", type=click.Path(file_okay=False),
+              help="Study folder written (default: studies/<preset or arch>-<timestamp>). "
+                   "Each split is a run folder inside it.")
 @click.option("--resume", is_flag=True,
               help="Continue the study in --out with its saved options: finished splits are "
                    "kept, an interrupted split continues from its last.pt.")
@@ -53,6 +56,8 @@ def _preset_help() -> str:
               help="A line shown at the top of the report (with --report-only: replaces it).")
 @click.option("--report-only", is_flag=True,
               help="Only rewrite report.md/report.json/figures of the study in --out.")
+@json_option("Print the report's summary as one JSON object (study_dir, report, test_accuracy "
+             "per split, wall_time_s) instead of lines of text.")
 @user_errors
 def main(**kw):
     """Train the same VGG on several fractions of the CIFAR-10 training set and write a report
@@ -63,6 +68,7 @@ def main(**kw):
     vgg-study --preset cpu-quick --data data/cifar10-jpg --out studies/cpu-quick
     """
     from . import runner
+    from .layout import read_manifest, set_note
     from .report import write_report
 
     ctx = click.get_current_context()
@@ -74,15 +80,15 @@ def main(**kw):
         if not out:
             raise VggCifarError("--report-only needs --out: the study folder to report on")
         if kw["note"] is not None:
-            runner.set_note(out, kw["note"])
+            set_note(out, kw["note"])
         rep = write_report(out)
-        click.echo(json.dumps({"report": f"{out}/report.md", "test_accuracy": {
-            f"{r['split']:g}": r["test_accuracy"] for r in rep["splits"]}}))
+        _echo_result({"report": f"{out}/report.md", "test_accuracy": {
+            f"{r['split']:g}": r["test_accuracy"] for r in rep["splits"]}}, kw["as_json"])
         return
     if kw["resume"]:
         if not out:
             raise VggCifarError("--resume needs --out: the study folder to continue")
-        saved = runner.read_manifest(out)
+        saved = read_manifest(out)
         if "preset" in explicit and kw["preset"] != saved.get("preset"):
             raise VggCifarError(f"--resume continues the study with its own preset "
                                 f"({saved.get('preset')}); drop --preset {kw['preset']}")
@@ -98,6 +104,7 @@ def main(**kw):
     else:
         preset = kw["preset"]
         kw = apply_preset(preset, kw, explicit)
+        check_model_options(kw["arch"], kw["head"])
     study = {k: kw.pop(k) for k in STUDY_ONLY}
     config = config_from_options(**kw)
     if not study["resume"] and preset and PRESETS[preset].needs_gpu:
@@ -111,10 +118,23 @@ def main(**kw):
     rep = runner.run_study(out, study["splits"], config, min_steps=study["min_steps"],
                            preset=preset, resume=study["resume"], isolate=study["isolate"],
                            command=command, note=study["note"])
-    click.echo(json.dumps({
+    _echo_result({
         "study_dir": out, "report": f"{out}/report.md",
         "test_accuracy": {f"{r['split']:g}": r["test_accuracy"] for r in rep["splits"]},
-        "wall_time_s": rep["study"]["wall_time_s"]}))
+        "wall_time_s": rep["study"]["wall_time_s"]}, study["as_json"])
+
+
+def _echo_result(result: dict, as_json: bool) -> None:
+    """The study's summary on stdout: one JSON object, or a few lines of text."""
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    for split, acc in result["test_accuracy"].items():
+        shown = "-" if acc is None else f"{acc:.2%}"
+        click.echo(f"split {split}: test accuracy {shown}")
+    wall = (f" after {result['wall_time_s']:.0f} s" if result.get("wall_time_s") is not None
+            else "")
+    click.echo(f"report: {result['report']}{wall}")
 
 
 if __name__ == "__main__":

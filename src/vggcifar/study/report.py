@@ -10,17 +10,19 @@ import math
 import os
 import shlex
 import statistics
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..checkpoint import atomic_write
 from ..errors import VggCifarError
+from ..io import atomic_write
 from ..training.config import TrainConfig
-from ..training.report import _plt, _save
+from ..training.plan import plan_run
+from ..training.report import pyplot, save_figure
 from . import analysis
 from .analysis import pct
+from .layout import read_manifest, run_name
 from .presets import REFERENCE
-from .runner import read_manifest, run_name
 
 FIGURES = {
     "accuracy": "figures/accuracy_vs_fraction.png",
@@ -30,7 +32,7 @@ FIGURES = {
     "per_class": "figures/per_class_heatmap.png",
 }
 # TrainConfig fields without a `vgg-study` option (left at their defaults by the CLI).
-_NO_OPTION = {"eval_batch_size"}
+_NO_OPTION = {"eval_batch_size", "model_kwargs"}
 
 
 # ---------------------------------------------------------------------- reading the runs
@@ -54,7 +56,10 @@ def _split_row(split: float, run_dir: Path, manifest: dict) -> dict:
     config = json.loads((run_dir / "config.json").read_text())
     metrics = read_metrics(run_dir / "metrics.csv")
     n, b = int(summary["train_images"]), int(summary["batch_size"])
-    spe = n // b if n > b else 1
+    # The run's own plan, from its recorded (resolved) options: the epoch it trained.
+    plan = plan_run(replace(TrainConfig.from_dict(config), batch_size=b), n,
+                    summary.get("device", "cpu"), int(summary.get("world_size") or 1))
+    spe = plan.steps_per_epoch
     full, prev = [], 0
     for r in metrics:
         if r["step"] - prev == spe:
@@ -68,7 +73,7 @@ def _split_row(split: float, run_dir: Path, manifest: dict) -> dict:
         estimated = False
     else:  # only a partial epoch (a short --steps budget): extrapolate from the throughput
         ips = summary["mean_images_per_s"]
-        train_epoch = (spe * b if n > b else n) / ips
+        train_epoch = plan.images_per_epoch / ips
         val_per_epoch = statistics.fmean(r["epoch_time_s"] - r["train_time_s"] for r in metrics)
         estimated = True
     wall_epoch = train_epoch + max(0.0, val_per_epoch)
@@ -183,7 +188,7 @@ def _log_y(ax, values):
 
 
 def plot_accuracy(rows, path: Path, arch: str) -> None:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.6))
     fs = [r["split"] for r in rows]
     acc = [100 * r["test_accuracy"] for r in rows]
@@ -208,11 +213,11 @@ def plot_accuracy(rows, path: Path, arch: str) -> None:
     ax.set_ylabel("accuracy (%)")
     ax.set_title("Test accuracy against training fraction")
     ax.legend(loc="upper left", bbox_to_anchor=(0, 0.9), fontsize=8)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_epoch_time(rows, path: Path, fit: dict | None) -> None:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(1, 2, figsize=(12, 4.4))
     fs = [r["split"] for r in rows]
     ax[0].plot(fs, [r["train_epoch_time_s"] for r in rows], "o-", lw=2, label="training")
@@ -247,11 +252,11 @@ def plot_epoch_time(rows, path: Path, fit: dict | None) -> None:
     ax[1].set_ylim(0, 1.2 * max(r["images_per_s"] for r in rows))
     ax[1].set_ylabel("training images per second")
     ax[1].set_title("Training throughput (b = batch size)")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_memory(rows, path: Path, kind: str, isolated: bool | None = True) -> None:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.4))
     fs = [r["split"] for r in rows]
     if kind == "gpu":
@@ -272,11 +277,11 @@ def plot_memory(rows, path: Path, kind: str, isolated: bool | None = True) -> No
     ax.set_title("Peak memory against training fraction (b = batch size)" + (
         "\n(all splits in one process: high-water mark so far, not per split)"
         if kind == "rss" and isolated is False else ""))
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_curves_overlay(rows, path: Path) -> None:
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(2, 2, figsize=(12, 7.5), sharex=True)
     colours = plt.get_cmap("tab10")
     for i, r in enumerate(rows):
@@ -307,11 +312,11 @@ def plot_curves_overlay(rows, path: Path) -> None:
     axes[0, 0].legend(fontsize=8, title="split", title_fontsize=8)
     fig.suptitle("Learning curves of all splits (points at the end of each epoch)")
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_per_class(rows, path: Path) -> None:
-    plt = _plt()
+    plt = pyplot()
     classes = list(rows[0]["per_class_accuracy"])
     data = [[100 * r["per_class_accuracy"][c] for r in rows] for c in classes]
     fig, ax = plt.subplots(figsize=(1.6 + 1.1 * len(rows), 0.45 * len(classes) + 1.6))
@@ -325,7 +330,7 @@ def plot_per_class(rows, path: Path) -> None:
                     color="black" if v > 60 else "white")
     ax.set_title("Per-class test accuracy (%)")
     fig.colorbar(im, ax=ax, fraction=0.06)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 # ---------------------------------------------------------------------- markdown

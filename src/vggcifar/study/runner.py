@@ -1,17 +1,10 @@
 """Run a training-fraction study: one ordinary run folder per split, all trained by
-:func:`vggcifar.training.train`, inside one study folder that can be resumed.
-
-Layout of a study folder::
-
-    study.json          what was asked (splits, training options, preset, commands, hardware)
-    split-0.01/         a normal `vgg-train` run folder per split (config.json, metrics.csv, ...)
-    split-0.1/ ...
-    report.md, report.json, figures/*.png   written by :func:`vggcifar.study.write_report`
+:func:`vggcifar.training.train`, inside one study folder that can be resumed (its layout:
+:mod:`vggcifar.study.layout`).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import multiprocessing
 import os
@@ -24,14 +17,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from ..checkpoint import atomic_write
 from ..data.splits import check_fraction
 from ..errors import VggCifarError
+from ..io import check_writable
 from ..training import trainer
-from ..training.config import TrainConfig, auto_batch_size, resolve_device
+from ..training.config import TrainConfig, resolve_device
+from ..training.distributed import DistInfo
+from ..training.plan import plan_run
+from .layout import (MANIFEST, MANIFEST_VERSION, read_manifest, run_name,  # noqa: F401
+                     set_note, split_state, write_manifest)
+from .report import write_report
 
-MANIFEST = "study.json"
-MANIFEST_VERSION = 1
 # Options a resumed study may change: where the data is, which device, how chatty, how splits
 # are launched. Everything else must match the interrupted study.
 RESUME_MAY_CHANGE = {"data", "download", "device", "progress", "workers"}
@@ -66,44 +62,6 @@ def parse_splits(text: str | list | tuple) -> list[float]:
             raise VggCifarError(f"--splits: {s} is given twice; each fraction may appear once")
         out.append(f)
     return sorted(out)
-
-
-def run_name(split: float) -> str:
-    """Run-folder name of a split inside the study folder: ``split-0.01``."""
-    return f"split-{split:g}"
-
-
-def split_state(study_dir: str | os.PathLike, split: float) -> str:
-    """``"done"`` (summary.json present), ``"partial"`` (last.pt but no summary) or ``"new"``."""
-    d = Path(study_dir) / run_name(split)
-    if (d / "summary.json").is_file():
-        return "done"
-    if (d / "last.pt").is_file():
-        return "partial"
-    return "new"
-
-
-def read_manifest(study_dir: str | os.PathLike) -> dict:
-    p = Path(study_dir) / MANIFEST
-    try:
-        return json.loads(p.read_text())
-    except FileNotFoundError:
-        raise VggCifarError(f"{study_dir} holds no study ({MANIFEST} is missing); start one "
-                            "without --resume") from None
-    except (OSError, ValueError) as e:
-        raise VggCifarError(f"cannot read {p}: {e}") from None
-
-
-def set_note(study_dir: str | os.PathLike, note: str) -> None:
-    """Replace the note shown at the top of a study's report ("" removes it)."""
-    manifest = read_manifest(study_dir)
-    manifest["note"] = note or None
-    _write_manifest(Path(study_dir), manifest)
-
-
-def _write_manifest(study_dir: Path, manifest: dict) -> None:
-    atomic_write(study_dir / MANIFEST,
-                 lambda t: Path(t).write_text(json.dumps(manifest, indent=2)))
 
 
 def hardware() -> dict:
@@ -169,18 +127,15 @@ def plan_epochs(config: TrainConfig, splits: list[float], min_steps: int) -> dic
 
     data = load_cifar10(config.data, download=config.download, verbose=config.progress)
     device = resolve_device(config.device)
+    world = DistInfo.from_env().world_size
     plan = {}
     for s in splits:
         train_idx, val_idx = stratified_split(data.train_y, s, config.seed, config.val_size)
-        n = len(train_idx)
-        batch = config.batch_size or auto_batch_size(n, device)
-        spe = n // batch if n > batch else 1  # both loaders drop an incomplete last batch
-        epochs = config.epochs
-        if min_steps and not config.steps:
-            epochs = max(epochs, math.ceil(min_steps / spe))
-        plan[s] = {"train_images": n, "val_images": len(val_idx), "batch_size": batch,
-                   "steps_per_epoch": spe, "epochs": epochs,
-                   "steps": config.steps or epochs * spe}
+        run = plan_run(config, len(train_idx), device, world, n_val=len(val_idx),
+                       min_steps=min_steps)
+        plan[s] = {"train_images": len(train_idx), "val_images": len(val_idx),
+                   "batch_size": run.batch_size, "steps_per_epoch": run.steps_per_epoch,
+                   "epochs": run.epochs, "steps": run.total_steps}
     plan["dataset"] = {"train_images": len(data.train_y), "test_images": len(data.test_y),
                        "format": data.kind, "source": data.source}
     del data
@@ -194,14 +149,9 @@ def _log_fn(progress: bool) -> Callable[[str], None]:
     return log
 
 
-def _is_main_rank() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
-
-
 def run_study(out: str | os.PathLike, splits, config: TrainConfig, *, min_steps: int = 0,
               preset: str | None = None, resume: bool = False, isolate: bool = True,
-              command: str | None = None, note: str | None = None,
-              report: bool = True) -> dict:
+              command: str | None = None, note: str | None = None) -> dict:
     """Train one run per split into ``out`` and write the report; returns the report dict.
 
     Args:
@@ -219,7 +169,6 @@ def run_study(out: str | os.PathLike, splits, config: TrainConfig, *, min_steps:
             Ignored (off) under torchrun.
         command: the command line as typed, and note: a line for the top of the report;
             both recorded in the manifest and shown in the report.
-        report: write ``report.md``/``report.json``/figures at the end.
 
     Raises:
         VggCifarError: bad splits or options, an unwritable folder, an existing study without
@@ -232,9 +181,9 @@ def run_study(out: str | os.PathLike, splits, config: TrainConfig, *, min_steps:
     for s in splits:  # every option checked before any training starts
         replace(config, split=s).validate()
     study_dir = Path(out)
-    main = _is_main_rank()
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    if distributed:
+    dist = DistInfo.from_env()
+    main = dist.is_main
+    if dist.enabled:  # the ranks must train together, in the processes torchrun started
         isolate = False
     log = _log_fn(config.progress and main)
     manifest_path = study_dir / MANIFEST
@@ -250,14 +199,7 @@ def run_study(out: str | os.PathLike, splits, config: TrainConfig, *, min_steps:
                                 "or choose another --out")
         manifest = None
     if main:
-        try:
-            study_dir.mkdir(parents=True, exist_ok=True)
-            probe = study_dir / ".write-test"
-            probe.write_text("")
-            probe.unlink()
-        except OSError as e:
-            raise VggCifarError(f"cannot write the study folder {study_dir} "
-                                f"({e.strerror or e}); choose a writable --out") from e
+        check_writable(study_dir, "study folder")
 
     plan = plan_epochs(config, splits, min_steps)
     dataset = plan.pop("dataset")
@@ -279,7 +221,7 @@ def run_study(out: str | os.PathLike, splits, config: TrainConfig, *, min_steps:
     manifest["dataset"] = dataset
     manifest["sessions"].append(session)
     if main:
-        _write_manifest(study_dir, manifest)
+        write_manifest(study_dir, manifest)
 
     t0 = time.perf_counter()
     log(f"{len(splits)} splits ({', '.join(f'{s:g}' for s in splits)}) of {config.arch} into "
@@ -316,20 +258,17 @@ def run_study(out: str | os.PathLike, splits, config: TrainConfig, *, min_steps:
         session["trained"].append(s)
         session["wall_time_s"] = time.perf_counter() - t0
         if main:
-            _write_manifest(study_dir, manifest)
+            write_manifest(study_dir, manifest)
         log(f"split {s:g}: test accuracy {summary['test_accuracy']:.2%} in "
             f"{summary['total_time_s']:.0f}s")
     session["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     session["wall_time_s"] = time.perf_counter() - t0
-    if main:
-        _write_manifest(study_dir, manifest)
-    if report and main:
-        from .report import write_report
-
-        result = write_report(study_dir)
-        log(f"report: {study_dir / 'report.md'}")
-        return result
-    return {"study_dir": str(study_dir)}
+    if not main:
+        return {"study_dir": str(study_dir)}
+    write_manifest(study_dir, manifest)
+    result = write_report(study_dir)
+    log(f"report: {study_dir / 'report.md'}")
+    return result
 
 
 # ---------------------------------------------------------------------- one split

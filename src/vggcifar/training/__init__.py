@@ -1,7 +1,12 @@
 """Training: the trainer, its configuration and evaluation."""
 
-from .config import TrainConfig
-from .evaluate import evaluate
-from .trainer import train
+# Imported on first use (see vggcifar._lazy): `vgg-* --help` must not import torch.
+from .._lazy import lazy_package
 
-__all__ = ["TrainConfig", "evaluate", "train"]
+_EXPORTS = {
+    "TrainConfig": ".config",
+    "evaluate": ".evaluate",
+    "train": ".trainer",
+}
+lazy_package(__name__, _EXPORTS)
+

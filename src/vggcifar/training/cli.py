@@ -1,14 +1,17 @@
-"""`vgg-train`: command-line front end of :func:`vggcifar.training.train`."""
+"""`vgg-train`: command-line front end of :func:`vggcifar.training.train`.
+
+Imports only torch-free modules before the command runs (``vgg-train --help`` is fast): the
+architecture and head are checked in the command body, against the model registry.
+"""
 
 from __future__ import annotations
 
 import json
-import os
+from pathlib import Path
 
 import click
 
-from ..cli_common import user_errors
-from ..models import HEADS, list_models
+from ..cli_common import QUIET_HELP, command, json_option, user_errors
 from .config import LOADERS, SCHEDULES, TrainConfig
 
 D = TrainConfig()
@@ -17,21 +20,24 @@ D = TrainConfig()
 def train_options(fn):
     """The training options, shared by `vgg-train` and `vgg-study`."""
     opts = [
-        click.option("--arch", type=click.Choice(list_models(), case_sensitive=False),
-                     default=D.arch, show_default=True, help="VGG depth."),
-        click.option("--head", type=click.Choice(HEADS), default=D.head, show_default=True,
+        click.option("--arch", default=D.arch, show_default=True, metavar="NAME",
+                     help="Architecture, by its name in the model registry: vgg11, vgg13, vgg16, "
+                          "vgg19 (vggcifar.list_models() lists every registered one)."),
+        click.option("--head", default=D.head, show_default=True, metavar="mlp|linear",
                      help="Classifier: mlp = 512-512-512-classes with dropout (the study's); "
                           "linear = one layer."),
         click.option("--width", type=float, default=D.width, show_default=True,
                      help="Channel multiplier (1 = real VGG)."),
-        click.option("--dropout", type=float, default=D.dropout, show_default=True),
+        click.option("--dropout", type=float, default=D.dropout, show_default=True,
+                     help="Dropout probability in the mlp head."),
         click.option("--val-size", type=int, default=D.val_size, show_default=True,
                      help="Cap on validation images (taken from the training images not used "
                           "for training)."),
         click.option("--val-every", type=int, default=D.val_every, show_default=True,
                      help="Validate every N epochs (0 = auto: often enough, never dominating "
                           "small-split runs)."),
-        click.option("--epochs", type=int, default=D.epochs, show_default=True),
+        click.option("--epochs", type=int, default=D.epochs, show_default=True,
+                     help="Training epochs (ignored with --steps)."),
         click.option("--steps", type=int, default=None,
                      help="Train for this many optimisation steps instead of --epochs."),
         click.option("--batch-size", type=int, default=D.batch_size, show_default=True,
@@ -39,26 +45,33 @@ def train_options(fn):
                           "steps per epoch, 32..512 on CUDA, 32..128 on CPU)."),
         click.option("--lr", type=float, default=D.lr, show_default=True,
                      help="Peak learning rate (0 = auto: 0.1 x batch/128, at most 0.4)."),
-        click.option("--momentum", type=float, default=D.momentum, show_default=True),
-        click.option("--nesterov/--no-nesterov", default=D.nesterov, show_default=True),
-        click.option("--weight-decay", type=float, default=D.weight_decay, show_default=True),
+        click.option("--momentum", type=float, default=D.momentum, show_default=True,
+                     help="SGD momentum."),
+        click.option("--nesterov/--no-nesterov", default=D.nesterov, show_default=True,
+                     help="Nesterov momentum."),
+        click.option("--weight-decay", type=float, default=D.weight_decay, show_default=True,
+                     help="L2 weight decay."),
         click.option("--schedule", type=click.Choice(SCHEDULES), default=D.schedule,
                      show_default=True, help="Learning-rate schedule, stepped every batch."),
         click.option("--warmup", type=float, default=D.warmup, show_default=True,
                      help="Warm-up fraction of the onecycle schedule."),
-        click.option("--label-smoothing", type=float, default=D.label_smoothing, show_default=True),
+        click.option("--label-smoothing", type=float, default=D.label_smoothing,
+                     show_default=True, help="Label smoothing of the cross-entropy loss."),
         click.option("--tta/--no-tta", default=D.tta, show_default=True,
                      help="Average predictions with the mirrored image at test time."),
-        click.option("--data", default=D.data, show_default=True,
+        click.option("--data", default=D.data, show_default=True, metavar="DIR",
+                     type=click.Path(file_okay=False),
                      help="CIFAR-10 folder: cifar-10-batches-py or train/<class>/, test/<class>/ "
                           "images (detected). Downloaded here when missing and online."),
-        click.option("--download/--no-download", default=True, show_default=True),
+        click.option("--download/--no-download", default=True, show_default=True,
+                     help="Download CIFAR-10 into --data when it holds no data."),
         click.option("--loader", type=click.Choice(LOADERS), default=D.loader, show_default=True,
                      help="device = whole split on the device, batched augmentation; classic = "
                           "torchvision DataLoader with PIL transforms (baseline)."),
         click.option("--workers", type=int, default=D.workers, show_default=True,
                      help="DataLoader workers for --loader classic."),
-        click.option("--device", default=D.device, show_default=True, help="auto, cpu or cuda[:N]."),
+        click.option("--device", default=D.device, show_default=True,
+                     help="auto, cpu or cuda[:N]."),
         click.option("--amp/--no-amp", default=None,
                      help="bf16 autocast. Default: on for CUDA and for a CPU that runs bf16 "
                           "natively (oneDNN's check; AVX512-BF16/AMX), off elsewhere. "
@@ -72,12 +85,26 @@ def train_options(fn):
         click.option("--save-every", type=click.IntRange(1), default=D.save_every,
                      show_default=True,
                      help="Write last.pt (for --resume) every N epochs and after the last one."),
-        click.option("--seed", type=int, default=D.seed, show_default=True),
-        click.option("--quiet", is_flag=True, help="No progress bar or epoch table."),
+        click.option("--seed", type=int, default=D.seed, show_default=True,
+                     help="Random seed (split, initialisation, augmentation)."),
+        click.option("--quiet", is_flag=True, help=QUIET_HELP),
     ]
     for o in reversed(opts):
         fn = o(fn)
     return fn
+
+
+def check_model_options(arch: str, head: str) -> None:
+    """``--arch`` and ``--head`` against the model registry (not a ``click.Choice``: listing the
+    registry would import torch for ``--help``). Errors name the option."""
+    from ..models import HEADS, list_models
+
+    if arch not in list_models():
+        raise click.BadParameter(f"{arch!r} is not a registered architecture; choose one of: "
+                                 f"{', '.join(list_models())}", param_hint="'--arch'")
+    if head not in HEADS:
+        raise click.BadParameter(f"{head!r} is not one of {', '.join(HEADS)}",
+                                 param_hint="'--head'")
 
 
 def config_from_options(**kw) -> TrainConfig:
@@ -87,29 +114,59 @@ def config_from_options(**kw) -> TrainConfig:
     return TrainConfig.from_dict(kw)
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+def run_folder_options(out: str | None, resume: str | None) -> dict:
+    """vgg-train's ``--out`` (the run folder itself) as :class:`TrainConfig`'s ``out`` (parent)
+    and ``name``; without it the trainer names the folder ``runs/ARCH-splitF-TIMESTAMP``."""
+    if resume is not None:
+        if out is not None and Path(out).resolve() != Path(resume).resolve().parent:
+            click.echo(f"warning: --out {out} is ignored: --resume continues the run in its own "
+                       f"folder ({Path(resume).parent})", err=True)
+        return {"resume": resume}
+    if out is None:
+        return {"out": D.out, "name": None}
+    folder = Path(out)
+    if folder.name in ("", ".", ".."):
+        folder = folder.resolve()
+    return {"out": str(folder.parent), "name": folder.name}
+
+
+@command("vgg-train")
 @click.option("--split", type=float, default=D.split, show_default=True,
               help="Fraction of the 50,000 training images to train on, in (0, 1]; stratified "
                    "by class. The rest (up to --val-size) validates; 1 = no validation.")
 @train_options
-@click.option("--name", default=None, help="Run folder name (default: ARCH-splitF-TIMESTAMP).")
-@click.option("--out", default=D.out, show_default=True, help="Parent folder of run folders.")
-@click.option("--resume", type=click.Path(dir_okay=False), default=None,
-              help="Continue an interrupted run from its last.pt.")
+@click.option("--out", default=None, type=click.Path(file_okay=False), metavar="DIR",
+              help="Run folder written [default: runs/ARCH-splitF-TIMESTAMP]. It must not hold "
+                   "a run already (continue one with --resume).")
+@click.option("--resume", type=click.Path(exists=True, dir_okay=False), default=None,
+              metavar="PATH", help="Continue an interrupted run from its last.pt (in its own "
+                                   "folder).")
+@json_option("Print the result as one JSON object (run_dir, test_accuracy, checkpoint, "
+             "total_time_s) instead of a sentence.")
 @user_errors
-def main(**kw):
-    """Train a VGG on CIFAR-10 and write a run folder: config.json, metrics.csv, best.pt,
-    last.pt, curves.png, per_class.csv, confusion.png, samples.png and summary.json.
+def main(out, resume, as_json, **kw):
+    """Train a VGG on CIFAR-10 and write a run folder (--out): config.json, metrics.csv,
+    best.pt, last.pt, curves.png, per_class.csv, confusion.png, samples.png and summary.json.
 
     The test set is used once, at the end, on the checkpoint with the best validation accuracy.
     Under torchrun the run uses DistributedDataParallel (--batch-size is the global batch).
     """
+    from .distributed import DistInfo
     from .trainer import train
 
+    if resume is None:
+        check_model_options(kw["arch"], kw["head"])
+    kw.update(run_folder_options(out, resume))
     summary = train(config_from_options(**kw))
-    if os.environ.get("RANK", "0") == "0":  # under torchrun, one result line
-            click.echo(json.dumps({k: summary[k] for k in ("run_dir", "test_accuracy", "checkpoint",
-                                                       "total_time_s")}))
+    if not DistInfo.from_env().is_main:  # under torchrun, one result line
+        return
+    result = {k: summary[k] for k in ("run_dir", "test_accuracy", "checkpoint", "total_time_s")}
+    if as_json:
+        click.echo(json.dumps(result))
+    else:
+        click.echo(f"test accuracy {result['test_accuracy']:.2%} in "
+                   f"{result['total_time_s']:.0f} s; model {result['checkpoint']}; run folder "
+                   f"{result['run_dir']}")
 
 
 if __name__ == "__main__":

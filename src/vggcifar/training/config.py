@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
+from typing import TYPE_CHECKING
 
-import torch
-
-from ..data.splits import check_fraction
 from ..errors import VggCifarError
-from ..models import HEADS, list_models
+from ..runtime.devices import resolve_device  # noqa: F401  (re-exported: trainer, study)
+
+if TYPE_CHECKING:
+    import torch
+
+# torch, the data and the model registry are imported inside the functions that use them: the
+# command-line tools read this module's defaults and choices for `--help` without torch.
 
 SCHEDULES = ("onecycle", "cosine", "step")
+# Model options with their own TrainConfig fields (and vgg-train options); they go to the
+# architectures whose builder takes them. Other options go in ``TrainConfig.model_kwargs``.
+COMMON_MODEL_OPTIONS = ("head", "width", "dropout")
 LOADERS = ("device", "classic")
 
 
@@ -20,7 +27,10 @@ class TrainConfig:
     """Every option of a training run. Zero means "choose automatically" for ``batch_size``,
     ``lr`` and ``val_every``; ``None`` means "automatic" for ``amp`` (see :func:`resolve_amp`:
     on for CUDA and for CPUs with native bf16) and ``channels_last`` (on). ``save_every`` writes
-    ``last.pt`` every N epochs (and always after the last one)."""
+    ``last.pt`` every N epochs (and always after the last one). The model is
+    ``create_model(arch, num_classes, **self.model_options())``: ``head``, ``width`` and
+    ``dropout`` where the architecture takes them, plus ``model_kwargs`` (other options of
+    registered architectures)."""
 
     arch: str = "vgg16"
     head: str = "mlp"
@@ -56,6 +66,7 @@ class TrainConfig:
     eval_batch_size: int = 1000
     progress: bool = True
     save_every: int = 1
+    model_kwargs: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -65,13 +76,25 @@ class TrainConfig:
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
 
+    def model_options(self) -> dict:
+        """The keyword arguments of ``create_model(self.arch, ...)``, complete and validated:
+        the common options the architecture takes (:data:`COMMON_MODEL_OPTIONS`), then
+        ``model_kwargs``.
+
+        Raises:
+            VggCifarError: unknown architecture, or an option it refuses.
+        """
+        from ..models import model_entry
+
+        entry = model_entry(self.arch)
+        common = {k: getattr(self, k) for k in COMMON_MODEL_OPTIONS if k in entry.defaults}
+        return entry.resolve({**common, **(self.model_kwargs or {})})
+
     def validate(self) -> None:
         """Raise :class:`VggCifarError` for an option no run could use."""
-        if self.arch not in list_models():
-            raise VggCifarError(
-                f"unknown architecture {self.arch!r}; choose one of: {', '.join(list_models())}")
-        if self.head not in HEADS:
-            raise VggCifarError(f"unknown head {self.head!r}; choose one of: {', '.join(HEADS)}")
+        from ..data.splits import check_fraction
+
+        self.model_options()
         check_fraction(self.split)
         if self.schedule not in SCHEDULES:
             raise VggCifarError(f"unknown schedule {self.schedule!r}; choose one of: "
@@ -93,21 +116,6 @@ class TrainConfig:
             raise VggCifarError(f"warmup must be a fraction in [0, 1), got {self.warmup}")
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when present, else CPU; ``cuda`` without a GPU is an error."""
-    name = (name or "auto").lower()
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise VggCifarError("CUDA was requested (--device cuda) but no CUDA GPU is available "
-                                "to PyTorch; use --device cpu or auto")
-        return torch.device(name)
-    if name == "cpu":
-        return torch.device("cpu")
-    raise VggCifarError(f"unknown device {name!r}; use auto, cpu or cuda[:N]")
-
-
 def _cpu_flags() -> set[str] | None:
     """The x86 CPU feature flags of ``/proc/cpuinfo``; None where there are none to read."""
     try:
@@ -123,6 +131,8 @@ def _cpu_flags() -> set[str] | None:
 def _mkldnn_bf16() -> bool | None:
     """oneDNN's own check, ``torch.ops.mkldnn._is_mkldnn_bf16_supported()``; None where that
     private operator is missing or fails."""
+    import torch
+
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except Exception:  # noqa: BLE001 - private API: any failure means "ask the fallback"
@@ -152,6 +162,8 @@ def cpu_bf16_support() -> tuple[bool, str]:
                            "CPU flag): slower than fp32")
         return True, ("oneDNN reports native bf16" +
                       (f" ({', '.join(native)})" if native else ""))
+    import torch
+
     try:
         mkldnn = bool(torch.backends.mkldnn.is_available())
     except Exception:  # noqa: BLE001
@@ -172,6 +184,8 @@ def resolve_amp(amp: bool | None, device: torch.device) -> tuple[bool, str]:
     """
     if amp is not None:
         return bool(amp), f"--{'' if amp else 'no-'}amp given"
+    import torch
+
     device = torch.device(device)
     if device.type == "cuda":
         return True, "default on CUDA"

@@ -19,11 +19,40 @@ from ..errors import VggCifarError
 warnings.filterwarnings("ignore", message=r"torch\.distributed\.nn\.functional\.all_reduce is deprecated")
 
 
-@dataclass
+@dataclass(frozen=True)
 class DistInfo:
+    """Where this process stands in a torchrun launch: ``rank`` of ``world_size`` processes, and
+    ``local_rank`` on this machine (its GPU index). The default is a single process."""
+
     rank: int = 0
     local_rank: int = 0
     world_size: int = 1
+
+    @classmethod
+    def from_env(cls, environ=None) -> "DistInfo":
+        """Read torchrun's ``RANK``, ``LOCAL_RANK`` and ``WORLD_SIZE`` (from ``environ``, default
+        ``os.environ``): the one place they are read. Without ``WORLD_SIZE`` > 1 this is a
+        single process (rank 0), whatever else is set.
+
+        Raises:
+            VggCifarError: a variable that is not a whole number, or a rank outside the world.
+        """
+        env = os.environ if environ is None else environ
+        values = {}
+        for var, default in (("RANK", 0), ("LOCAL_RANK", 0), ("WORLD_SIZE", 1)):
+            text = env.get(var, "").strip()
+            try:
+                values[var] = int(text) if text else default
+            except ValueError:
+                raise VggCifarError(f"environment variable {var}={text[:20]!r} is not a whole "
+                                    "number; start distributed runs with torchrun") from None
+        if values["WORLD_SIZE"] <= 1:
+            return cls()
+        info = cls(values["RANK"], values["LOCAL_RANK"], values["WORLD_SIZE"])
+        if not 0 <= info.rank < info.world_size:
+            raise VggCifarError(f"RANK={info.rank} is outside WORLD_SIZE={info.world_size}; start "
+                                "distributed runs with torchrun")
+        return info
 
     @property
     def enabled(self) -> bool:
@@ -40,10 +69,9 @@ def setup(device: torch.device) -> tuple[DistInfo, torch.device]:
     A rank that dies makes the others fail within ``VGGCIFAR_DIST_TIMEOUT`` seconds (default
     300) instead of hanging. Returns the rank info and the device this rank uses.
     """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    info = DistInfo.from_env()
+    if not info.enabled:
         return DistInfo(), device
-    info = DistInfo(int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0")), world)
     if not dist.is_initialized():
         timeout = datetime.timedelta(seconds=float(os.environ.get("VGGCIFAR_DIST_TIMEOUT", "300")))
         backend = "nccl" if device.type == "cuda" else "gloo"

@@ -9,10 +9,12 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import atomic_write
+from ..io import atomic_write
 
 
-def _plt():
+def pyplot():
+    """``matplotlib.pyplot`` on the non-interactive Agg backend (imported on first use: only the
+    figure writers need it)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -34,14 +36,15 @@ def write_csv(path: Path, rows: list[dict]) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(buf.getvalue()))
 
 
-def _save(fig, path: Path) -> None:
+def save_figure(fig, path: Path) -> None:
+    """Atomically write ``fig`` as a PNG and close it."""
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
-    _plt().close(fig)
+    pyplot().close(fig)
 
 
 def plot_curves(rows: list[dict], path: Path) -> None:
     """Loss, accuracy and learning-rate panels over epochs, train and validation."""
-    plt = _plt()
+    plt = pyplot()
     ep = [r["epoch"] for r in rows]
     fig, ax = plt.subplots(1, 3, figsize=(14, 3.8))
     ax[0].plot(ep, [r["train_loss"] for r in rows], label="train")
@@ -59,12 +62,12 @@ def plot_curves(rows: list[dict], path: Path) -> None:
         a.legend()
     for a in ax:
         a.grid(alpha=0.3)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_confusion(confusion: torch.Tensor, classes, path: Path, title: str = "") -> None:
     """Row-normalised confusion matrix with counts."""
-    plt = _plt()
+    plt = pyplot()
     cm = confusion.double()
     norm = cm / cm.sum(1, keepdim=True).clamp(min=1)
     fig, ax = plt.subplots(figsize=(7.5, 6.5))
@@ -77,12 +80,12 @@ def plot_confusion(confusion: torch.Tensor, classes, path: Path, title: str = ""
             ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=7,
                     color="white" if norm[i, j] > 0.5 else "black")
     fig.colorbar(im, ax=ax, fraction=0.046)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_samples(images: torch.Tensor, true, pred, classes, path: Path, cols: int = 8) -> None:
     """Grid of ``[N, 3, 32, 32]`` uint8 images titled 'true / predicted' (red when wrong)."""
-    plt = _plt()
+    plt = pyplot()
     n = len(images)
     rows = -(-n // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.5, rows * 1.7))
@@ -94,4 +97,4 @@ def plot_samples(images: torch.Tensor, true, pred, classes, path: Path, cols: in
             ax.set_title(f"{classes[int(true[k])]}\n{classes[int(pred[k])]}", fontsize=7,
                          color="black" if ok else "red")
     fig.suptitle("test samples: true (top) / predicted (bottom)", fontsize=9)
-    _save(fig, path)
+    save_figure(fig, path)

@@ -8,12 +8,12 @@ compile code paths on a CPU in seconds.
 from __future__ import annotations
 
 import json
-import math
 import os
 import platform
 import resource
 import sys
 import time
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -21,15 +21,16 @@ import torch
 import torch.nn.functional as F
 
 from .. import __version__
-from ..checkpoint import (atomic_write, make_checkpoint, read_checkpoint, save_checkpoint,
-                          unwrap_model)
+from ..checkpoint import make_checkpoint, read_checkpoint, save_checkpoint, unwrap_model
 from ..data import DeviceLoader, classic_loader, load_cifar10, stratified_split
 from ..errors import VggCifarError
+from ..io import atomic_write, check_writable
 from ..models import create_model
 from ..preprocessing import CIFAR10_MEAN, CIFAR10_STD, Preprocessing
 from . import distributed
-from .config import TrainConfig, auto_batch_size, auto_lr, resolve_amp, resolve_device
+from .config import TrainConfig, resolve_device
 from .evaluate import evaluate, per_class_accuracy, predict_logits
+from .plan import RunPlan, plan_run
 from .report import plot_confusion, plot_curves, plot_samples, write_csv
 from .schedule import lr_factor
 
@@ -69,7 +70,9 @@ def train(config: TrainConfig) -> dict:
     """Train, select on validation, evaluate on test, and write the run folder.
 
     Returns the summary dict also written to ``summary.json`` (plus ``run_dir``). Works in a
-    single process and under torchrun (DistributedDataParallel).
+    single process and under torchrun (DistributedDataParallel). ``config`` is not changed: the
+    automatic values are worked out by :func:`vggcifar.training.plan.plan_run` and recorded in
+    the run folder (``config.json``, checkpoints).
     """
     config.validate()
     device = resolve_device(config.device)
@@ -81,10 +84,17 @@ def train(config: TrainConfig) -> dict:
 
 
 class _Run:
+    """One training run. ``self.cfg`` is the run's own copy of the options (the caller's object
+    is never changed), with the automatic ones resolved after :meth:`setup`; ``self.plan`` holds
+    the numbers worked out for it."""
+
+    plan: RunPlan
+
     def __init__(self, config: TrainConfig, device: torch.device, info: distributed.DistInfo):
         self.t_start = time.perf_counter()
         self.device, self.info = device, info
         self.resume_ckpt = None
+        config = replace(config)
         if config.resume:
             self.resume_ckpt = read_checkpoint(config.resume)
             if "training_state" not in self.resume_ckpt:
@@ -105,7 +115,7 @@ class _Run:
             self.run_dir = Path(config.out) / name
             if (self.run_dir / "last.pt").exists():
                 raise VggCifarError(f"run folder {self.run_dir} already holds a run; continue it "
-                                    f"with --resume {self.run_dir / 'last.pt'} or pick another --name")
+                                    f"with --resume {self.run_dir / 'last.pt'} or pick another --out")
         self.cfg = config
         self.main = info.is_main
         self.created_dirs: list[Path] = []
@@ -119,19 +129,14 @@ class _Run:
     def setup(self) -> None:
         cfg, dev = self.cfg, self.device
         if self.main:
-            try:
-                # Remember what this run creates: a start that fails during setup removes it
-                # again rather than leaving an empty run folder behind.
-                missing = [d for d in (self.run_dir, *self.run_dir.parents) if not d.exists()]
-                self.created_dirs = missing
-                self.run_dir.mkdir(parents=True, exist_ok=True)
-                probe = self.run_dir / ".write-test"
-                probe.write_text("")
-                probe.unlink()
-            except OSError as e:
-                raise VggCifarError(f"cannot write the run folder {self.run_dir} ({e.strerror}); "
-                                    "choose a writable --out") from e
+            # Remember what this run creates: a start that fails during setup removes it
+            # again rather than leaving an empty run folder behind.
+            self.created_dirs = [d for d in (self.run_dir, *self.run_dir.parents)
+                                 if not d.exists()]
+            check_writable(self.run_dir, "run folder")
         torch.manual_seed(cfg.seed)
+        # Built (and its options checked) first: a bad option fails before data is loaded.
+        self.model_kwargs = cfg.model_options()
         # Rank 0 loads first so that only it downloads data or writes the decoded-image cache.
         if self.main:
             data = load_cifar10(cfg.data, download=cfg.download)
@@ -143,30 +148,20 @@ class _Run:
         self.num_classes = len(data.classes)
         train_idx, val_idx = stratified_split(data.train_y, cfg.split, cfg.seed, cfg.val_size)
         self.n_train, self.n_val = len(train_idx), len(val_idx)
-        if not cfg.batch_size:
-            cfg.batch_size = auto_batch_size(self.n_train, dev)
-        if cfg.batch_size % self.info.world_size:
-            raise VggCifarError(f"batch size {cfg.batch_size} is global and must be divisible by "
-                                f"the world size {self.info.world_size}")
-        if not cfg.lr:
-            cfg.lr = auto_lr(cfg.batch_size)
-        if self.resume_ckpt is not None and cfg.amp is not None:
-            self.amp_reason = "kept from the resumed run"
-        else:
-            cfg.amp, self.amp_reason = resolve_amp(cfg.amp, dev)
-        if cfg.channels_last is None:
-            cfg.channels_last = True  # faster for these convs on CUDA and on x86 CPUs alike
+        plan = self.plan = plan_run(cfg, self.n_train, dev, self.info.world_size,
+                                    n_val=self.n_val, resumed=self.resume_ckpt is not None)
+        self.cfg = cfg = plan.resolve(cfg)
+        self.amp_reason = plan.amp_reason
         distributed.check_same_config(self.info, cfg.to_dict())
         self.amp_dtype = torch.bfloat16 if cfg.amp else None
         in_dtype = torch.bfloat16 if cfg.amp else torch.float32
-        per_rank = cfg.batch_size // self.info.world_size
+        per_rank = plan.per_rank_batch
         common = dict(mean=CIFAR10_MEAN, std=CIFAR10_STD, device=dev, channels_last=cfg.channels_last,
                       rank=self.info.rank, world_size=self.info.world_size)
         if cfg.loader == "device":
             self.train_loader = DeviceLoader(data.train_x[train_idx], data.train_y[train_idx],
                                              per_rank, train=True, seed=cfg.seed, dtype=in_dtype,
                                              **common)
-            steps_per_epoch = len(self.train_loader)
         else:
             if self.info.enabled:
                 raise VggCifarError("--loader classic does not support distributed training; "
@@ -174,22 +169,16 @@ class _Run:
             self.train_loader = classic_loader(data.train_x[train_idx], data.train_y[train_idx],
                                                cfg.batch_size, train=True, mean=CIFAR10_MEAN,
                                                std=CIFAR10_STD, workers=cfg.workers, seed=cfg.seed)
-            steps_per_epoch = len(self.train_loader)
+        if len(self.train_loader) != plan.steps_per_epoch:  # the plan must describe the loader
+            raise RuntimeError(f"the training loader has {len(self.train_loader)} batches per "
+                               f"epoch, the plan {plan.steps_per_epoch}")
         eb = max(1, cfg.eval_batch_size // self.info.world_size)
         self.val_loader = (DeviceLoader(data.train_x[val_idx], data.train_y[val_idx], eb,
                                         train=False, **common) if self.n_val else None)
         self.test_loader = DeviceLoader(data.test_x, data.test_y, eb, train=False, **common)
-        if cfg.steps:
-            self.total_steps = int(cfg.steps)
-            self.epochs = math.ceil(cfg.steps / steps_per_epoch)
-        else:
-            self.total_steps = cfg.epochs * steps_per_epoch
-            self.epochs = cfg.epochs
-        # Validating 5,000 images after every epoch of a 500-image split would dominate the run.
-        self.val_every = cfg.val_every or max(1, math.ceil(self.n_val / (2 * self.n_train)))
+        self.total_steps, self.epochs = plan.total_steps, plan.epochs
 
-        model = create_model(cfg.arch, self.num_classes, head=cfg.head, width=cfg.width,
-                             dropout=cfg.dropout).to(dev)
+        model = create_model(cfg.arch, self.num_classes, **self.model_kwargs).to(dev)
         if cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
         if self.info.enabled and cfg.sync_bn:
@@ -235,8 +224,8 @@ class _Run:
                    test_accuracy_one_view: float | None = None) -> dict:
         c = self.cfg
         return make_checkpoint(
-            self.model, arch=c.arch, head=c.head, width=c.width, num_classes=self.num_classes,
-            dropout=c.dropout, preprocessing=self.preproc, config=c.to_dict(),
+            self.model, arch=c.arch, model_kwargs=self.model_kwargs, num_classes=self.num_classes,
+            preprocessing=self.preproc, config=c.to_dict(),
             metrics=self.metrics, epoch=epoch, test_accuracy=test_accuracy,
             test_accuracy_one_view=test_accuracy_one_view, training_state=training_state,
             versions=self.versions,
@@ -354,7 +343,10 @@ class _Run:
         if self.main:
             atomic_write(self.run_dir / "config.json", lambda t: Path(t).write_text(json.dumps(
                 {**cfg.to_dict(), "resolved": {"epochs": self.epochs, "total_steps": self.total_steps,
-                 "val_every": self.val_every, "train_images": self.n_train,
+                 "val_every": self.plan.val_every, "batch_size": self.plan.batch_size,
+                 "per_rank_batch": self.plan.per_rank_batch, "lr": self.plan.lr,
+                 "steps_per_epoch": self.plan.steps_per_epoch,
+                 "model_kwargs": self.model_kwargs, "train_images": self.n_train,
                  "val_images": self.n_val, "test_images": len(self.data.test_y),
                  "world_size": self.info.world_size, "params": self.params,
                  "data_format": self.data.kind, "data_source": self.data.source,
@@ -378,7 +370,7 @@ class _Run:
             row.update({k: tr[k] for k in ("train_loss", "train_acc", "lr")})
             row.update({"val_loss": None, "val_acc": None})
             last = epoch == self.epochs - 1 or self.step >= self.total_steps
-            if self.val_loader is not None and ((epoch + 1) % self.val_every == 0 or last):
+            if self.val_loader is not None and ((epoch + 1) % self.plan.val_every == 0 or last):
                 # The eager module: the compiled one would recompile for eval mode and batch size.
                 v = evaluate(self.model, self.val_loader, self.num_classes,
                              amp_dtype=self.amp_dtype, info=self.info)

@@ -1,0 +1,106 @@
+"""The checkpoint file format: reading a file into a checkpoint dict of the current version.
+
+The lowest checkpoint layer: it knows the format marker and versions, but builds no model, so
+both :mod:`vggcifar.shipped` (the shipped model's parts) and :mod:`vggcifar.checkpoint` (models
+from checkpoints) use it without importing each other.
+
+Format versions:
+    1   the architecture's options at top level: ``head``, ``width``, ``dropout`` (VGG only).
+    2   ``arch`` plus ``model_kwargs``, the registered builder's options (any architecture).
+Version-1 dicts are upgraded in memory by :func:`upgrade`; files are never rewritten.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from .errors import VggCifarError
+
+FORMAT = "vggcifar-checkpoint"
+FORMAT_VERSION = 2
+# Version 1's architecture options, with the defaults its writer used when one was missing.
+V1_MODEL_KWARGS = {"head": "mlp", "width": 1.0, "dropout": 0.2}
+
+
+def torch_load_reason(e: Exception) -> str:
+    """One line saying why ``torch.load`` refused a file.
+
+    torch's message for a file the weights-only loader refuses advises loading it again with
+    ``weights_only=False``, which runs any code the file holds; that advice is dropped, and so
+    are its links and boilerplate. What is left is the loader's actual finding, e.g.
+    ``Unsupported operand 110`` or ``... unsupported GLOBAL posix.system ...``.
+    """
+    noise = ("weights only load failed", "weights_only", "please file an issue",
+             "check the documentation", "trusted source")
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    keep = [ln for ln in lines if not any(n in ln.lower() for n in noise)]
+    reason = (keep or [type(e).__name__])[0]
+    return reason.split(". ")[0].rstrip(".")[:200]
+
+
+def check_format(ckpt, where) -> None:
+    """Refuse anything but a vggcifar checkpoint dict of a format version we understand."""
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise VggCifarError(
+            f"{where} is not a vggcifar checkpoint (no '{FORMAT}' marker); "
+            "pass a best.pt/last.pt written by vgg-train")
+    version = ckpt.get("format_version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise VggCifarError(f"{where} has a malformed checkpoint format version {version!r}")
+    if version > FORMAT_VERSION:
+        raise VggCifarError(
+            f"{where} has checkpoint format {version}, newer than this vggcifar "
+            f"understands ({FORMAT_VERSION}); upgrade vggcifar")
+
+
+def upgrade(ckpt: dict) -> dict:
+    """A checkpoint dict (already through :func:`check_format`) in the current version's form.
+
+    Version 1 (and 0) kept VGG's options at top level; they move into ``model_kwargs``, missing
+    ones taking the defaults version 1's writer used, and ``format_version`` becomes the current
+    one, so the dict saved again (``pack_shipped``, a resumed run) is a consistent version-2
+    file. A version-2 dict is returned as it is.
+    """
+    if ckpt.get("format_version", 0) >= 2:
+        return ckpt
+    out = {k: v for k, v in ckpt.items() if k not in V1_MODEL_KWARGS}
+    out["model_kwargs"] = {k: ckpt.get(k, d) for k, d in V1_MODEL_KWARGS.items()}
+    out["format_version"] = FORMAT_VERSION
+    return out
+
+
+def model_spec(ckpt: dict) -> tuple[str, dict]:
+    """``(arch, model_kwargs)`` of a checkpoint dict (either version) or of the ``meta`` of
+    :func:`vggcifar.checkpoint.load_checkpoint`: what ``create_model(arch, num_classes,
+    **model_kwargs)`` needs besides the class count. The values are as stored (unchecked)."""
+    if "model_kwargs" in ckpt:
+        kwargs = ckpt["model_kwargs"]
+    else:  # a version-1 dict that did not go through upgrade()
+        kwargs = {k: ckpt.get(k, d) for k, d in V1_MODEL_KWARGS.items()}
+    return ckpt.get("arch"), kwargs
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    """Load a checkpoint dict onto the CPU (weights only, no code execution), check its format
+    and return it in the current version's form (:func:`upgrade`).
+
+    Raises:
+        VggCifarError: missing file, unreadable/corrupt file, or a file that is not a vggcifar
+            checkpoint.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise VggCifarError(f"checkpoint {path} does not exist")
+    if path.is_dir():
+        raise VggCifarError(f"checkpoint {path} is a folder; pass the .pt file inside it")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for bad files
+        raise VggCifarError(
+            f"{path} is not a readable vggcifar checkpoint ({torch_load_reason(e)}); "
+            "pass a best.pt/last.pt written by vgg-train") from e
+    check_format(ckpt, path)
+    return upgrade(ckpt)

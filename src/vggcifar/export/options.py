@@ -1,0 +1,14 @@
+"""The export's choices and defaults, without torch or onnx, so ``vgg-export --help`` can list
+them quickly. The modules that use them re-export them."""
+
+from ..runtime.contract import PRECISIONS  # noqa: F401  (re-exported for the CLI)
+
+EXPORTERS = ("torchscript", "dynamo")
+DEFAULT_OPSET = 18
+# The TorchScript exporter stops at opset 20; the dynamo exporter converts from 18 when asked for
+# less, which can fail; either failure is reported per exporter.
+MIN_OPSET, MAX_OPSET = 13, 23
+RANDOM_IMAGES = 256  # random [0, 1] inputs in every parity check
+PARITY_IMAGES = 1000  # real test images in the parity check (with --data)
+CALIB_IMAGES = 512  # int8 calibration images
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")

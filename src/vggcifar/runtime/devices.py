@@ -1,0 +1,37 @@
+"""Which torch device a ``--device`` value means: the one resolver for training, the study and
+serving. torch is imported when a device is resolved, so importing this module is cheap."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..errors import VggCifarError
+
+if TYPE_CHECKING:
+    import torch
+
+DEVICE_HELP = "use auto, cpu or cuda[:N]"
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """``None``/``""``/``auto`` -> CUDA when PyTorch sees a GPU, else CPU; otherwise the named
+    device (``cpu``, ``cuda``, ``cuda:N``; case-insensitive).
+
+    Raises:
+        VggCifarError: CUDA asked for but not available, or any other device string.
+    """
+    import torch
+
+    name = (name or "auto").strip().lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError) as e:
+        raise VggCifarError(f"unknown device {name!r}; {DEVICE_HELP}") from e
+    if dev.type not in ("cpu", "cuda"):
+        raise VggCifarError(f"device {name} is not supported; {DEVICE_HELP}")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise VggCifarError(f"--device {name}: CUDA is not available here (no CUDA GPU is "
+                            "visible to PyTorch); use --device cpu or auto")
+    return dev

@@ -1,0 +1,161 @@
+"""What every backend shares: the :class:`Backend` interface, the :class:`ModelInfo` it exposes,
+and how that info is read from a checkpoint's or an export's metadata."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ...errors import VggCifarError
+from ...preprocessing import Preprocessing
+from ...runtime.contract import REQUIRED_METADATA, ModelFileError, decode_metadata
+
+
+@dataclass
+class ModelInfo:
+    """What the page and the CLI say about the loaded model.
+
+    ``format`` is the file's :func:`~vggcifar.runtime.contract.model_kind` ("checkpoint",
+    "shipped", "onnx" or "tensorrt"). ``test_accuracy`` is the one-view figure (what plain
+    serving delivers); ``test_accuracy_tta`` the figure with flip test-time augmentation
+    (``Predictor(tta=True)``). Either is ``None`` when the model file does not record it.
+    """
+
+    name: str
+    path: str
+    format: str
+    preproc: Preprocessing
+    arch: str | None = None
+    test_accuracy: float | None = None
+    test_accuracy_tta: float | None = None
+    precision: str | None = None
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.preproc.class_names
+
+    def accuracy(self, tta: bool = False) -> float | None:
+        """The test accuracy of the chosen serving mode (``None``: not recorded)."""
+        return self.test_accuracy_tta if tta else self.test_accuracy
+
+    def accuracy_text(self, tta: bool = False) -> str:
+        """e.g. ``test accuracy 88.04% (one view)`` or ``... (flip TTA)``."""
+        acc, mode = self.accuracy(tta), "flip TTA" if tta else "one view"
+        return f"test accuracy {acc:.2%} ({mode})" if acc is not None else \
+            f"test accuracy unknown ({mode})"
+
+    def describe(self, tta: bool = False) -> str:
+        """One line: ``name (arch, test accuracy 93.10% (one view))``, the figure of the chosen
+        serving mode."""
+        bits = [self.arch or "unknown arch"]
+        if self.precision:
+            bits.append(self.precision)
+        bits.append(self.accuracy_text(tta))
+        return f"{self.name} ({', '.join(bits)})"
+
+    def present_as(self, path, kind: str) -> None:
+        """Show this model as the file ``path`` of ``kind`` (an ONNX export made from a
+        checkpoint is presented as that checkpoint); shipped weights are stored fp16."""
+        self.name, self.path, self.format = display_name(path), str(path), kind
+        if kind == "shipped":
+            self.precision = SHIPPED_PRECISION
+
+
+# The shipped model's weights are stored in fp16 and run in fp32.
+SHIPPED_PRECISION = "fp16 weights"
+
+
+class Backend:
+    """One runtime serving one model file.
+
+    ``name`` is the backend (``torch``, ``onnx``, ``tensorrt``); ``device`` says where it runs
+    (``cpu``, ``cuda:0``...); ``info`` describes the model.
+    """
+
+    name = "?"
+    device = "cpu"
+    info: ModelInfo
+
+    @classmethod
+    def open(cls, path: Path, kind: str, device: str | None) -> "Backend":
+        """Open ``path``, a file of ``kind`` (one the backend's table row lists), on ``device``
+        (``None``/``auto``, ``cpu``, ``cuda[:N]``)."""
+        return cls(path, device)
+
+    def run(self, pixels: np.ndarray) -> np.ndarray:
+        """``[N, 3, S, S]`` uint8 RGB -> ``[N, num_classes]`` float32 probabilities."""
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        return f"{self.name} ({self.device})"
+
+
+def display_name(path: str | os.PathLike) -> str:
+    """``run/best.pt`` for run checkpoints (the file name alone says little), else the name."""
+    p = Path(path)
+    if p.stem in ("best", "last") and p.parent.name:
+        return f"{p.parent.name}/{p.name}"
+    return p.name
+
+
+def served_accuracy(meta: dict) -> tuple[float | None, float | None]:
+    """``(one view, flip TTA)`` test accuracies recorded for a model, ``None`` where unknown.
+
+    A run's ``test_accuracy`` is its TTA figure when its config used flip TTA (exports record
+    that as ``test_accuracy_with_tta``), else the one-view figure; ``test_accuracy_one_view`` is
+    always one view.
+    """
+    def number(v):
+        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+    acc, one = number(meta.get("test_accuracy")), number(meta.get("test_accuracy_one_view"))
+    if (meta.get("config") or {}).get("tta") or meta.get("test_accuracy_with_tta") is True:
+        return one, acc
+    return (one if one is not None else acc), None
+
+
+def info_from_export_metadata(meta: dict, path, kind: str) -> ModelInfo:
+    """Build :class:`ModelInfo` from ONNX ``metadata_props`` or a TensorRT sidecar (string
+    values, see :mod:`vggcifar.runtime.contract`).
+
+    Raises:
+        ModelFileError: ``class_names``, ``mean`` or ``std`` missing (not a vggcifar export), or
+            values out of bounds (see :func:`vggcifar.checkpoint.check_preprocessing`).
+    """
+    from ...checkpoint import check_preprocessing
+
+    m = decode_metadata(meta)
+    missing = [k for k in REQUIRED_METADATA if not m.get(k)]
+    if missing:
+        raise ModelFileError(
+            f"{path} lacks the vggcifar metadata {', '.join(missing)}; "
+            "export the model with vgg-export")
+    pre = {"class_names": m["class_names"], "mean": m["mean"], "std": m["std"],
+           "input_size": m.get("input_size") or 32}
+    try:
+        check_preprocessing(pre, None, f"{path} metadata")
+    except VggCifarError as e:
+        raise ModelFileError(str(e)) from e
+    one, tta = served_accuracy(m)
+    return ModelInfo(
+        name=display_name(path), path=str(path), format=kind, preproc=Preprocessing.from_dict(pre),
+        arch=m.get("arch") or None, test_accuracy=one, test_accuracy_tta=tta,
+        precision=str(m["precision"]) if m.get("precision") else None)
+
+
+def check_outputs(y: np.ndarray, num_classes: int, path) -> np.ndarray:
+    """``y`` ``[N, C]`` as float32, or :class:`ModelFileError` when ``C`` is not the number of
+    class names in the metadata (a graph with a symbolic size can only be checked per run)."""
+    if y.ndim != 2 or y.shape[1] != num_classes:
+        raise ModelFileError(f"{path} gave {y.shape[1:]} outputs per image, but its "
+                             f"metadata names {num_classes} classes")
+    return y.astype(np.float32, copy=False)
+
+
+def to_unit(pixels: np.ndarray) -> np.ndarray:
+    """``[N, 3, S, S]`` uint8 -> float32 in [0, 1], the exported graphs' input (they normalise
+    inside)."""
+    return pixels.astype(np.float32) * np.float32(1.0 / 255.0)

@@ -1,0 +1,138 @@
+"""An exported ``.onnx`` model run with onnxruntime; a checkpoint runs on its cached ONNX
+export (:mod:`vggcifar.export.cache`, imported only for that case).
+
+Input ``image``: ``[N, 3, S, S]`` float32 RGB in [0, 1] (the normalisation is inside the graph);
+output ``probabilities`` (or ``logits``, softmaxed here) ``[N, C]``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from ...runtime.contract import INPUT_NAME, LOGITS, PROBABILITIES, ModelFileError, decode_metadata
+from ...runtime.onnx import CUDA, device_session
+from .base import Backend, ModelInfo, check_outputs, info_from_export_metadata, to_unit
+
+log = logging.getLogger(__name__)
+
+
+class OnnxBackend(Backend):
+    """onnxruntime on one ONNX graph, on CUDA when it works (see
+    :func:`vggcifar.runtime.onnx.device_session`), else CPU."""
+
+    name = "onnx"
+
+    def __init__(self, path, device: str | None = None, model_bytes: bytes | None = None):
+        """``model_bytes``: the file's bytes, already read and verified, so the file cannot
+        change between the check and the load."""
+        model = path if model_bytes is None else model_bytes
+        self.session, self.provider = device_session(model, device, name=path)
+        self.path = path
+        self.device = "cuda" if self.provider == CUDA else "cpu"
+        self.metadata = decode_metadata(self.session.get_modelmeta().custom_metadata_map)
+        self.info: ModelInfo = info_from_export_metadata(self.metadata, path, "onnx")
+        self.num_classes = len(self.info.class_names)
+        inputs = self.session.get_inputs()
+        names = [o.name for o in self.session.get_outputs()]
+        self.input_name = INPUT_NAME if any(i.name == INPUT_NAME for i in inputs) else inputs[0].name
+        if PROBABILITIES in names:
+            self.output_name, self.softmax = PROBABILITIES, False
+        elif LOGITS in names:
+            self.output_name, self.softmax = LOGITS, True
+        else:
+            raise ModelFileError(f"{path} has no {PROBABILITIES!r} or {LOGITS!r} output; "
+                                 "export the model with vgg-export")
+        self._check_interface(inputs, self.session.get_outputs())
+        shape = inputs[0].shape
+        # A fixed batch dimension (an int) means batches must be cut to that size.
+        self.fixed_batch = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else None
+
+    @classmethod
+    def open(cls, path: Path, kind: str, device: str | None) -> "OnnxBackend":
+        if kind == "onnx":
+            return cls(path, device)
+        return onnx_backend_for_checkpoint(path, device)
+
+    def _check_interface(self, inputs, outputs) -> None:
+        """The graph must take one float ``[N, 3, S, S]`` input (``S`` from the metadata) and give
+        ``[N, C]`` with ``C`` = the number of class names; symbolic sizes are checked per run.
+
+        Raises:
+            ModelFileError: naming the mismatch.
+        """
+        s = self.info.preproc.input_size
+        inp = next(i for i in inputs if i.name == self.input_name)
+        fixed = [(d, want) for d, want in zip(inp.shape[1:], (3, s, s)) if isinstance(d, int)]
+        if (len(inputs) != 1 or inp.type != "tensor(float)" or len(inp.shape) != 4
+                or any(d != want for d, want in fixed)):
+            raise ModelFileError(
+                f"{self.path} takes {len(inputs)} input(s), {inp.name!r} {inp.type} {inp.shape}; "
+                f"its metadata says one float [N, 3, {s}, {s}]: re-export it with vgg-export")
+        out = next(o for o in outputs if o.name == self.output_name)
+        if len(out.shape) != 2 or (isinstance(out.shape[1], int)
+                                   and out.shape[1] != self.num_classes):
+            raise ModelFileError(
+                f"{self.path} output {out.name!r} is {out.shape}, but its metadata names "
+                f"{self.num_classes} classes: re-export it with vgg-export")
+
+    def run(self, pixels: np.ndarray) -> np.ndarray:
+        """``[N, 3, S, S]`` uint8 -> ``[N, C]`` float32 probabilities."""
+        x = to_unit(pixels)
+        if self.fixed_batch and len(x) != self.fixed_batch:
+            return np.concatenate([self._run_fixed(x[i:i + self.fixed_batch])
+                                   for i in range(0, len(x), self.fixed_batch)])
+        return self._out(self.session.run([self.output_name], {self.input_name: x})[0])
+
+    def _run_fixed(self, x: np.ndarray) -> np.ndarray:
+        """A batch of at most ``fixed_batch`` images, zero-padded to it; the padding is cut off."""
+        n = len(x)
+        if n < self.fixed_batch:
+            x = np.concatenate([x, np.zeros((self.fixed_batch - n, *x.shape[1:]), x.dtype)])
+        return self._out(self.session.run([self.output_name], {self.input_name: x})[0])[:n]
+
+    def _out(self, y: np.ndarray) -> np.ndarray:
+        y = check_outputs(y, self.num_classes, self.path)
+        if self.softmax:
+            y = np.exp(y - y.max(axis=1, keepdims=True))
+            y /= y.sum(axis=1, keepdims=True)
+        return y
+
+    def describe(self) -> str:
+        return f"onnx ({self.provider})"
+
+
+def onnx_backend_for_checkpoint(path, device: str | None = None) -> OnnxBackend:
+    """onnxruntime on the cached ONNX export of a checkpoint or shipped manifest, presented as
+    that checkpoint.
+
+    The source weights are verified first (shipped parts on every load). The cached export is
+    used only if it verifies (:func:`vggcifar.export.cache.cached_onnx`) and its metadata's
+    ``source_sha256`` is this source's; a file that fails either check, or fails to load, is
+    rebuilt once.
+
+    Raises:
+        VggCifarError: damaged source weights, or an export that still fails after the rebuild.
+    """
+    # The one place serving uses export: making the graph. Imported here so that serving an
+    # .onnx file or an engine never loads the exporter.
+    from ...export import cache
+    from ...export.onnx_export import checkpoint_sha256
+    from ...runtime.contract import model_kind
+
+    sha = checkpoint_sha256(path)
+    for rebuild in (False, True):
+        cached, data = cache.cached_onnx(path, sha, rebuild=rebuild)
+        try:
+            b = OnnxBackend(cached, device, model_bytes=data)
+            if b.metadata.get("source_sha256") != sha:
+                raise ModelFileError(f"{cached} is not an export of {path}")
+            break
+        except ModelFileError as e:
+            if rebuild:
+                raise
+            log.info("cached ONNX export unusable (%s); rebuilding it", e)
+    b.info.present_as(path, model_kind(path))
+    return b

@@ -1,0 +1,189 @@
+"""One convention for the seven commands: every command's --help and --version, the shared
+options (--model, --out, --quiet, --json, --top-k), help text on every option, click.Path types,
+one-line usage errors, and the time --help takes (torch is imported only when a command runs)."""
+
+from __future__ import annotations
+
+import importlib
+import io
+import json
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner
+
+import vggcifar
+
+COMMANDS = {
+    "vgg-train": "vggcifar.training.cli",
+    "vgg-study": "vggcifar.study.cli",
+    "vgg-export": "vggcifar.export.cli",
+    "vgg-predict": "vggcifar.serving.cli",
+    "vgg-eval": "vggcifar.serving.eval_cli",
+    "vgg-demo": "vggcifar.serving.demo",
+    "vgg-serve": "vggcifar.serving.http_api",
+}
+READS_A_MODEL = ("vgg-export", "vgg-predict", "vgg-eval", "vgg-demo", "vgg-serve")
+WRITES_A_FOLDER = ("vgg-train", "vgg-study", "vgg-export")
+HAS_A_RESULT = ("vgg-train", "vgg-study", "vgg-export", "vgg-predict", "vgg-eval")
+LISTS_CLASSES = ("vgg-predict", "vgg-demo", "vgg-serve")
+# Options and arguments that name a file or folder.
+PATH_PARAMS = {"model_path", "out", "data", "data_path", "resume", "triton_dir", "inputs"}
+HELP_BUDGET_S = 0.4  # over the interpreter's own start-up (`python -c pass`)
+
+
+def command_of(name: str) -> click.Command:
+    return importlib.import_module(COMMANDS[name]).main
+
+
+def options_of(name: str) -> dict[str, click.Parameter]:
+    """``--long-name -> parameter`` of a command."""
+    return {o: p for p in command_of(name).params for o in p.opts if o.startswith("--")}
+
+
+def argv(name: str) -> list[str]:
+    """The installed console script, else the same command through ``python -c``."""
+    exe = Path(sys.executable).parent / name
+    if exe.exists():
+        return [str(exe)]
+    return [sys.executable, "-c", f"from {COMMANDS[name]} import main; main(prog_name={name!r})"]
+
+
+def best_of(cmd: list[str], n: int = 3) -> float:
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        subprocess.run(cmd, capture_output=True, check=True, timeout=60)
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_help_and_version_are_fast(name):
+    baseline = best_of([sys.executable, "-c", "pass"])
+    r = subprocess.run(argv(name) + ["--help"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.startswith(f"Usage: {name}"), r.stderr
+    assert "--version" in r.stdout and "--quiet" in r.stdout
+    help_s = best_of(argv(name) + ["--help"])
+    assert help_s - baseline < HELP_BUDGET_S, (
+        f"{name} --help took {help_s:.2f} s ({baseline:.2f} s for python -c pass)")
+    r = subprocess.run(argv(name) + ["--version"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == f"{name} (vggcifar {vggcifar.__version__})"
+
+
+def test_command_modules_do_not_import_torch():
+    """The reason --help is fast: nothing a command module imports pulls torch, onnx, gradio."""
+    code = ("import sys\n"
+            + "".join(f"import {m}\n" for m in COMMANDS.values())
+            + "heavy = [m for m in ('torch', 'onnx', 'onnxruntime', 'gradio', 'numpy') "
+              "if m in sys.modules]\n"
+              "print(','.join(heavy))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "", f"imported at module level: {r.stdout.strip()}"
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_shared_options(name):
+    opts = options_of(name)
+    assert "--version" in opts and "--quiet" in opts
+    assert ("--model" in opts) == (name in READS_A_MODEL)
+    assert ("--json" in opts) == (name in HAS_A_RESULT)
+    assert ("--top-k" in opts) == (name in LISTS_CLASSES)
+    if name in WRITES_A_FOLDER:
+        assert "--out" in opts
+    if name in LISTS_CLASSES:
+        assert opts["--top-k"].default == 3
+    if name in READS_A_MODEL:
+        model = opts["--model"]
+        assert isinstance(model.type, click.Path) and model.default is None
+    assert "--name" not in opts  # vgg-train's --out is the run folder itself
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_every_option_has_help_and_paths_are_typed(name):
+    cmd = command_of(name)
+    assert cmd.help, f"{name} has no description"
+    for p in cmd.params:
+        if isinstance(p, click.Option):
+            assert p.help and p.help.strip(), f"{name} {p.opts[0]} has no help text"
+        if p.name in PATH_PARAMS and not getattr(p, "is_flag", False):
+            assert isinstance(p.type, click.Path), f"{name} {p.opts[0]} is not a click.Path"
+
+
+@pytest.mark.parametrize("name", ["vgg-predict", "vgg-eval", "vgg-export"])
+def test_usage_errors_are_one_line_naming_the_option(name, tmp_path):
+    args = {"vgg-predict": ["x.png"], "vgg-eval": ["--data", str(tmp_path)], "vgg-export": []}
+    r = CliRunner().invoke(command_of(name), args[name] + ["--model", str(tmp_path / "no.pt")])
+    assert r.exit_code == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "'--model'" in lines[0]
+    assert "does not exist" in lines[0] and r.stdout == ""
+
+
+def test_export_positional_model_names_model_option(tmp_path):
+    r = CliRunner().invoke(command_of("vgg-export"), [str(tmp_path / "best.pt")])
+    assert r.exit_code == 2
+    assert r.stderr.startswith("error: ") and "--model" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_arch_is_checked_against_the_registry():
+    r = CliRunner().invoke(command_of("vgg-train"), ["--arch", "vgg17", "--quiet"])
+    assert r.exit_code == 2 and "Invalid value for '--arch'" in r.stderr
+    for arch in vggcifar.list_models():  # the help names every registered architecture
+        assert arch in command_of("vgg-train").get_help(click.Context(command_of("vgg-train")))
+
+
+def test_train_out_is_the_run_folder(tmp_path):
+    from vggcifar.training.cli import run_folder_options
+
+    assert run_folder_options(str(tmp_path / "runs" / "a"), None) == {
+        "out": str(tmp_path / "runs"), "name": "a"}
+    assert run_folder_options(None, None) == {"out": "runs", "name": None}
+    last = tmp_path / "runs" / "a" / "last.pt"
+    assert run_folder_options(None, str(last)) == {"resume": str(last)}
+    assert run_folder_options(str(last.parent), str(last)) == {"resume": str(last)}
+
+
+def test_predict_reads_an_image_from_stdin(tiny_checkpoint):
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 32), (200, 30, 30)).save(buf, "PNG")
+    cmd = command_of("vgg-predict")
+    r = CliRunner().invoke(cmd, ["-", "--model", str(tiny_checkpoint), "--json", "--quiet",
+                                 "--backend", "torch"], input=buf.getvalue())
+    assert r.exit_code == 0, r.stderr
+    row = json.loads(r.stdout)
+    assert row["file"] == "-" and row["label"] and len(row["top_k"]) == 3
+    assert r.stderr == ""  # --quiet
+    r = CliRunner().invoke(cmd, ["-", "--model", str(tiny_checkpoint), "--backend", "torch"],
+                           input=b"not an image")
+    assert r.exit_code == 1 and "error: -:" in r.stderr
+
+
+def test_busy_port_names_the_option():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        for name in ("vgg-demo", "vgg-serve"):
+            r = CliRunner().invoke(command_of(name), ["--port", str(port)])
+            assert r.exit_code == 2, r.output
+            assert "--port" in r.stderr and "server_port" not in r.output
+
+
+@pytest.mark.parametrize("package", ["vggcifar", "vggcifar.serving", "vggcifar.export",
+                                     "vggcifar.training", "vggcifar.study"])
+def test_lazy_package_exports_resolve(package):
+    """The packages import their public names on first use; every one of them must resolve."""
+    module = importlib.import_module(package)
+    for name in module.__all__:
+        assert getattr(module, name) is not None, f"{package}.{name}"
+    assert set(module.__all__) <= set(dir(module))
