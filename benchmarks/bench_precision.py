@@ -1,0 +1,121 @@
+"""Training throughput in fp32 and bf16 autocast, side by side in one run, with the bf16 ceiling
+that a matmul probe on the same machine puts on it.
+
+    python benchmarks/bench_precision.py [--archs vgg11 vgg16] [--batch-size 128] [--steps 12]
+
+The step is the trainer's: channels_last, SGD with momentum, label-smoothed cross-entropy,
+autocast exactly as ``vgg-train --amp`` runs it. The ceiling is (matmul FLOP/s in bf16) divided
+by the model's training FLOPs per image (3 x the forward multiply-adds x 2), i.e. what the
+machine could do if every FLOP of the step ran at matmul speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+
+import torch
+import torch.nn.functional as F
+
+from vggcifar.models import create_model
+from vggcifar.training.config import resolve_amp
+
+
+def matmul_flops(dtype: torch.dtype, n: int = 2048, seconds: float = 3.0) -> float:
+    """Sustained FLOP/s of an ``n x n`` matmul in ``dtype`` on the CPU."""
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    for _ in range(3):
+        a @ b
+    reps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        a @ b
+        reps += 1
+    return 2 * n**3 * reps / (time.perf_counter() - t0)
+
+
+def forward_macs(model: torch.nn.Module, size: int = 32) -> int:
+    """Multiply-adds of one image's forward pass (convolutions and linear layers)."""
+    macs = 0
+
+    def hook(mod, inp, out):
+        nonlocal macs
+        if isinstance(mod, torch.nn.Conv2d):
+            k = mod.kernel_size[0] * mod.kernel_size[1] * mod.in_channels // mod.groups
+            macs += out.numel() * k
+        elif isinstance(mod, torch.nn.Linear):
+            macs += out.numel() * mod.in_features
+
+    hooks = [m.register_forward_hook(hook) for m in model.modules()
+             if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    with torch.no_grad():
+        model.eval()(torch.zeros(1, 3, size, size))
+    for h in hooks:
+        h.remove()
+    return macs
+
+
+def train_throughput(arch: str, amp: bool, batch: int, steps: int, warmup: int = 3) -> float:
+    """Images per second of the trainer's step on ``batch`` random images."""
+    torch.manual_seed(0)
+    model = create_model(arch).to(memory_format=torch.channels_last).train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    dtype = torch.bfloat16 if amp else torch.float32
+    x = torch.randn(batch, 3, 32, 32).to(dtype).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (batch,))
+    t0 = 0.0
+    for i in range(warmup + steps):
+        if i == warmup:
+            t0 = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            loss = F.cross_entropy(model(x).float(), y, label_smoothing=0.1)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return batch * steps / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--archs", nargs="+", default=["vgg11", "vgg16"])
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--steps", type=int, default=12)
+    ap.add_argument("--json", default=None, help="also write the results here")
+    args = ap.parse_args()
+    amp_auto, reason = resolve_amp(None, torch.device("cpu"))
+    fp32, bf16 = matmul_flops(torch.float32), matmul_flops(torch.bfloat16)
+    rows = []
+    for arch in args.archs:
+        macs = forward_macs(create_model(arch))
+        train_flops = 3 * 2 * macs  # forward + backward (two matmuls per forward one)
+        r = {"arch": arch, "forward_mmacs": round(macs / 1e6, 1),
+             "train_gflop_per_image": round(train_flops / 1e9, 3)}
+        for name, amp in (("fp32", False), ("bf16", True)):
+            r[f"{name}_img_s"] = round(train_throughput(arch, amp, args.batch_size, args.steps), 1)
+        r["speedup"] = round(r["bf16_img_s"] / r["fp32_img_s"], 2)
+        r["bf16_ceiling_img_s"] = round(bf16 / train_flops, 1)
+        r["bf16_of_ceiling"] = round(r["bf16_img_s"] / r["bf16_ceiling_img_s"], 2)
+        rows.append(r)
+    res = {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+           "load_average": os.getloadavg(), "torch": str(torch.__version__),
+           "batch_size": args.batch_size, "steps": args.steps,
+           "matmul_gflop_s": {"fp32": round(fp32 / 1e9, 1), "bf16": round(bf16 / 1e9, 1)},
+           "amp_auto": amp_auto, "amp_reason": reason, "rows": rows}
+    print(f"matmul 2048x2048: fp32 {fp32 / 1e9:.0f} GFLOP/s, bf16 {bf16 / 1e9:.0f} GFLOP/s; "
+          f"--amp auto here: {amp_auto} ({reason})")
+    print(f"{'arch':<7}{'GFLOP/img':>10}{'fp32 img/s':>12}{'bf16 img/s':>12}{'speed-up':>10}"
+          f"{'ceiling':>9}{'of ceiling':>12}")
+    for r in rows:
+        print(f"{r['arch']:<7}{r['train_gflop_per_image']:>10.2f}{r['fp32_img_s']:>12.1f}"
+              f"{r['bf16_img_s']:>12.1f}{r['speedup']:>9.2f}x{r['bf16_ceiling_img_s']:>9.0f}"
+              f"{r['bf16_of_ceiling']:>12.0%}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(res, f, indent=2)
+    print(json.dumps(res))
+
+
+if __name__ == "__main__":
+    main()
