@@ -17,61 +17,55 @@ from .config import LOADERS, SCHEDULES, TrainConfig
 D = TrainConfig()
 
 
+def _field(flag: str, *args, **kw):
+    """A click option for the TrainConfig field named like the flag, defaulting to its value."""
+    attr = flag.split("/")[0].lstrip("-").replace("-", "_")
+    return click.option(flag, *args, default=getattr(D, attr), show_default=True, **kw)
+
+
 def train_options(fn):
     """The training options, shared by `vgg-train` and `vgg-study`."""
     opts = [
-        click.option("--arch", default=D.arch, show_default=True, metavar="NAME",
-                     help="Architecture, by its name in the model registry: vgg11, vgg13, vgg16, "
-                          "vgg19 (vggcifar.list_models() lists every registered one)."),
-        click.option("--head", default=D.head, show_default=True, metavar="mlp|linear",
-                     help="Classifier: mlp = 512-512-512-classes with dropout (the study's); "
-                          "linear = one layer."),
-        click.option("--width", type=float, default=D.width, show_default=True,
-                     help="Channel multiplier (1 = real VGG)."),
-        click.option("--dropout", type=float, default=D.dropout, show_default=True,
-                     help="Dropout probability in the mlp head."),
-        click.option("--val-size", type=int, default=D.val_size, show_default=True,
-                     help="Cap on validation images (taken from the training images not used "
-                          "for training)."),
-        click.option("--val-every", type=int, default=D.val_every, show_default=True,
-                     help="Validate every N epochs (0 = auto: often enough, never dominating "
-                          "small-split runs)."),
-        click.option("--epochs", type=int, default=D.epochs, show_default=True,
-                     help="Training epochs (ignored with --steps)."),
+        _field("--arch", metavar="NAME",
+               help="Architecture, by its name in the model registry: vgg11, vgg13, vgg16, "
+                    "vgg19 (vggcifar.list_models() lists every registered one)."),
+        _field("--head", metavar="mlp|linear",
+               help="Classifier: mlp = 512-512-512-classes with dropout (the study's); "
+                    "linear = one layer."),
+        _field("--width", type=float, help="Channel multiplier (1 = real VGG)."),
+        _field("--dropout", type=float, help="Dropout probability in the mlp head."),
+        _field("--val-size", type=int,
+               help="Cap on validation images (taken from the training images not used for "
+                    "training)."),
+        _field("--val-every", type=int,
+               help="Validate every N epochs (0 = auto: often enough, never dominating "
+                    "small-split runs)."),
+        _field("--epochs", type=int, help="Training epochs (ignored with --steps)."),
         click.option("--steps", type=int, default=None,
                      help="Train for this many optimisation steps instead of --epochs."),
-        click.option("--batch-size", type=int, default=D.batch_size, show_default=True,
-                     help="Global batch size (0 = auto from the training-set size: at least 16 "
-                          "steps per epoch, 32..512 on CUDA, 32..128 on CPU)."),
-        click.option("--lr", type=float, default=D.lr, show_default=True,
-                     help="Peak learning rate (0 = auto: 0.1 x batch/128, at most 0.4)."),
-        click.option("--momentum", type=float, default=D.momentum, show_default=True,
-                     help="SGD momentum."),
-        click.option("--nesterov/--no-nesterov", default=D.nesterov, show_default=True,
-                     help="Nesterov momentum."),
-        click.option("--weight-decay", type=float, default=D.weight_decay, show_default=True,
-                     help="L2 weight decay."),
-        click.option("--schedule", type=click.Choice(SCHEDULES), default=D.schedule,
-                     show_default=True, help="Learning-rate schedule, stepped every batch."),
-        click.option("--warmup", type=float, default=D.warmup, show_default=True,
-                     help="Warm-up fraction of the onecycle schedule."),
-        click.option("--label-smoothing", type=float, default=D.label_smoothing,
-                     show_default=True, help="Label smoothing of the cross-entropy loss."),
-        click.option("--tta/--no-tta", default=D.tta, show_default=True,
-                     help="Average predictions with the mirrored image at test time."),
-        click.option("--data", default=D.data, show_default=True, metavar="DIR",
-                     type=click.Path(file_okay=False),
-                     help="CIFAR-10 folder: cifar-10-batches-py or train/<class>/, test/<class>/ "
-                          "images (detected). Downloaded here when missing and online."),
+        _field("--batch-size", type=int,
+               help="Global batch size (0 = auto from the training-set size: at least 16 steps "
+                    "per epoch, 32..512 on CUDA, 32..128 on CPU)."),
+        _field("--lr", type=float,
+               help="Peak learning rate (0 = auto: 0.1 x batch/128, at most 0.4)."),
+        _field("--momentum", type=float, help="SGD momentum."),
+        _field("--nesterov/--no-nesterov", help="Nesterov momentum."),
+        _field("--weight-decay", type=float, help="L2 weight decay."),
+        _field("--schedule", type=click.Choice(SCHEDULES),
+               help="Learning-rate schedule, stepped every batch."),
+        _field("--warmup", type=float, help="Warm-up fraction of the onecycle schedule."),
+        _field("--label-smoothing", type=float, help="Label smoothing of the cross-entropy loss."),
+        _field("--tta/--no-tta", help="Average predictions with the mirrored image at test time."),
+        _field("--data", metavar="DIR", type=click.Path(file_okay=False),
+               help="CIFAR-10 folder: cifar-10-batches-py or train/<class>/, test/<class>/ "
+                    "images (detected). Downloaded here when missing and online."),
         click.option("--download/--no-download", default=True, show_default=True,
                      help="Download CIFAR-10 into --data when it holds no data."),
-        click.option("--loader", type=click.Choice(LOADERS), default=D.loader, show_default=True,
-                     help="device = whole split on the device, batched augmentation; classic = "
-                          "torchvision DataLoader with PIL transforms (baseline)."),
-        click.option("--workers", type=int, default=D.workers, show_default=True,
-                     help="DataLoader workers for --loader classic."),
-        click.option("--device", default=D.device, show_default=True,
-                     help="auto, cpu or cuda[:N]."),
+        _field("--loader", type=click.Choice(LOADERS),
+               help="device = whole split on the device, batched augmentation; classic = "
+                    "torchvision DataLoader with PIL transforms (baseline)."),
+        _field("--workers", type=int, help="DataLoader workers for --loader classic."),
+        _field("--device", help="auto, cpu or cuda[:N]."),
         click.option("--amp/--no-amp", default=None,
                      help="bf16 autocast. Default: on for CUDA and for a CPU that runs bf16 "
                           "natively (oneDNN's check; AVX512-BF16/AMX), off elsewhere. "
@@ -82,11 +76,9 @@ def train_options(fn):
                      help="torch.compile the model."),
         click.option("--sync-bn/--no-sync-bn", default=False, show_default=True,
                      help="SyncBatchNorm across ranks under torchrun."),
-        click.option("--save-every", type=click.IntRange(1), default=D.save_every,
-                     show_default=True,
-                     help="Write last.pt (for --resume) every N epochs and after the last one."),
-        click.option("--seed", type=int, default=D.seed, show_default=True,
-                     help="Random seed (split, initialisation, augmentation)."),
+        _field("--save-every", type=click.IntRange(1),
+               help="Write last.pt (for --resume) every N epochs and after the last one."),
+        _field("--seed", type=int, help="Random seed (split, initialisation, augmentation)."),
         click.option("--quiet", is_flag=True, help=QUIET_HELP),
     ]
     for o in reversed(opts):
