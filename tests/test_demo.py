@@ -59,8 +59,8 @@ def client(served):
 
 
 def predict(client, path, *args):
-    """The API's outputs ``(label, model-input image path, JSON, details)``; ``args``: the
-    optional fit and tta (the API's defaults when left out)."""
+    """The API's outputs ``(label, JSON, details)``; ``args``: the optional fit and tta (the
+    API's defaults when left out)."""
     return client.predict(gradio_client.handle_file(str(path)), *args, api_name="/predict")
 
 
@@ -71,7 +71,7 @@ def label_of(client, path) -> dict:
 def test_predict_endpoint_matches_predictor(served, client):
     _, predictor, _, examples, _ = served
     for ex in examples[:3]:
-        label, _, as_json, details = predict(client, ex)
+        label, as_json, details = predict(client, ex)
         want = predictor.predict(ex, top_k=5)
         assert label["label"] == want.label
         got = {c["label"]: c["confidence"] for c in label["confidences"]}
@@ -87,8 +87,10 @@ def test_predict_endpoint_matches_predictor(served, client):
 
 
 def outputs(client, path, fit="squash", tta=False):
-    """``(probabilities by class, model input as an array)`` of one API call."""
-    label, seen, as_json, _ = predict(client, path, fit, tta)
+    """``(probabilities by class, model input as an array)``: the prediction, then the picture of
+    the model input (the page's second event)."""
+    label, as_json, _ = predict(client, path, fit, tta)
+    seen = client.predict(gradio_client.handle_file(str(path)), fit, api_name="/model_input")
     with Image.open(seen) as im:
         pixels = np.asarray(im.convert("RGB"))
     return {t["label"]: t["probability"] for t in as_json["top_k"]}, pixels
@@ -162,7 +164,7 @@ def test_bad_upload_is_a_clear_error_and_server_keeps_serving(what, message, ser
 
 
 def test_animated_gif_uses_first_frame_and_says_so(client, tmp_path):
-    label, _, as_json, details = predict(client, animated_gif(tmp_path / "anim.gif"))
+    label, as_json, details = predict(client, animated_gif(tmp_path / "anim.gif"))
     assert label["label"] and "first frame" in details
     assert "first frame" in as_json["notes"][0]
 
@@ -192,19 +194,22 @@ def test_only_its_own_folder_is_served(served, tmp_path):
         assert httpx.get(f"{url}gradio_api/file={path}").status_code in (403, 404), path
 
 
-def test_predict_endpoint_refuses_server_paths(served, client):
-    """A hand-made request naming a server file instead of an upload must not be read."""
+@pytest.mark.parametrize("endpoint", ["predict", "model_input"])
+def test_endpoints_refuse_server_paths(served, client, endpoint):
+    """A hand-made request naming a server file instead of an upload must not be read, by
+    either endpoint."""
     import json
 
     url, _, _, _, demo = served
-    fn_index = next(i for i, f in demo.fns.items() if f.api_name == "predict")
+    fn_index = next(i for i, f in demo.fns.items() if f.api_name == endpoint)
     secret = {"path": "/etc/passwd", "orig_name": "x.png", "meta": {"_type": "gradio.FileData"}}
     r = httpx.post(f"{url}gradio_api/queue/join", json={
-        "data": [secret], "fn_index": fn_index, "session_hash": "raw-test", "event_data": None,
+        "data": [secret, "squash"] + ([False] if endpoint == "predict" else []),
+        "fn_index": fn_index, "session_hash": f"raw-{endpoint}", "event_data": None,
         "trigger_id": None})
     assert r.status_code == 200
     done = None
-    with httpx.stream("GET", f"{url}gradio_api/queue/data", params={"session_hash": "raw-test"},
+    with httpx.stream("GET", f"{url}gradio_api/queue/data", params={"session_hash": f"raw-{endpoint}"},
                       timeout=30) as stream:
         for line in stream.iter_lines():
             if line.startswith("data:"):
@@ -276,7 +281,7 @@ def test_data_url_size_limit(served, tmp_path):
     small = buf.getvalue()
     event, data = call_raw(url, {"url": data_url(small), "orig_name": "ok.png"})
     assert event == "complete", data
-    assert json.loads(data)[2]["file"] == "ok.png"  # the JSON output, over plain HTTP too
+    assert json.loads(data)[1]["file"] == "ok.png"  # the JSON output, over plain HTTP too
     # A valid PNG padded after its end to just over 10 MB: the request body itself is under
     # the body limit (base64 of 10 MB plus room), so only the decoded size can refuse it.
     over = small + b"\0" * (10 * 2**20 + 1000 - len(small))

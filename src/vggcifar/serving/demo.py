@@ -224,8 +224,13 @@ def _details(predictor, pred, tta: bool, fit: str) -> str:
 
 def make_predict_fn(predictor, top_k: int = DEFAULT_TOP_K, *, roots=(),
                     max_bytes: int = int(DEFAULT_MAX_FILE_MB * 2**20)):
-    """The event handler: ``(FileData payload, fit, tta)`` -> (``{label: probability}``, the
-    enlarged 32x32 model input, :meth:`Prediction.to_dict` JSON, details markdown).
+    """The event handlers: ``predict(FileData payload, fit, tta)`` -> (``{label: probability}``,
+    :meth:`Prediction.to_dict` JSON, details markdown), and ``model_input(payload, fit)`` -> the
+    enlarged 32x32 model input.
+
+    The picture of the model input is a second event, chained after the prediction in the page:
+    an image output costs each API call about 70 ms (PNG encoding, a file, a download), which
+    clients of ``/predict`` that want only the answer should not pay.
 
     ``roots`` and ``max_bytes``: see :func:`received_image`. ``fit`` is ``squash`` or ``crop``
     and ``tta`` a bool (missing: the defaults). Bad images raise :class:`gradio.Error` with the
@@ -234,29 +239,41 @@ def make_predict_fn(predictor, top_k: int = DEFAULT_TOP_K, *, roots=(),
     """
     import gradio as gr
 
+    from .predictor import load_pixels
+
     roots = tuple(os.path.realpath(r) for r in roots)
 
-    def predict(image, fit="squash", tta=False):
-        if image is None:  # the image was cleared
-            return None, None, None, ""
+    def guarded(fn, image, fit, tta):
         # preprocess=False: the raw values come straight from the client; check them here.
         if fit not in FITS or not isinstance(tta, bool):
             raise gr.Error(f"fit must be one of {', '.join(FITS)} and tta true or false",
                            print_exception=False)
         try:
             data, name = received_image(image, roots, max_bytes)
-            pred = predictor.predict(data, top_k=top_k, name=name, tta=tta, fit=fit)
+            return fn(data, name)
         except VggCifarError as e:
             raise gr.Error(str(e), print_exception=False) from e
         except Exception as e:  # a bug, not the user's fault: keep the server alive, log it
             log.exception("prediction failed")
             raise gr.Error(f"could not classify this image ({type(e).__name__})") from e
+
+    def predict(image, fit="squash", tta=False):
+        if image is None:  # the image was cleared
+            return None, None, ""
+        pred = guarded(lambda data, name: predictor.predict(data, top_k=top_k, name=name,
+                                                            tta=tta, fit=fit), image, fit, tta)
         for note in pred.notes:
             gr.Warning(note)
-        return ({lab: p for lab, p in pred.top_k}, preview_image(pred.pixels), pred.to_dict(),
+        return ({lab: p for lab, p in pred.top_k}, pred.to_dict(),
                 _details(predictor, pred, tta, fit))
 
-    return predict
+    def model_input(image, fit="squash"):
+        if image is None:
+            return None
+        return guarded(lambda data, name: preview_image(
+            load_pixels(data, predictor.input_size, name=name, fit=fit)[0]), image, fit, False)
+
+    return predict, model_input
 
 
 def _header(predictor, name: str | None, has_card: bool) -> str:
@@ -293,8 +310,9 @@ def build_demo(predictor, *, top_k: int = DEFAULT_TOP_K, examples: list | None =
         max_file_size_mb: the largest image accepted, however it arrives (pass the same to
             :func:`launch_demo`).
     Returns:
-        ``gradio.Blocks`` with the queue configured; ``predict`` is the API endpoint: inputs
-        (image, fit, tta), outputs (label chart, model input, JSON, details).
+        ``gradio.Blocks`` with the queue configured; API endpoints ``predict``: inputs (image,
+        fit, tta), outputs (label chart, JSON, details); ``model_input``: inputs (image, fit),
+        output the enlarged model input (the page calls it after each prediction).
     """
     import gradio as gr
     from gradio.utils import get_upload_folder
@@ -338,11 +356,13 @@ def build_demo(predictor, *, top_k: int = DEFAULT_TOP_K, examples: list | None =
         # Where Gradio puts what it receives (GRADIO_TEMP_DIR, else <tmp>/gradio), and examples.
         roots = {demo.GRADIO_CACHE, get_upload_folder()}
         roots |= {str(Path(p).parent) for p in examples or []}
-        fn = make_predict_fn(predictor, top_k, roots=sorted(roots),
-                             max_bytes=int(max_file_size_mb * 2**20))
-        gr.on([image.change, fit.change, tta.change], fn, inputs=[image, fit, tta],
-              outputs=[label, seen, as_json, details], api_name="predict", preprocess=False,
-              concurrency_limit=concurrency_limit, show_progress="minimal")
+        predict, model_input = make_predict_fn(predictor, top_k, roots=sorted(roots),
+                                               max_bytes=int(max_file_size_mb * 2**20))
+        gr.on([image.change, fit.change, tta.change], predict, inputs=[image, fit, tta],
+              outputs=[label, as_json, details], api_name="predict", preprocess=False,
+              concurrency_limit=concurrency_limit, show_progress="minimal").then(
+            model_input, inputs=[image, fit], outputs=[seen], api_name="model_input",
+            preprocess=False, concurrency_limit=concurrency_limit, show_progress="hidden")
     demo.queue(max_size=queue_size, default_concurrency_limit=concurrency_limit)
     return demo
 
