@@ -122,29 +122,7 @@ def bench_demo(model: str, images: list[Path], backend: str, clients: int, reque
         conns = [Client(url, verbose=False) for _ in range(clients)]
         for c in conns:  # warm-up: first requests pay for lazy initialisation
             c.predict(handle_file(str(images[0])), api_name="/predict")
-        latencies: list[float] = []
-        lock = threading.Lock()
-        errors = []
-
-        def worker(i: int) -> None:
-            for j in range(requests):
-                img = images[(i * requests + j) % len(images)]
-                t0 = time.perf_counter()
-                try:
-                    conns[i].predict(handle_file(str(img)), api_name="/predict")
-                except Exception as e:  # recorded, reported, not fatal
-                    errors.append(repr(e))
-                    continue
-                with lock:
-                    latencies.append((time.perf_counter() - t0) * 1000)
-
-        threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
-        t0 = time.perf_counter()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        total = time.perf_counter() - t0
+        latencies, errors, total = gradio_load(conns, images, requests)
     finally:
         server.terminate()
         try:
@@ -157,6 +135,42 @@ def bench_demo(model: str, images: list[Path], backend: str, clients: int, reque
             "median_ms": round(float(np.median(lat)), 1),
             "p99_ms": round(float(np.percentile(lat, 99)), 1),
             "req_s": round(len(lat) / total, 1)}
+
+
+def gradio_load(conns, images: list[Path], requests: int,
+                max_seconds: float = float("inf")) -> tuple[list[float], list[str], float]:
+    """One thread per gradio_client ``Client`` in ``conns``, each calling ``/predict`` up to
+    ``requests`` times back to back (none started after ``max_seconds``).
+
+    Returns ``(latencies in ms, errors, wall seconds)``."""
+    from gradio_client import handle_file
+
+    latencies: list[float] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+    stop_at = time.perf_counter() + max_seconds
+
+    def worker(i: int) -> None:
+        for j in range(requests):
+            if time.perf_counter() > stop_at:
+                return
+            img = images[(i * requests + j) % len(images)]
+            t0 = time.perf_counter()
+            try:
+                conns[i].predict(handle_file(str(img)), api_name="/predict")
+            except Exception as e:  # recorded, reported, not fatal
+                errors.append(repr(e))
+                continue
+            with lock:
+                latencies.append((time.perf_counter() - t0) * 1000)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(conns))]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return latencies, errors, time.perf_counter() - t0
 
 
 def wait_healthy(server: subprocess.Popen, url: str, timeout: float = 180) -> dict:
@@ -250,32 +264,7 @@ def bench_gradio_api(url: str, images: list[Path], clients: int, requests: int,
     conns = [Client(url, verbose=False) for _ in range(clients)]
     for c in conns[:2]:  # warm-up
         c.predict(handle_file(str(images[0])), api_name="/predict")
-    latencies: list[float] = []
-    errors: list[str] = []
-    lock = threading.Lock()
-    stop_at = time.perf_counter() + max_seconds
-
-    def worker(i: int) -> None:
-        for j in range(requests):
-            if time.perf_counter() > stop_at:
-                return
-            img = images[(i * requests + j) % len(images)]
-            t0 = time.perf_counter()
-            try:
-                conns[i].predict(handle_file(str(img)), api_name="/predict")
-            except Exception as e:  # recorded, reported, not fatal
-                errors.append(repr(e))
-                continue
-            with lock:
-                latencies.append((time.perf_counter() - t0) * 1000)
-
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
-    t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    total = time.perf_counter() - t0
+    latencies, errors, total = gradio_load(conns, images, requests, max_seconds)
     for c in conns:
         try:
             c.close()
