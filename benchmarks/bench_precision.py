@@ -7,6 +7,10 @@ The step is the trainer's: channels_last, SGD with momentum, label-smoothed cros
 autocast exactly as ``vgg-train --amp`` runs it. The ceiling is (matmul FLOP/s in bf16) divided
 by the model's training FLOPs per image (3 x the forward multiply-adds x 2), i.e. what the
 machine could do if every FLOP of the step ran at matmul speed.
+
+Each precision is measured twice: as ``vgg-train`` runs it (the 4x4 and 2x2 maps through
+``Conv3x3``'s patch path, :mod:`vggcifar.models.conv3x3`) and with every convolution on oneDNN
+(``PATCH_MAX_PIXELS = 0``), which is how the trainer ran before that path existed.
 """
 
 from __future__ import annotations
@@ -20,8 +24,11 @@ import time
 import torch
 import torch.nn.functional as F
 
+import vggcifar.models.conv3x3 as conv3x3
 from vggcifar.models import create_model
 from vggcifar.training.config import resolve_amp
+
+PATCH_DEFAULT = conv3x3.PATCH_MAX_PIXELS
 
 
 def matmul_flops(dtype: torch.dtype, n: int = 2048, seconds: float = 3.0) -> float:
@@ -57,8 +64,11 @@ def forward_macs(model: torch.nn.Module, size: int = 32) -> int:
     return macs
 
 
-def train_throughput(arch: str, amp: bool, batch: int, steps: int, warmup: int = 3) -> float:
-    """Images per second of the trainer's step on ``batch`` random images."""
+def train_throughput(arch: str, amp: bool, batch: int, steps: int, warmup: int = 3,
+                     patch: bool = True) -> float:
+    """Images per second of the trainer's step on ``batch`` random images; ``patch=False``
+    keeps every convolution on oneDNN."""
+    conv3x3.PATCH_MAX_PIXELS = PATCH_DEFAULT if patch else 0
     torch.manual_seed(0)
     model = create_model(arch).to(memory_format=torch.channels_last).train()
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
@@ -94,6 +104,9 @@ def main() -> None:
              "train_gflop_per_image": round(train_flops / 1e9, 3)}
         for name, amp in (("fp32", False), ("bf16", True)):
             r[f"{name}_img_s"] = round(train_throughput(arch, amp, args.batch_size, args.steps), 1)
+            r[f"{name}_onednn_only_img_s"] = round(
+                train_throughput(arch, amp, args.batch_size, args.steps, patch=False), 1)
+        conv3x3.PATCH_MAX_PIXELS = PATCH_DEFAULT
         r["speedup"] = round(r["bf16_img_s"] / r["fp32_img_s"], 2)
         r["bf16_ceiling_img_s"] = round(bf16 / train_flops, 1)
         r["bf16_of_ceiling"] = round(r["bf16_img_s"] / r["bf16_ceiling_img_s"], 2)
@@ -106,11 +119,12 @@ def main() -> None:
     print(f"matmul 2048x2048: fp32 {fp32 / 1e9:.0f} GFLOP/s, bf16 {bf16 / 1e9:.0f} GFLOP/s; "
           f"--amp auto here: {amp_auto} ({reason})")
     print(f"{'arch':<7}{'GFLOP/img':>10}{'fp32 img/s':>12}{'bf16 img/s':>12}{'speed-up':>10}"
-          f"{'ceiling':>9}{'of ceiling':>12}")
+          f"{'ceiling':>9}{'of ceiling':>12}{'fp32/bf16 oneDNN only':>24}")
     for r in rows:
         print(f"{r['arch']:<7}{r['train_gflop_per_image']:>10.2f}{r['fp32_img_s']:>12.1f}"
               f"{r['bf16_img_s']:>12.1f}{r['speedup']:>9.2f}x{r['bf16_ceiling_img_s']:>9.0f}"
-              f"{r['bf16_of_ceiling']:>12.0%}")
+              f"{r['bf16_of_ceiling']:>12.0%}"
+              f"{r['fp32_onednn_only_img_s']:>14.1f} / {r['bf16_onednn_only_img_s']:.1f}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(res, f, indent=2)

@@ -211,3 +211,97 @@ def test_corrupt_cache_is_rebuilt_by_vgg_train(cifar_batches, tmp_path, monkeypa
     f.write_bytes(b"garbage")
     r = CliRunner().invoke(train_cli, args + ["--out", str(tmp_path / "b")])
     assert r.exit_code == 0 and "corrupt cache" in r.output
+
+
+def test_weight_ema_averages_parameters_and_batchnorm_statistics():
+    from vggcifar.training.ema import WeightEMA
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    ema = WeightEMA(model, 0.5)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+        model[1].running_mean.add_(2.0)
+        model[1].num_batches_tracked.add_(7)
+    d = ema.current_decay()
+    assert d == pytest.approx(2 / 11)  # ramped up: min(0.5, (1 + 1) / (10 + 1))
+    ema.update()
+    avg = ema.module.state_dict()
+    for k, v in model.state_dict().items():
+        if v.is_floating_point():
+            assert torch.allclose(avg[k], d * start[k] + (1 - d) * v)
+        else:
+            assert torch.equal(avg[k], v)
+    assert not ema.module.training and not any(p.requires_grad for p in ema.module.parameters())
+    for _ in range(100):
+        ema.update()
+    assert ema.current_decay() == 0.5 and ema.state() == {"decay": 0.5, "updates": 101}
+    with pytest.raises(ValueError):
+        WeightEMA(model, 1.0)
+
+
+def test_ema_run_saves_the_average_and_resumes_to_the_same_weights(cifar_batches, tmp_path):
+    full = train(tiny(cifar_batches, tmp_path, name="full", epochs=3, ema=0.9))
+    assert full["test_accuracy"] > 0.5
+    last = read_checkpoint(tmp_path / "full" / "last.pt")
+    live, avg = last["training_state"]["live_state_dict"], last["state_dict"]
+    assert last["training_state"]["ema"]["updates"] == full["steps"]
+    assert any(not torch.equal(live[k], avg[k]) for k in avg if avg[k].is_floating_point())
+    # best.pt (chosen on validation) holds averaged weights, not the live ones
+    best = read_checkpoint(tmp_path / "full" / "best.pt")
+    assert best["config"]["ema"] == 0.9
+    from vggcifar.training import trainer as T
+
+    real_train_epoch = T._Run.train_epoch
+    calls = {"n": 0}
+
+    def interrupt(self, epoch):
+        if calls["n"] == 1:
+            raise KeyboardInterrupt
+        calls["n"] += 1
+        return real_train_epoch(self, epoch)
+
+    T._Run.train_epoch = interrupt
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train(tiny(cifar_batches, tmp_path, name="part", epochs=3, ema=0.9))
+    finally:
+        T._Run.train_epoch = real_train_epoch
+    part = tmp_path / "part" / "last.pt"
+    train(TrainConfig(resume=str(part), progress=False, device="cpu"))
+    b = read_checkpoint(part)
+    for key in ("state_dict",):
+        assert all(torch.allclose(last[key][k].float(), b[key][k].float(), atol=1e-6)
+                   for k in last[key])
+    assert all(torch.allclose(live[k].float(), b["training_state"]["live_state_dict"][k].float(),
+                              atol=1e-6) for k in live)
+
+
+def test_ema_can_be_switched_on_when_resuming(cifar_batches, tmp_path):
+    from vggcifar.training import trainer as T
+
+    real_train_epoch = T._Run.train_epoch
+
+    def interrupt(self, epoch):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return real_train_epoch(self, epoch)
+
+    T._Run.train_epoch = interrupt
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train(tiny(cifar_batches, tmp_path, name="run", epochs=2))
+    finally:
+        T._Run.train_epoch = real_train_epoch
+    last = tmp_path / "run" / "last.pt"
+    assert "ema" not in read_checkpoint(last)["training_state"]
+    r = CliRunner().invoke(train_cli, ["--resume", str(last), "--ema", "0.9", "--quiet",
+                                       "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    ckpt = read_checkpoint(last)
+    assert ckpt["config"]["ema"] == 0.9
+    assert ckpt["training_state"]["ema"]["updates"] == ckpt["training_state"]["step"] // 2
+    bad = CliRunner().invoke(train_cli, ["--ema", "1.5", "--data", "x"])
+    assert bad.exit_code == 2 and "--ema" in bad.output

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from ..errors import VggCifarError
+from .conv3x3 import Conv3x3
 from .registry import is_finite_number, register_model, show_value
 
 # Numbers are 3x3 conv output channels (each followed by BatchNorm and ReLU); "M" is a 2x2 max-pool.
@@ -45,7 +46,7 @@ class VGG(nn.Module):
                 layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
             else:
                 out_ch = max(1, int(round(v * width)))
-                layers += [nn.Conv2d(in_ch, out_ch, kernel_size=3, padding=1),
+                layers += [Conv3x3(in_ch, out_ch),
                            nn.BatchNorm2d(out_ch), nn.ReLU(inplace=True)]
                 in_ch = out_ch
         self.features = nn.Sequential(*layers)

@@ -76,6 +76,10 @@ def train_options(fn):
                      help="torch.compile the model."),
         click.option("--sync-bn/--no-sync-bn", default=False, show_default=True,
                      help="SyncBatchNorm across ranks under torchrun."),
+        _field("--ema", type=click.FloatRange(0, 1, max_open=True), metavar="DECAY",
+               help="Evaluate and save an exponential moving average of the weights with this "
+                    "per-step decay (e.g. 0.999: about the last 1,000 steps); 0 = off. May be "
+                    "switched on when resuming."),
         _field("--save-every", type=click.IntRange(1),
                help="Write last.pt (for --resume) every N epochs and after the last one."),
         _field("--seed", type=int, help="Random seed (split, initialisation, augmentation)."),

@@ -27,7 +27,9 @@ class TrainConfig:
     """Every option of a training run. Zero means "choose automatically" for ``batch_size``,
     ``lr`` and ``val_every``; ``None`` means "automatic" for ``amp`` (see :func:`resolve_amp`:
     on for CUDA and for CPUs with native bf16) and ``channels_last`` (on). ``save_every`` writes
-    ``last.pt`` every N epochs (and always after the last one). The model is
+    ``last.pt`` every N epochs (and always after the last one). ``ema`` is the per-step decay
+    of an exponential moving average of the weights, which is then what is evaluated and saved
+    (0: off). The model is
     ``create_model(arch, num_classes, **self.model_options())``: ``head``, ``width`` and
     ``dropout`` where the architecture takes them, plus ``model_kwargs`` (other options of
     registered architectures)."""
@@ -66,6 +68,7 @@ class TrainConfig:
     eval_batch_size: int = 1000
     progress: bool = True
     save_every: int = 1
+    ema: float = 0.0
     model_kwargs: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -112,6 +115,8 @@ class TrainConfig:
                 raise VggCifarError(f"{name.replace('_', '-')} must be >= 0")
         if self.lr < 0 or self.weight_decay < 0 or not (0 <= self.label_smoothing < 1):
             raise VggCifarError("lr and weight decay must be >= 0 and label smoothing in [0, 1)")
+        if not 0 <= self.ema < 1:
+            raise VggCifarError(f"ema must be a decay in [0, 1) (0 = off), got {self.ema}")
         if not 0 <= self.warmup < 1:
             raise VggCifarError(f"warmup must be a fraction in [0, 1), got {self.warmup}")
 

@@ -29,6 +29,7 @@ from ..models import create_model
 from ..preprocessing import CIFAR10_MEAN, CIFAR10_STD, Preprocessing
 from . import distributed
 from .config import TrainConfig, resolve_device
+from .ema import WeightEMA
 from .evaluate import evaluate, per_class_accuracy, predict_logits
 from .plan import RunPlan, plan_run
 from .report import plot_confusion, plot_curves, plot_samples, write_csv
@@ -106,6 +107,10 @@ class _Run:
             saved.data = config.data if config.data != TrainConfig.data else saved.data
             if config.save_every != TrainConfig.save_every:
                 saved.save_every = config.save_every
+            # An average spanning a few epochs can start late in a run and end up the same, so
+            # --ema may be switched on when resuming.
+            if config.ema != TrainConfig.ema:
+                saved.ema = config.ema
             config = saved
             self.run_dir = Path(config.resume).resolve().parent
         else:
@@ -202,12 +207,24 @@ class _Run:
         self.start_epoch, self.step, self.best_acc, self.best_epoch = 0, 0, -1.0, None
         self.metrics: list[dict] = []
         self.train_time = 0.0
+        self.ema = WeightEMA(unwrap_model(model), cfg.ema) if cfg.ema else None
         if self.resume_ckpt is not None:
             self._restore(self.resume_ckpt)
 
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        """The weights that are evaluated and saved: the EMA when ``--ema`` is on."""
+        return self.ema.module if self.ema is not None else self.model
+
     def _restore(self, ckpt: dict) -> None:
         ts = ckpt["training_state"]
-        unwrap_model(self.model).load_state_dict(ckpt["state_dict"])
+        # With an EMA the checkpoint's state_dict is the average; the live weights ride along.
+        unwrap_model(self.model).load_state_dict(ts.get("live_state_dict") or ckpt["state_dict"])
+        if self.ema is not None:
+            if "ema" in ts:
+                self.ema.load_state(ckpt["state_dict"], ts["ema"])
+            else:  # --ema switched on at this resume: the average starts from here
+                self.ema.load_state(unwrap_model(self.model).state_dict(), {})
         self.opt.load_state_dict(ts["optimizer"])
         self.sched.load_state_dict(ts["scheduler"])
         torch.set_rng_state(ts["rng_cpu"])
@@ -224,7 +241,7 @@ class _Run:
                    test_accuracy_one_view: float | None = None) -> dict:
         c = self.cfg
         return make_checkpoint(
-            self.model, arch=c.arch, model_kwargs=self.model_kwargs, num_classes=self.num_classes,
+            self.eval_model, arch=c.arch, model_kwargs=self.model_kwargs, num_classes=self.num_classes,
             preprocessing=self.preproc, config=c.to_dict(),
             metrics=self.metrics, epoch=epoch, test_accuracy=test_accuracy,
             test_accuracy_one_view=test_accuracy_one_view, training_state=training_state,
@@ -264,6 +281,8 @@ class _Run:
             lr_used = self.opt.param_groups[0]["lr"]
             self.opt.step()
             self.sched.step()
+            if self.ema is not None:
+                self.ema.update()
             self.step += 1
             n = y.numel()
             loss_sum += loss.detach().double() * n
@@ -372,7 +391,7 @@ class _Run:
             last = epoch == self.epochs - 1 or self.step >= self.total_steps
             if self.val_loader is not None and ((epoch + 1) % self.plan.val_every == 0 or last):
                 # The eager module: the compiled one would recompile for eval mode and batch size.
-                v = evaluate(self.model, self.val_loader, self.num_classes,
+                v = evaluate(self.eval_model, self.val_loader, self.num_classes,
                              amp_dtype=self.amp_dtype, info=self.info)
                 row.update({"val_loss": v["loss"], "val_acc": v["accuracy"]})
             row.update({"epoch_time_s": time.perf_counter() - t0, "train_time_s": tr["train_time_s"],
@@ -398,7 +417,10 @@ class _Run:
         return self.finish()
 
     def _training_state(self) -> dict:
-        return {"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+        ema = ({"ema": self.ema.state(), "live_state_dict": {
+            k: v.detach().cpu().clone() for k, v in unwrap_model(self.model).state_dict().items()}}
+               if self.ema is not None else {})
+        return {**ema, "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
                 "rng_cpu": torch.get_rng_state(),
                 "rng_cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
                 "step": self.step, "best_acc": self.best_acc, "best_epoch": self.best_epoch,
@@ -408,6 +430,9 @@ class _Run:
     def finish(self) -> dict:
         cfg = self.cfg
         final_epoch = len(self.metrics)
+        if self.ema is not None:  # from here on the model is the average
+            unwrap_model(self.model).load_state_dict(self.ema.module.state_dict())
+            self.ema = None
         if self.best_epoch is not None:
             chosen = f"best.pt (epoch {self.best_epoch}, best validation accuracy {self.best_acc:.4f})"
             best = read_checkpoint(self.run_dir / "best.pt")
