@@ -62,3 +62,42 @@ def test_repository_shipped_model_verifies():
     model, meta = vggcifar.load_checkpoint(manifest)
     assert meta["preproc"].class_names[0] == "airplane"
     assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 10)
+
+
+def test_ship_model_records_the_figures_vgg_eval_measures(tiny_checkpoint, cifar_batches, tmp_path):
+    """scripts/ship_model.py packs, measures the packed files like vgg-eval, records those
+    figures in the checkpoint and manifest, and removes parts a bigger earlier model left."""
+    import importlib.util
+    from pathlib import Path
+
+    from click.testing import CliRunner
+
+    from vggcifar.serving.eval_cli import main as eval_cli
+
+    spec = importlib.util.spec_from_file_location(
+        "ship_model", Path(__file__).resolve().parents[1] / "scripts" / "ship_model.py")
+    ship = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ship)
+    out = tmp_path / "weights"
+    old = pack_shipped(tiny_checkpoint, out, part_bytes=16 * 1024)
+    n_old = len(json.loads(old.read_text())["parts"])
+    assert n_old > 2
+    report = tmp_path / "ship.json"
+    assert ship.main([str(tiny_checkpoint), "--data", str(cifar_batches), "--out", str(out),
+                      "--json", str(report), "--device", "cpu"]) == 0
+    m = json.loads((out / "vggcifar-default.json").read_text())
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["vggcifar-default.json"] + [p["file"] for p in m["parts"]])
+    measured = json.loads(report.read_text())
+    assert measured["n"] == 200 and 0.5 < measured["accuracy"] <= 1
+    assert m["test_accuracy_one_view"] == measured["accuracy"]
+    assert m["test_accuracy"] == measured["accuracy_tta"]
+    _, meta = vggcifar.load_checkpoint(out / "vggcifar-default.json")
+    assert meta["test_accuracy_one_view"] == measured["accuracy"]
+    r = CliRunner().invoke(eval_cli, ["--model", str(out / "vggcifar-default.json"), "--data",
+                                      str(cifar_batches), "--json", "--quiet", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    ev = json.loads(r.output)
+    assert (ev["accuracy"], ev["accuracy_tta"]) == (measured["accuracy"], measured["accuracy_tta"])
+    assert ship.main([str(tmp_path / "missing.pt"), "--data", str(cifar_batches), "--out",
+                      str(out)]) == 2
