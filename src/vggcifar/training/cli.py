@@ -40,7 +40,8 @@ def train_options(fn):
         _field("--val-every", type=int,
                help="Validate every N epochs (0 = auto: often enough, never dominating "
                     "small-split runs)."),
-        _field("--epochs", type=int, help="Training epochs (ignored with --steps)."),
+        _field("--epochs", type=int, help="Training epochs (ignored with --steps); the default is "
+                                          "the full-set recipe's (docs/recipe.md)."),
         click.option("--steps", type=int, default=None,
                      help="Train for this many optimisation steps instead of --epochs."),
         _field("--batch-size", type=int,
