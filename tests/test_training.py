@@ -279,7 +279,7 @@ def test_ema_run_saves_the_average_and_resumes_to_the_same_weights(cifar_batches
                               atol=1e-6) for k in live)
 
 
-def test_ema_can_be_switched_on_when_resuming(cifar_batches, tmp_path):
+def test_ema_and_nesterov_can_be_switched_when_resuming(cifar_batches, tmp_path):
     from vggcifar.training import trainer as T
 
     real_train_epoch = T._Run.train_epoch
@@ -292,16 +292,28 @@ def test_ema_can_be_switched_on_when_resuming(cifar_batches, tmp_path):
     T._Run.train_epoch = interrupt
     try:
         with pytest.raises(KeyboardInterrupt):
-            train(tiny(cifar_batches, tmp_path, name="run", epochs=2))
+            train(tiny(cifar_batches, tmp_path, name="run", epochs=2, nesterov=False))
     finally:
         T._Run.train_epoch = real_train_epoch
     last = tmp_path / "run" / "last.pt"
     assert "ema" not in read_checkpoint(last)["training_state"]
-    r = CliRunner().invoke(train_cli, ["--resume", str(last), "--ema", "0.9", "--quiet",
-                                       "--device", "cpu"])
+    seen = {}
+    real_setup = T._Run.setup
+
+    def spy(self):
+        real_setup(self)
+        seen["nesterov"] = [g["nesterov"] for g in self.opt.param_groups]
+
+    T._Run.setup = spy
+    try:
+        r = CliRunner().invoke(train_cli, ["--resume", str(last), "--ema", "0.9", "--nesterov",
+                                           "--quiet", "--device", "cpu"])
+    finally:
+        T._Run.setup = real_setup
     assert r.exit_code == 0, r.output
+    assert seen["nesterov"] == [True]  # restored from the checkpoint, then switched
     ckpt = read_checkpoint(last)
-    assert ckpt["config"]["ema"] == 0.9
+    assert ckpt["config"]["ema"] == 0.9 and ckpt["config"]["nesterov"] is True
     assert ckpt["training_state"]["ema"]["updates"] == ckpt["training_state"]["step"] // 2
     bad = CliRunner().invoke(train_cli, ["--ema", "1.5", "--data", "x"])
     assert bad.exit_code == 2 and "--ema" in bad.output

@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from ..cli_common import QUIET_HELP, command, json_option, user_errors
-from .config import LOADERS, SCHEDULES, TrainConfig
+from .config import LOADERS, RESUME_OPTIONS, SCHEDULES, TrainConfig
 
 D = TrainConfig()
 
@@ -50,7 +50,8 @@ def train_options(fn):
         _field("--lr", type=float,
                help="Peak learning rate (0 = auto: 0.1 x batch/128, at most 0.4)."),
         _field("--momentum", type=float, help="SGD momentum."),
-        _field("--nesterov/--no-nesterov", help="Nesterov momentum."),
+        _field("--nesterov/--no-nesterov",
+               help="Nesterov momentum (may be switched when resuming)."),
         _field("--weight-decay", type=float, help="L2 weight decay."),
         _field("--schedule", type=click.Choice(SCHEDULES),
                help="Learning-rate schedule, stepped every batch."),
@@ -153,6 +154,10 @@ def main(out, resume, as_json, **kw):
 
     if resume is None:
         check_model_options(kw["arch"], kw["head"])
+    else:  # the options of RESUME_OPTIONS given on this command line replace the saved ones
+        ctx = click.get_current_context()
+        kw["resume_overrides"] = [o for o in RESUME_OPTIONS if ctx.get_parameter_source(o)
+                                  == click.core.ParameterSource.COMMANDLINE]
     kw.update(run_folder_options(out, resume))
     summary = train(config_from_options(**kw))
     if not DistInfo.from_env().is_main:  # under torchrun, one result line

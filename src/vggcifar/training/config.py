@@ -20,6 +20,11 @@ SCHEDULES = ("onecycle", "cosine", "step")
 # architectures whose builder takes them. Other options go in ``TrainConfig.model_kwargs``.
 COMMON_MODEL_OPTIONS = ("head", "width", "dropout")
 LOADERS = ("device", "classic")
+# Options that --resume may change (the rest come from the interrupted run, so that it ends as an
+# uninterrupted one would): how often last.pt is written, and two that only change the update
+# from here on. SGD keeps the same momentum buffer with and without Nesterov, and an average
+# spanning a few epochs can start late in a run and end up the same.
+RESUME_OPTIONS = ("save_every", "ema", "nesterov")
 
 
 @dataclass
@@ -29,7 +34,9 @@ class TrainConfig:
     on for CUDA and for CPUs with native bf16) and ``channels_last`` (on). ``save_every`` writes
     ``last.pt`` every N epochs (and always after the last one). ``ema`` is the per-step decay
     of an exponential moving average of the weights, which is then what is evaluated and saved
-    (0: off). The model is
+    (0: off). ``resume_overrides`` names the options (of :data:`RESUME_OPTIONS`) that replace
+    the interrupted run's when resuming; ``save_every`` and ``ema`` also do so whenever they
+    differ from their defaults. The model is
     ``create_model(arch, num_classes, **self.model_options())``: ``head``, ``width`` and
     ``dropout`` where the architecture takes them, plus ``model_kwargs`` (other options of
     registered architectures)."""
@@ -48,7 +55,8 @@ class TrainConfig:
     batch_size: int = 0
     lr: float = 0.0
     momentum: float = 0.9
-    nesterov: bool = False
+    # The recipe's (docs/recipe.md): +2.1 and +3.2 points on the proxies, paired by seed.
+    nesterov: bool = True
     weight_decay: float = 5e-4
     schedule: str = "onecycle"
     warmup: float = 0.2
@@ -71,6 +79,7 @@ class TrainConfig:
     progress: bool = True
     save_every: int = 1
     ema: float = 0.0
+    resume_overrides: list = field(default_factory=list)
     model_kwargs: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -117,6 +126,10 @@ class TrainConfig:
                 raise VggCifarError(f"{name.replace('_', '-')} must be >= 0")
         if self.lr < 0 or self.weight_decay < 0 or not (0 <= self.label_smoothing < 1):
             raise VggCifarError("lr and weight decay must be >= 0 and label smoothing in [0, 1)")
+        bad = [o for o in self.resume_overrides if o not in RESUME_OPTIONS]
+        if bad:
+            raise VggCifarError(f"--resume cannot change {', '.join(bad)} (only "
+                                f"{', '.join(RESUME_OPTIONS)})")
         if not 0 <= self.ema < 1:
             raise VggCifarError(f"ema must be a decay in [0, 1) (0 = off), got {self.ema}")
         if not 0 <= self.warmup < 1:

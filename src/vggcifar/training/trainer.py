@@ -28,7 +28,7 @@ from ..io import atomic_write, check_writable
 from ..models import create_model
 from ..preprocessing import CIFAR10_MEAN, CIFAR10_STD, Preprocessing
 from . import distributed
-from .config import TrainConfig, resolve_device
+from .config import RESUME_OPTIONS, TrainConfig, resolve_device
 from .ema import WeightEMA
 from .evaluate import evaluate, per_class_accuracy, predict_logits
 from .plan import RunPlan, plan_run
@@ -105,12 +105,11 @@ class _Run:
             # Same options as the interrupted run, so the result matches an uninterrupted one.
             saved.resume, saved.progress, saved.device = config.resume, config.progress, config.device
             saved.data = config.data if config.data != TrainConfig.data else saved.data
-            if config.save_every != TrainConfig.save_every:
-                saved.save_every = config.save_every
-            # An average spanning a few epochs can start late in a run and end up the same, so
-            # --ema may be switched on when resuming.
-            if config.ema != TrainConfig.ema:
-                saved.ema = config.ema
+            changed = set(config.resume_overrides) | {
+                o for o in ("save_every", "ema") if getattr(config, o) != getattr(TrainConfig, o)}
+            for o in RESUME_OPTIONS:
+                if o in changed:
+                    setattr(saved, o, getattr(config, o))
             config = saved
             self.run_dir = Path(config.resume).resolve().parent
         else:
@@ -226,6 +225,8 @@ class _Run:
             else:  # --ema switched on at this resume: the average starts from here
                 self.ema.load_state(unwrap_model(self.model).state_dict(), {})
         self.opt.load_state_dict(ts["optimizer"])
+        for group in self.opt.param_groups:  # the saved groups carry the interrupted run's flag
+            group["nesterov"] = bool(self.cfg.nesterov)
         self.sched.load_state_dict(ts["scheduler"])
         torch.set_rng_state(ts["rng_cpu"])
         if self.device.type == "cuda" and ts.get("rng_cuda") is not None:
