@@ -90,7 +90,9 @@ def test_two_ranks_match_one_process_with_double_batch(cifar_batches, tmp_path):
     """
     from vggcifar.training import TrainConfig, train
 
-    kw = dict(batch_size=32, lr=0.01, epochs=1, steps=6)
+    # Plain momentum: Nesterov's larger effective step amplifies the float reduction-order
+    # difference between one process and two ranks (1.7e-4 here), which is not what this checks.
+    kw = dict(batch_size=32, lr=0.01, epochs=1, steps=6, nesterov=False)
     single = train(TrainConfig(**base_cfg(cifar_batches, tmp_path, "single", **kw)))
     reports = run_ranks(2, base_cfg(cifar_batches, tmp_path, "ddp", **kw), tmp_path)
     assert [r["status"] for r in reports] == ["ok", "ok"]
