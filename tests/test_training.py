@@ -21,6 +21,27 @@ def tiny(cifar_batches, out, **kw):
     return TrainConfig(**base)
 
 
+def train_interrupted(cfg, after_epochs: int) -> None:
+    """Run ``cfg`` and interrupt it (Ctrl-C) once ``after_epochs`` epochs have finished."""
+    from vggcifar.training import trainer as T
+
+    real_train_epoch = T._Run.train_epoch
+    calls = {"n": 0}
+
+    def interrupt(self, epoch):
+        if calls["n"] == after_epochs:
+            raise KeyboardInterrupt
+        calls["n"] += 1
+        return real_train_epoch(self, epoch)
+
+    T._Run.train_epoch = interrupt
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train(cfg)
+    finally:
+        T._Run.train_epoch = real_train_epoch
+
+
 def test_tiny_vgg_really_learns(tiny_run):
     s = json.loads((tiny_run / "summary.json").read_text())
     rows = (tiny_run / "metrics.csv").read_text().splitlines()
@@ -92,23 +113,7 @@ def test_resume_gives_the_same_final_weights(cifar_batches, tmp_path):
     full = train(tiny(cifar_batches, tmp_path, name="full", epochs=3))
     # Interrupt a 3-epoch run after its first epoch (Ctrl-C during epoch 2), then resume it.
     cfg = tiny(cifar_batches, tmp_path, name="part", epochs=3)
-    from vggcifar.training import trainer as T
-
-    real_train_epoch = T._Run.train_epoch
-    calls = {"n": 0}
-
-    def interrupt(self, epoch):
-        if calls["n"] == 1:
-            raise KeyboardInterrupt
-        calls["n"] += 1
-        return real_train_epoch(self, epoch)
-
-    T._Run.train_epoch = interrupt
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            train(cfg)
-    finally:
-        T._Run.train_epoch = real_train_epoch
+    train_interrupted(cfg, after_epochs=1)
     last = tmp_path / "part" / "last.pt"
     assert read_checkpoint(last)["epoch"] == 1
     resumed = train(TrainConfig(resume=str(last), progress=False, device="cpu"))
@@ -252,23 +257,7 @@ def test_ema_run_saves_the_average_and_resumes_to_the_same_weights(cifar_batches
     # best.pt (chosen on validation) holds averaged weights, not the live ones
     best = read_checkpoint(tmp_path / "full" / "best.pt")
     assert best["config"]["ema"] == 0.9
-    from vggcifar.training import trainer as T
-
-    real_train_epoch = T._Run.train_epoch
-    calls = {"n": 0}
-
-    def interrupt(self, epoch):
-        if calls["n"] == 1:
-            raise KeyboardInterrupt
-        calls["n"] += 1
-        return real_train_epoch(self, epoch)
-
-    T._Run.train_epoch = interrupt
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            train(tiny(cifar_batches, tmp_path, name="part", epochs=3, ema=0.9))
-    finally:
-        T._Run.train_epoch = real_train_epoch
+    train_interrupted(tiny(cifar_batches, tmp_path, name="part", epochs=3, ema=0.9), after_epochs=1)
     part = tmp_path / "part" / "last.pt"
     train(TrainConfig(resume=str(part), progress=False, device="cpu"))
     b = read_checkpoint(part)
