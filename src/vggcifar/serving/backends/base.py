@@ -42,7 +42,7 @@ class ModelInfo:
         return self.test_accuracy_tta if tta else self.test_accuracy
 
     def accuracy_text(self, tta: bool = False) -> str:
-        """e.g. ``test accuracy 88.04% (one view)`` or ``... (flip TTA)``."""
+        """e.g. ``test accuracy 90.42% (one view)`` or ``... (flip TTA)``."""
         acc, mode = self.accuracy(tta), "flip TTA" if tta else "one view"
         return f"test accuracy {acc:.2%} ({mode})" if acc is not None else \
             f"test accuracy unknown ({mode})"
