@@ -46,7 +46,6 @@ def run_variant(name: str, opts: dict, args) -> dict:
     if summary_file.exists():
         s = json.loads(summary_file.read_text())
     else:
-        opts = dict(opts)
         opts = {**BASE_OPTIONS, **opts}
         epochs = max(1, round(args.epochs * opts.pop("epochs_factor", 1)))
         opts.setdefault("seed", args.seed)
