@@ -32,6 +32,9 @@ class ModelInfo:
     test_accuracy: float | None = None
     test_accuracy_tta: float | None = None
     precision: str | None = None
+    # Temperature scaling: probabilities = softmax(logits / temperature); 1.0 for model files
+    # that record none (fitted on held-out images, see vggcifar.calibration).
+    temperature: float = 1.0
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -71,8 +74,11 @@ SHIPPED_PRECISION = "fp16 weights"
 class Backend:
     """One runtime serving one model file.
 
-    ``name`` is the backend (``torch``, ``onnx``, ``tensorrt``); ``device`` says where it runs
+    ``name`` is the backend (``torch``, ``onnx``, ``tensorrt``...); ``device`` says where it runs
     (``cpu``, ``cuda:0``...); ``info`` describes the model.
+
+    A backend implements :meth:`logits` (the ONNX contract: float RGB in [0, 1] in, logits out);
+    probabilities are derived here, once for every runtime, with the model's temperature.
     """
 
     name = "?"
@@ -85,9 +91,20 @@ class Backend:
         (``None``/``auto``, ``cpu``, ``cuda[:N]``)."""
         return cls(path, device)
 
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        """``[N, 3, S, S]`` float32 RGB in [0, 1] -> ``[N, num_classes]`` float32 logits (before
+        the temperature)."""
+        raise NotImplementedError
+
+    def outputs(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``[N, 3, S, S]`` float32 RGB in [0, 1] -> ``(logits, probabilities)``, each
+        ``[N, num_classes]`` float32; probabilities = softmax(logits / temperature)."""
+        z = check_outputs(self.logits(x), len(self.info.class_names), self.info.path)
+        return z, softmax(z, self.info.temperature)
+
     def run(self, pixels: np.ndarray) -> np.ndarray:
         """``[N, 3, S, S]`` uint8 RGB -> ``[N, num_classes]`` float32 probabilities."""
-        raise NotImplementedError
+        return self.outputs(to_unit(pixels))[1]
 
     def describe(self) -> str:
         return f"{self.name} ({self.device})"
@@ -143,7 +160,8 @@ def info_from_export_metadata(meta: dict, path, kind: str) -> ModelInfo:
     return ModelInfo(
         name=display_name(path), path=str(path), format=kind, preproc=Preprocessing.from_dict(pre),
         arch=m.get("arch") or None, test_accuracy=one, test_accuracy_tta=tta,
-        precision=str(m["precision"]) if m.get("precision") else None)
+        precision=str(m["precision"]) if m.get("precision") else None,
+        temperature=temperature_from(m, f"{path} metadata"))
 
 
 def check_outputs(y: np.ndarray, num_classes: int, path) -> np.ndarray:
@@ -153,6 +171,36 @@ def check_outputs(y: np.ndarray, num_classes: int, path) -> np.ndarray:
         raise ModelFileError(f"{path} gave {y.shape[1:]} outputs per image, but its "
                              f"metadata names {num_classes} classes")
     return y.astype(np.float32, copy=False)
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """``[N, C]`` logits -> ``[N, C]`` float32 softmax(logits / temperature), computed stably."""
+    z = logits.astype(np.float32, copy=True)
+    if temperature != 1.0:
+        z /= np.float32(temperature)
+    z -= z.max(axis=1, keepdims=True)
+    np.exp(z, out=z)
+    z /= z.sum(axis=1, keepdims=True)
+    return z
+
+
+def temperature_from(meta: dict, where) -> float:
+    """The model's temperature from its metadata (``temperature``; absent: 1.0).
+
+    Raises:
+        ModelFileError: a value that is not a finite number in [0.05, 20] (a tampered or
+            broken file; a real fit lies far inside).
+    """
+    t = meta.get("temperature")
+    if t is None or t == "":
+        return 1.0
+    try:
+        t = float(t)
+    except (TypeError, ValueError):
+        raise ModelFileError(f"{where}: temperature {t!r} is not a number") from None
+    if not (0.05 <= t <= 20.0):  # also refuses nan and inf
+        raise ModelFileError(f"{where}: temperature {t} is outside [0.05, 20]")
+    return t
 
 
 def to_unit(pixels: np.ndarray) -> np.ndarray:

@@ -2,7 +2,8 @@
 export (:mod:`vggcifar.export.cache`, imported only for that case).
 
 Input ``image``: ``[N, 3, S, S]`` float32 RGB in [0, 1] (the normalisation is inside the graph);
-output ``probabilities`` (or ``logits``, softmaxed here) ``[N, C]``.
+output ``logits`` ``[N, C]`` (the probabilities are derived from them with the model's temperature,
+:meth:`Backend.outputs`); a graph with only ``probabilities`` serves their logarithm as logits.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import numpy as np
 
 from ...runtime.contract import INPUT_NAME, LOGITS, PROBABILITIES, ModelFileError, decode_metadata
 from ...runtime.onnx import CUDA, device_session
-from .base import Backend, ModelInfo, check_outputs, info_from_export_metadata, to_unit
+from .base import Backend, ModelInfo, check_outputs, info_from_export_metadata
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +39,10 @@ class OnnxBackend(Backend):
         inputs = self.session.get_inputs()
         names = [o.name for o in self.session.get_outputs()]
         self.input_name = INPUT_NAME if any(i.name == INPUT_NAME for i in inputs) else inputs[0].name
-        if PROBABILITIES in names:
-            self.output_name, self.softmax = PROBABILITIES, False
-        elif LOGITS in names:
-            self.output_name, self.softmax = LOGITS, True
+        if LOGITS in names:
+            self.output_name, self.from_probabilities = LOGITS, False
+        elif PROBABILITIES in names:
+            self.output_name, self.from_probabilities = PROBABILITIES, True
         else:
             raise ModelFileError(f"{path} has no {PROBABILITIES!r} or {LOGITS!r} output; "
                                  "export the model with vgg-export")
@@ -78,9 +79,9 @@ class OnnxBackend(Backend):
                 f"{self.path} output {out.name!r} is {out.shape}, but its metadata names "
                 f"{self.num_classes} classes: re-export it with vgg-export")
 
-    def run(self, pixels: np.ndarray) -> np.ndarray:
-        """``[N, 3, S, S]`` uint8 -> ``[N, C]`` float32 probabilities."""
-        x = to_unit(pixels)
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        """``[N, 3, S, S]`` float32 in [0, 1] -> ``[N, C]`` float32 logits."""
+        x = np.ascontiguousarray(x, dtype=np.float32)
         if self.fixed_batch and len(x) != self.fixed_batch:
             return np.concatenate([self._run_fixed(x[i:i + self.fixed_batch])
                                    for i in range(0, len(x), self.fixed_batch)])
@@ -95,9 +96,9 @@ class OnnxBackend(Backend):
 
     def _out(self, y: np.ndarray) -> np.ndarray:
         y = check_outputs(y, self.num_classes, self.path)
-        if self.softmax:
-            y = np.exp(y - y.max(axis=1, keepdims=True))
-            y /= y.sum(axis=1, keepdims=True)
+        if self.from_probabilities:
+            # log(p) differs from the logits by a constant per row: the same softmax.
+            y = np.log(np.maximum(y, np.float32(1e-30)))
         return y
 
     def describe(self) -> str:

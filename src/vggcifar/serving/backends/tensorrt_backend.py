@@ -13,7 +13,7 @@ from ...errors import VggCifarError
 from ...runtime.contract import read_engine_sidecar
 from ...runtime.devices import resolve_device
 from ...runtime.tensorrt import EngineRunner, require_tensorrt
-from .base import Backend, check_outputs, info_from_export_metadata, to_unit
+from .base import Backend, info_from_export_metadata
 
 
 class TensorRTBackend(Backend):
@@ -36,9 +36,7 @@ class TensorRTBackend(Backend):
             self.runner = EngineRunner(path)
         self._lock = threading.Lock()  # one execution context: one batch at a time
 
-    def run(self, pixels: np.ndarray) -> np.ndarray:
-        """``[N, 3, S, S]`` uint8 -> ``[N, C]`` float32 probabilities."""
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        """``[N, 3, S, S]`` float32 in [0, 1] -> ``[N, C]`` float32 logits."""
         with self._lock, torch.cuda.device(self.torch_device):
-            logits = self.runner(to_unit(pixels))
-        logits = check_outputs(logits, len(self.info.class_names), self.info.path)
-        return torch.softmax(torch.from_numpy(logits), dim=1).numpy()
+            return self.runner(np.ascontiguousarray(x, dtype=np.float32))

@@ -5,15 +5,16 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ...preprocessing import Preprocessing, uint8_to_input
+from ...preprocessing import Preprocessing, normalize
 from ...runtime.contract import model_kind
 from ...runtime.devices import resolve_device
-from .base import SHIPPED_PRECISION, Backend, ModelInfo, display_name, served_accuracy
+from .base import (SHIPPED_PRECISION, Backend, ModelInfo, display_name, served_accuracy,
+                   temperature_from)
 
 
 class TorchBackend(Backend):
-    """Applies the model's normalisation with :func:`vggcifar.preprocessing.uint8_to_input`,
-    exactly as in training; runs channels-last in fp32 (shipped fp16 weights are upcast)."""
+    """Applies the model's normalisation (mean/std from the checkpoint) to float RGB in [0, 1],
+    as the exported graphs do; runs channels-last in fp32 (shipped fp16 weights are upcast)."""
 
     name = "torch"
 
@@ -32,13 +33,13 @@ class TorchBackend(Backend):
         self.info = ModelInfo(
             name=display_name(path), path=str(path), format=kind, preproc=self.preproc,
             arch=meta.get("arch"), test_accuracy=one, test_accuracy_tta=tta,
-            precision=SHIPPED_PRECISION if kind == "shipped" else None)
+            precision=SHIPPED_PRECISION if kind == "shipped" else None,
+            temperature=temperature_from(meta, path))
 
-    def run(self, pixels: np.ndarray) -> np.ndarray:
-        """``[N, 3, S, S]`` uint8 -> ``[N, C]`` float32 probabilities."""
-        x = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.torch_device)
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        """``[N, 3, S, S]`` float32 in [0, 1] -> ``[N, C]`` float32 logits."""
+        t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.torch_device)
         with torch.inference_mode():
-            x = uint8_to_input(x, self.preproc.mean, self.preproc.std)
-            logits = self.model(x.contiguous(memory_format=torch.channels_last))
-            probs = torch.softmax(logits.float(), dim=1)
-        return probs.cpu().numpy()
+            t = normalize(t, self.preproc.mean, self.preproc.std)
+            z = self.model(t.contiguous(memory_format=torch.channels_last))
+        return z.float().cpu().numpy()
