@@ -1,9 +1,12 @@
-"""Inference benchmark: PyTorch eager fp32 vs onnxruntime fp32 vs onnxruntime int8 on the CPU
-(and PyTorch CUDA, onnxruntime CUDA and a TensorRT engine when a GPU is usable).
+"""Inference benchmark, every runtime side by side on the CPU: PyTorch eager fp32 and bf16
+autocast, onnxruntime fp32 and int8, OpenVINO fp32 and bf16 (and PyTorch CUDA, onnxruntime CUDA
+and a TensorRT engine when a GPU is usable).
 
-For each backend: batch-1 latency (median and p99), batch-64 throughput, and top-1 accuracy on
-real CIFAR-10 test images. The ONNX files are produced by ``vggcifar.export.export_checkpoint``
-(with its parity check) into ``--work``.
+For each backend: batch-1 latency (median and p99) and images/s, batch-64 throughput, and top-1
+accuracy on real CIFAR-10 test images. The ONNX files are produced by
+``vggcifar.export.export_checkpoint`` (with its parity check) into ``--work``; OpenVINO compiles
+the fp32 export as ``--backend openvino`` does (OpenVINO 2026.4 cannot compile the int8 QDQ file:
+"No suitable implementations").
 
     python benchmarks/bench_inference.py CHECKPOINT --data data/cifar10-jpg
 
@@ -31,6 +34,7 @@ from vggcifar.data import load_cifar10
 from vggcifar.export import export_checkpoint
 from vggcifar.export import parity as P
 from vggcifar.preprocessing import normalize
+from vggcifar.training.config import cpu_bf16_support
 
 
 def cpu_name() -> str:
@@ -91,7 +95,9 @@ def measure_all(backends: list[tuple[str, object]], images: np.ndarray, labels: 
     return rows
 
 
-def torch_fn(model, preproc, device="cpu", dtype=torch.float32, channels_last=False):
+def torch_fn(model, preproc, device="cpu", dtype=torch.float32, channels_last=False,
+             autocast=False):
+    """``autocast``: bf16 autocast (the weights stay fp32), as vgg-train's --amp on CPU."""
     model = model.to(device, dtype).eval()
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -102,8 +108,8 @@ def torch_fn(model, preproc, device="cpu", dtype=torch.float32, channels_last=Fa
         t = normalize(t, preproc.mean, preproc.std).to(dtype)
         if channels_last:
             t = t.contiguous(memory_format=torch.channels_last)
-        out = model(t).float().cpu().numpy()
-        return out
+        with torch.autocast(t.device.type, torch.bfloat16, enabled=autocast):
+            return model(t).float().cpu().numpy()
 
     return run
 
@@ -115,18 +121,36 @@ def ort_fn(path, provider="CPUExecutionProvider", options=None, threads=None):
     return None if active != provider else P.ort_runner(sess)
 
 
+def openvino_fns(onnx_file) -> list[tuple[str, object]]:
+    """OpenVINO on the fp32 export in each precision this CPU runs natively, compiled as
+    ``--backend openvino`` compiles it; none where openvino is not importable."""
+    from vggcifar.runtime.openvino import cpu_precision, openvino_status
+    from vggcifar.serving.backends import OpenVinoBackend
+
+    ok, reason = openvino_status()
+    if not ok:
+        print(f"  (no OpenVINO: {reason})", file=sys.stderr)
+        return []
+    native, why = cpu_precision()
+    print(f"  (OpenVINO: {reason}; native precision {native}: {why})", file=sys.stderr)
+    return [(f"openvino {p} (cpu)", OpenVinoBackend(onnx_file, "cpu", precision=p).logits)
+            for p in dict.fromkeys(["fp32", native])]
+
+
 def to_markdown(rows: list[dict], baseline: str) -> str:
     base = next((r for r in rows if r["backend"] == baseline), None)
-    head = ("| Backend | b1 latency median (ms) | b1 latency p99 (ms) | b64 throughput median "
-            "(img/s) | b64 best (img/s) | b64 vs PyTorch eager | Test accuracy |")
-    lines = [head, "|" + "---|" * 7]
+    head = ("| Backend | b64 throughput median (img/s) | b64 best (img/s) | b1 (img/s) | "
+            "b1 latency median (ms) | b1 latency p99 (ms) | b64 vs " + baseline +
+            " | Test accuracy |")
+    lines = [head, "|---|" + "---:|" * 7]
     for r in rows:
         speed = (f"{r['throughput_b64_img_s'] / base['throughput_b64_img_s']:.2f}x"
                  if base else "-")
-        lines.append(f"| {r['backend']} | {r['latency_b1_median_ms']:.2f} | "
-                     f"{r['latency_b1_p99_ms']:.2f} | {r['throughput_b64_img_s']:.1f} | "
-                     f"{r['throughput_b64_best_img_s']:.1f} | {speed} | "
-                     f"{r['accuracy']:.2%} ({r['accuracy_images']} images) |")
+        lines.append(f"| {r['backend']} | {r['throughput_b64_img_s']:,.0f} | "
+                     f"{r['throughput_b64_best_img_s']:,.0f} | "
+                     f"{1e3 / r['latency_b1_median_ms']:,.0f} | {r['latency_b1_median_ms']:.2f} | "
+                     f"{r['latency_b1_p99_ms']:.2f} | {speed} | "
+                     f"{r['accuracy']:.1%} ({r['accuracy_images']:,} images) |")
     return "\n".join(lines)
 
 
@@ -135,14 +159,15 @@ def main(argv=None) -> int:
     ap.add_argument("checkpoint", nargs="?", help="best.pt or shipped .json (default: newest "
                     "runs/*/best.pt, else the shipped model)")
     ap.add_argument("--data", default="data/cifar10-jpg", help="CIFAR-10 folder")
-    ap.add_argument("--images", type=int, default=2000, help="test images for accuracy")
+    ap.add_argument("--images", type=int, default=1000, help="test images for accuracy")
     ap.add_argument("--calib-images", type=int, default=512)
     ap.add_argument("--calib-method", default="minmax")
     ap.add_argument("--latency-iters", type=int, default=200)
     ap.add_argument("--throughput-iters", type=int, default=40)
     ap.add_argument("--rounds", type=int, default=10, help="interleaved timing rounds")
     ap.add_argument("--threads", type=int, default=os.cpu_count(),
-                    help="CPU threads for PyTorch and onnxruntime (same for both)")
+                    help="CPU threads for PyTorch and onnxruntime (OpenVINO: every core, as "
+                    "served)")
     ap.add_argument("--work", default=None, help="folder for the exported files (default: temp)")
     ap.add_argument("--json", default=None, help="write the results here as JSON")
     args = ap.parse_args(argv)
@@ -176,8 +201,14 @@ def main(argv=None) -> int:
     backends = [
         ("pytorch eager fp32 (cpu)", torch_fn(model, pre)),
         ("pytorch eager fp32 channels_last (cpu)", torch_fn(fresh(), pre, channels_last=True)),
+    ]
+    if cpu_bf16_support()[0]:
+        backends.append(("pytorch bf16 autocast channels_last (cpu)",
+                         torch_fn(fresh(), pre, channels_last=True, autocast=True)))
+    backends += [
         ("onnxruntime fp32 (cpu)", ort_fn(work / "model.onnx", threads=args.threads)),
         ("onnxruntime int8 (cpu)", ort_fn(work / "model-int8.onnx", threads=args.threads)),
+        *openvino_fns(work / "model.onnx"),
     ]
     if torch.cuda.is_available():
         backends += [("pytorch eager fp32 (cuda)", torch_fn(fresh(), pre, "cuda")),
@@ -217,7 +248,7 @@ def main(argv=None) -> int:
     print(f"machine: {result['machine']['cpu']}, {result['machine']['cores']} cores, "
           f"{args.threads} threads, GPU: {result['machine']['gpu']}")
     print(f"load average (1/5/15 min) before {load_before}, after {load_after}")
-    print(to_markdown(rows, "pytorch eager fp32 (cpu)"))
+    print(to_markdown(rows, "onnxruntime fp32 (cpu)"))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
     return 0

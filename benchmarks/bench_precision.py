@@ -3,14 +3,15 @@ that a matmul probe on the same machine puts on it.
 
     python benchmarks/bench_precision.py [--archs vgg11 vgg16] [--batch-size 128] [--steps 12]
 
-The step is the trainer's: channels_last, SGD with momentum, label-smoothed cross-entropy,
-autocast exactly as ``vgg-train --amp`` runs it. The ceiling is (matmul FLOP/s in bf16) divided
-by the model's training FLOPs per image (3 x the forward multiply-adds x 2), i.e. what the
-machine could do if every FLOP of the step ran at matmul speed.
+The step is the trainer's own (:func:`vggcifar.training.step.train_step`): channels_last, fused
+SGD with momentum, label-smoothed cross-entropy, the precision as ``vgg-train --amp`` builds it.
+The ceiling is (matmul FLOP/s in bf16) divided by the model's training FLOPs per image (3 x the
+forward multiply-adds x 2), i.e. what the machine could do if every FLOP of the step ran at
+matmul speed.
 
 Each precision is measured twice: as ``vgg-train`` runs it (the 4x4 and 2x2 maps through
-``Conv3x3``'s patch path, :mod:`vggcifar.models.conv3x3`) and with every convolution on oneDNN
-(``PATCH_MAX_PIXELS = 0``), which is how the trainer ran before that path existed.
+``Conv3x3``'s matmul paths, :mod:`vggcifar.models.conv3x3`) and with every convolution on oneDNN
+(``PATCH_MAX_PIXELS = 0``), which is how the trainer ran before those paths existed.
 """
 
 from __future__ import annotations
@@ -22,25 +23,26 @@ import platform
 import time
 
 import torch
-import torch.nn.functional as F
 
 import vggcifar.models.conv3x3 as conv3x3
 from vggcifar.models import create_model
 from vggcifar.training.config import resolve_amp
+from vggcifar.training.step import Precision, sgd, train_step
 
 PATCH_DEFAULT = conv3x3.PATCH_MAX_PIXELS
 
 
-def matmul_flops(dtype: torch.dtype, n: int = 2048, seconds: float = 3.0) -> float:
-    """Sustained FLOP/s of an ``n x n`` matmul in ``dtype`` on the CPU."""
+def matmul_flops(dtype: torch.dtype, n: int = 2048, seconds: float = 3.0,
+                 clock=time.perf_counter) -> float:
+    """Sustained FLOP/s of an ``n x n`` matmul in ``dtype`` on the CPU, timed by ``clock``."""
     a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
     for _ in range(3):
         a @ b
-    reps, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
+    reps, t0 = 0, clock()
+    while clock() - t0 < seconds:
         a @ b
         reps += 1
-    return 2 * n**3 * reps / (time.perf_counter() - t0)
+    return 2 * n**3 * reps / (clock() - t0)
 
 
 def forward_macs(model: torch.nn.Module, size: int = 32) -> int:
@@ -71,19 +73,15 @@ def train_throughput(arch: str, amp: bool, batch: int, steps: int, warmup: int =
     conv3x3.PATCH_MAX_PIXELS = PATCH_DEFAULT if patch else 0
     torch.manual_seed(0)
     model = create_model(arch).to(memory_format=torch.channels_last).train()
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-    dtype = torch.bfloat16 if amp else torch.float32
-    x = torch.randn(batch, 3, 32, 32).to(dtype).contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 10, (batch,))
+    opt = sgd(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    precision = Precision.for_run(amp, "cpu")
+    x = torch.randn(batch, 3, 32, 32).to(precision.input_dtype)
+    batch_xy = (x.contiguous(memory_format=torch.channels_last), torch.randint(0, 10, (batch,)))
     t0 = 0.0
     for i in range(warmup + steps):
         if i == warmup:
             t0 = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
-            loss = F.cross_entropy(model(x).float(), y, label_smoothing=0.1)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        train_step(model, batch_xy, opt, precision, label_smoothing=0.1)
     return batch * steps / (time.perf_counter() - t0)
 
 

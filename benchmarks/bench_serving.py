@@ -16,12 +16,14 @@ API of the same server.
    each, back to back. Reported: per-request latency median and p99, and requests/s.
 3. `vgg-serve` (``--sections serve``): one `vgg-serve` process with the demo mounted (its own
    process: client and server do not share a GIL); for each of ``--serve-clients`` (1, 8, 32)
-   concurrent clients, first ``POST /v1/predict`` (one raw JPEG per request, asyncio + httpx,
-   one connection per client), then the Gradio API ``/predict`` of the same server
-   (gradio_client, one Client per thread). Each client sends ``--serve-requests`` images back
-   to back, and each run stops issuing after ``--serve-max-seconds``. Reported per front end:
-   p50 and p99 latency, images/s, and for the API the mean batch size (from ``/metrics``).
-   Loopback only.
+   concurrent clients and each of ``--serve-fronts``: ``v1`` (``POST /v1/predict``, one raw
+   JPEG per request), ``v2`` (``POST /v2/models/<name>/infer``, one image's float32 tensor per
+   request with Triton's binary tensor extension), both from asyncio clients with one HTTP/1.1
+   keep-alive connection each and TCP_NODELAY, as curl and browsers use; ``gradio`` (the
+   page's API ``/predict``, gradio_client, one Client per thread). Each client sends
+   ``--serve-requests`` images back to back, and each run stops issuing after
+   ``--serve-max-seconds``. Reported per front end: p50 and p99 latency, images/s, and for the
+   API the mean batch size (from ``/metrics``). Loopback only.
 
 Prints a Markdown section (paste into docs/benchmarks.md) and writes the raw numbers as JSON.
 """
@@ -210,49 +212,137 @@ def _batch_stats(url: str) -> tuple[float, float]:
     return get("vggcifar_batch_size_sum"), get("vggcifar_batch_size_count")
 
 
-def bench_api(url: str, payloads: list[tuple[str, bytes]], clients: int, requests: int,
-              max_seconds: float) -> dict:
-    """``clients`` asyncio tasks, each with its own connection, POST one raw image per request
-    to /v1/predict, back to back."""
-    import asyncio
+class KeepAliveClient:
+    """One HTTP/1.1 keep-alive connection with TCP_NODELAY, as curl and browsers use: a request
+    is one write, the answer is read by its Content-Length. Lean on purpose (no httpx): the
+    clients share the machine's cores with the server."""
 
-    import httpx
+    def __init__(self, host: str, port: int):
+        self.host, self.port = host, port
+        self.reader = self.writer = None
+
+    async def connect(self) -> None:
+        import asyncio
+
+        self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        sock = self.writer.get_extra_info("socket")
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    async def request(self, method: str, path: str, body: bytes = b"",
+                      headers: dict | None = None) -> tuple[int, dict, bytes]:
+        """-> ``(status, headers with lower-case names, body)``; reconnects when the server
+        closed the connection."""
+        if self.writer is None or self.writer.is_closing():
+            await self.connect()
+        lines = [f"{method} {path} HTTP/1.1", f"Host: {self.host}:{self.port}",
+                 f"Content-Length: {len(body)}"]
+        lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+        self.writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status_line, *rest = head.decode("latin-1").split("\r\n")
+        hdrs = dict(ln.split(": ", 1) for ln in rest if ": " in ln)
+        hdrs = {k.lower(): v for k, v in hdrs.items()}
+        data = await self.reader.readexactly(int(hdrs.get("content-length", 0)))
+        if hdrs.get("connection", "").lower() == "close":
+            self.close()
+        return int(status_line.split()[1]), hdrs, data
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+def v2_payload(path: Path) -> tuple[bytes, bytes]:
+    """``(JSON header, whole body)`` of a binary-tensor v2 infer request for one image: its
+    ``[1, 3, 32, 32]`` float32 pixels (decoded here, as a v2 client does)."""
+    from vggcifar.serving import load_pixels
+
+    x = load_pixels(path.read_bytes(), 32)[0].numpy().astype(np.float32)[None] / 255
+    head = json.dumps({"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 3, 32, 32],
+                                   "parameters": {"binary_data_size": x.nbytes}}],
+                       "outputs": [{"name": "probabilities",
+                                    "parameters": {"binary_data": True}}]}).encode()
+    return head, head + x.astype("<f4").tobytes()
+
+
+def process_cpu_s(pid: int | None) -> float:
+    """User + system CPU seconds of process ``pid`` so far, all its threads (Linux; 0 elsewhere):
+    the server's cost per image, which other load on the machine does not inflate as much as
+    wall-clock figures."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, TypeError):
+        return 0.0
+
+
+def bench_api(url: str, payloads: list[tuple[str, bytes]], clients: int, requests: int,
+              max_seconds: float, front: str = "/v1/predict", model_name: str = "",
+              server_pid: int | None = None) -> dict:
+    """``clients`` asyncio tasks, each with its own keep-alive connection, send one image per
+    request, back to back: a raw JPEG to /v1/predict, or (``front`` "/v2 infer") its float32
+    tensor to ``/v2/models/<model_name>/infer`` with binary tensors."""
+    import asyncio
+    from urllib.parse import urlsplit
+
+    host, port = urlsplit(url).hostname, urlsplit(url).port
+
+    def request_for(name, data):
+        if front == "/v1/predict":
+            return (f"/v1/predict?filename={name}", data, {"Content-Type": "image/jpeg"})
+        head, body = data
+        return (f"/v2/models/{model_name}/infer", body,
+                {"Inference-Header-Content-Length": str(len(head))})
+
+    reqs = [request_for(n, d) for n, d in payloads]
+
+    async def one(c: KeepAliveClient, req) -> None:
+        status, hdrs, body = await c.request("POST", *req)
+        if status != 200:
+            raise RuntimeError(f"HTTP {status}: {body[:200]!r}")
+        if front == "/v1/predict":
+            assert "label" in json.loads(body)["results"][0]
 
     async def run():
         latencies, errors = [], []
-        limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-        async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as c:
-            for name, data in payloads[:2]:  # warm-up (connections, first requests)
-                await c.post("v1/predict", content=data,
-                             headers={"Content-Type": "image/jpeg"})
-            stop_at = time.perf_counter() + max_seconds
+        conns = [KeepAliveClient(host, port) for _ in range(clients)]
+        for c in conns:
+            await c.connect()
+        for c in conns[:2]:  # warm-up (first requests)
+            await one(c, reqs[0])
+        stop_at = time.perf_counter() + max_seconds
 
-            async def worker(i: int) -> None:
-                for j in range(requests):
-                    if time.perf_counter() > stop_at:
-                        return
-                    name, data = payloads[(i * requests + j) % len(payloads)]
-                    t0 = time.perf_counter()
-                    try:
-                        r = await c.post(f"v1/predict?filename={name}", content=data,
-                                         headers={"Content-Type": "image/jpeg"})
-                        r.raise_for_status()
-                        assert "label" in r.json()["results"][0]
-                    except Exception as e:  # recorded, reported, not fatal
-                        errors.append(repr(e))
-                        continue
-                    latencies.append((time.perf_counter() - t0) * 1000)
+        async def worker(i: int) -> None:
+            c = conns[i]
+            for j in range(requests):
+                if time.perf_counter() > stop_at:
+                    return
+                t0 = time.perf_counter()
+                try:
+                    await one(c, reqs[(i * requests + j) % len(reqs)])
+                except Exception as e:  # recorded, reported, not fatal
+                    errors.append(repr(e))
+                    c.close()
+                    continue
+                latencies.append((time.perf_counter() - t0) * 1000)
 
-            t0 = time.perf_counter()
-            await asyncio.gather(*(worker(i) for i in range(clients)))
-            return latencies, errors, time.perf_counter() - t0
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker(i) for i in range(clients)))
+        total = time.perf_counter() - t0
+        for c in conns:
+            c.close()
+        return latencies, errors, total
 
-    before = _batch_stats(url)
+    before, cpu0 = _batch_stats(url), process_cpu_s(server_pid)
     latencies, errors, total = asyncio.run(run())
-    after = _batch_stats(url)
-    res = _summary("/v1/predict", clients, latencies, errors, total, len(latencies))
+    after, cpu1 = _batch_stats(url), process_cpu_s(server_pid)
+    res = _summary(front, clients, latencies, errors, total, len(latencies))
     batches = after[1] - before[1]
     res["mean_batch"] = round((after[0] - before[0]) / batches, 1) if batches else None
+    # The warm-up requests are in the CPU figure too: two more images.
+    res["server_cpu_ms_per_image"] = round(1000 * (cpu1 - cpu0) / (len(latencies) + 2), 2) \
+        if cpu1 > cpu0 else None
     return res
 
 
@@ -274,25 +364,36 @@ def bench_gradio_api(url: str, images: list[Path], clients: int, requests: int,
 
 
 def bench_serve(model: str, images: list[Path], clients_list: list[int], requests: int,
-                max_seconds: float, max_batch: int, max_wait_ms: float, env: dict) -> dict:
-    """Start `vgg-serve` (demo mounted) and compare its two front ends at each concurrency."""
+                max_seconds: float, max_batch: int, max_wait_ms: float, env: dict,
+                fronts: tuple[str, ...] = ("v1", "gradio"), backend: str = "auto") -> dict:
+    """Start `vgg-serve` (demo mounted) and compare its front ends at each concurrency:
+    ``v1`` (/v1/predict, JPEG), ``v2`` (/v2 infer, binary float32 tensors), ``gradio``."""
+    from vggcifar.export.triton import triton_model_name
+
     port = free_port()
-    cmd = [str(BIN / "vgg-serve"), "--model", model, "--device", "cpu", "--port", str(port),
-           "--max-batch", str(max_batch), "--max-wait-ms", str(max_wait_ms), "--quiet"]
+    cmd = [str(BIN / "vgg-serve"), "--model", model, "--backend", backend, "--device", "cpu",
+           "--port", str(port), "--max-batch", str(max_batch), "--max-wait-ms",
+           str(max_wait_ms), "--quiet"]
     server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                               env=env)
     url = f"http://127.0.0.1:{port}/"
-    payloads = [(p.name, p.read_bytes()) for p in images]
+    jpegs = [(p.name, p.read_bytes()) for p in images]
+    tensors = [(p.name, v2_payload(p)) for p in images] if "v2" in fronts else []
     rows = []
     try:
         health = wait_healthy(server, url)
         for n in clients_list:
-            print(f"vgg-serve: {n} clients on /v1/predict ...", file=sys.stderr)
-            rows.append(bench_api(url, payloads, n, requests, max_seconds))
-            print(f"  {rows[-1]}", file=sys.stderr)
-            print(f"vgg-serve: {n} clients on the Gradio API ...", file=sys.stderr)
-            rows.append(bench_gradio_api(url, images, n, requests, max_seconds))
-            print(f"  {rows[-1]}", file=sys.stderr)
+            for front in fronts:
+                print(f"vgg-serve: {n} clients on {front} ...", file=sys.stderr)
+                if front == "gradio":
+                    rows.append(bench_gradio_api(url, images, n, requests, max_seconds))
+                elif front == "v2":
+                    rows.append(bench_api(url, tensors, n, requests, max_seconds, "/v2 infer",
+                                          triton_model_name(model), server.pid))
+                else:
+                    rows.append(bench_api(url, jpegs, n, requests, max_seconds,
+                                          server_pid=server.pid))
+                print(f"  {rows[-1]}", file=sys.stderr)
     finally:
         server.send_signal(signal.SIGTERM)
         try:
@@ -352,22 +453,23 @@ def markdown(res: dict) -> str:
         lines.append("")
     if res.get("serve"):
         sv = res["serve"]
-        lines += [f"### `vgg-serve`: `/v1/predict` against the Gradio API of the same server", "",
+        lines += ["### `vgg-serve`: its front ends, one server", "",
                   f"Server: `{sv['command']}` ({sv['model']}, {sv['arch']}, {sv['backend']}); "
                   f"up to {sv['requests']} single-image requests per client, at most "
                   f"{sv['max_seconds']:g} s per run; exit code after SIGTERM: {sv['exit_code']}.",
                   "", "| clients | front end | requests | errors | p50 latency | p99 latency "
-                  "| images/s | mean batch | /v1/predict vs Gradio |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "| images/s | mean batch | server CPU per image | /v1/predict vs Gradio |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         by = {(r["clients"], r["front_end"]): r for r in sv["rows"]}
         for r in sv["rows"]:
             ratio = ""
+            cpu = f"{r['server_cpu_ms_per_image']} ms" if r.get("server_cpu_ms_per_image") else "-"
             g = by.get((r["clients"], "Gradio API"))
             if r["front_end"] == "/v1/predict" and g and g["img_s"]:
                 ratio = f"{r['img_s'] / g['img_s']:.1f}x"
             lines.append(f"| {r['clients']} | {r['front_end']} | {r['requests']} | "
                          f"{r['errors']} | {r['p50_ms']} ms | {r['p99_ms']} ms | {r['img_s']} | "
-                         f"{r.get('mean_batch') or '-'} | {ratio} |")
+                         f"{r.get('mean_batch') or '-'} | {cpu} | {ratio} |")
         lines.append("")
     lines.append("Latency is the client's wall time per request: upload, queue, decode, predict, "
                  "response. Clients and server share this machine's cores.")
@@ -401,6 +503,10 @@ def main() -> None:
                     help="a run stops issuing requests after this long")
     ap.add_argument("--serve-max-batch", type=int, default=32, help="vgg-serve --max-batch")
     ap.add_argument("--serve-max-wait-ms", type=float, default=5, help="vgg-serve --max-wait-ms")
+    ap.add_argument("--serve-fronts", default="v1,gradio",
+                    help="front ends to load: v1 (/v1/predict, JPEG), v2 (/v2 infer, binary "
+                         "tensors), gradio (the page's API)")
+    ap.add_argument("--serve-backend", default="auto", help="vgg-serve --backend")
     ap.add_argument("--note", default="", help="free text for the report (e.g. machine load)")
     ap.add_argument("--json-out", default="", help="also write the raw numbers here (JSON)")
     args = ap.parse_args()
@@ -444,7 +550,9 @@ def main() -> None:
             serve = bench_serve(args.model, [p for p, _ in items],
                                 [int(c) for c in args.serve_clients.split(",")],
                                 args.serve_requests, args.serve_max_seconds,
-                                args.serve_max_batch, args.serve_max_wait_ms, env)
+                                args.serve_max_batch, args.serve_max_wait_ms, env,
+                                tuple(filter(None, args.serve_fronts.split(","))),
+                                args.serve_backend)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         load_after = os.getloadavg()[0]

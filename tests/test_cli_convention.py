@@ -26,7 +26,7 @@ COMMANDS = {
     "vgg-predict": "vggcifar.serving.cli",
     "vgg-eval": "vggcifar.serving.eval_cli",
     "vgg-demo": "vggcifar.serving.demo",
-    "vgg-serve": "vggcifar.serving.http_api",
+    "vgg-serve": "vggcifar.serving.serve_cli",
 }
 READS_A_MODEL = ("vgg-export", "vgg-predict", "vgg-eval", "vgg-demo", "vgg-serve")
 WRITES_A_FOLDER = ("vgg-train", "vgg-study", "vgg-export")

@@ -138,6 +138,39 @@ def test_object_arrays_in_a_batch_are_refused(tmp_path):
         load_cifar10(folder, download=False, cache=False)
 
 
+
+class _FlaggedUint8:
+    """Pickles as ``numpy.dtype('u1')`` followed by a ``__setstate__`` that sets the object
+    flags (``hasobject``) on it: what issue 21 found passing the "no object arrays" guard."""
+
+    def __reduce__(self):
+        return np.dtype, ("u1", False, True), (3, "|", None, None, None, -1, -1, 0x3F)
+
+
+class _ArrayOf:
+    """Pickles as numpy does an array (``_reconstruct`` then ``__setstate__``), with ``dtype``."""
+
+    def __init__(self, dtype, n):
+        self.dtype, self.n = dtype, n
+
+    def __reduce__(self):
+        from numpy._core.multiarray import _reconstruct
+
+        return (_reconstruct, (np.ndarray, (0,), b"b"),
+                (1, (self.n, 3072), self.dtype, False, bytes(self.n * 3072)))
+
+
+@pytest.mark.parametrize("where", ["array", "alone"])
+def test_dtype_flag_changes_in_a_batch_are_refused(tmp_path, where):
+    folder = _batches(tmp_path)
+    _rewrite(folder / "test_batch", lambda d: d.update(
+        data=_ArrayOf(_FlaggedUint8(), 10) if where == "array" else d["data"],
+        labels=[0] * 10 if where == "array" else d["labels"],
+        **({"batch_label": _FlaggedUint8()} if where == "alone" else {})))
+    with pytest.raises(VggCifarError, match=r"test_batch: a change of numpy dtype uint8 .*"
+                                            r"malicious"):
+        load_cifar10(folder, download=False, cache=False)
+
 # ---- one bad image ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("exc, shown", [

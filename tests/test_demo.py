@@ -240,7 +240,7 @@ def test_raw_request_cannot_read_server_files(served, tmp_path):
     """Issue 12, item 1: a client naming a server path (no ``meta``) gets one refusal, the same
     for an image, a folder, an empty or special file, a missing file, a URL or a symlink out of
     Gradio's upload folder; an existing server image is never classified."""
-    from vggcifar.serving.demo import REFUSED
+    from vggcifar.serving.received import REFUSED
 
     url, _, _, _, demo = served
     secret = tmp_path / "server-image.png"

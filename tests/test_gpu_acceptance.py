@@ -139,12 +139,13 @@ def test_gpu_acceptance_forced_timeout_keeps_partial_results(tmp_path):
 def test_a_timed_out_stage_takes_its_workers_down(tmp_path):
     """A stage that started a worker of its own (like vgg-study's split process): the timeout
     kills the whole process group, the worker too."""
-    ga = _load_script()
+    from vggcifar.procs import run_group
+
     pidfile = tmp_path / "worker.pid"
     child = ("import subprocess, sys, time; "
              "w = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)']); "
              f"open({str(pidfile)!r}, 'w').write(str(w.pid)); time.sleep(120)")
-    r = ga.run_group([sys.executable, "-c", child], tmp_path / "stage.log", timeout=3)
+    r = run_group([sys.executable, "-c", child], tmp_path / "stage.log", timeout=3)
     assert r["status"] == "timeout" and r["rc"] is None and r["group_gone"]
     worker = int(pidfile.read_text())
     try:
@@ -172,3 +173,42 @@ def test_stage_table_at_the_top_matches_the_stages():
         cap = "rest" if st.cap_s == float("inf") else f"{st.cap_s:.0f}"
         assert any(line.split()[:3] == [str(st.num), st.name, cap]
                    for line in head.splitlines() if line.strip()), st
+
+
+def test_results_tarball_keeps_to_its_budget_and_the_folder_check_names_problems(tmp_path):
+    from vggcifar.timebox import Limits, check_folder, write_tarball
+
+    lim = Limits(max_files=2, max_file_bytes=1000, tar_member_budget=1500, log_tail_bytes=400)
+    (tmp_path / "a.log").write_bytes(b"x" * 1000)
+    (tmp_path / "big.bin").write_bytes(b"y" * 1200)
+    (tmp_path / "s.txt").write_text("hi")
+    out = tmp_path / "out"
+    out.mkdir()
+    members = [("logs/a.log", tmp_path / "a.log"), ("big.bin", tmp_path / "big.bin"),
+               ("s.txt", tmp_path / "s.txt")]
+    write_tarball(members, out / "results.tar.gz", lim)
+    with tarfile.open(out / "results.tar.gz") as tar:
+        assert tar.getnames() == ["results/logs/a.log", "results/s.txt", "results/LEFT_OUT.txt"]
+        assert len(tar.extractfile("results/logs/a.log").read()) < 500  # head and tail only
+        assert "big.bin" in tar.extractfile("results/LEFT_OUT.txt").read().decode()
+    assert check_folder(out, lim)["ok"]
+    (out / "x").write_bytes(b"0" * 2000)
+    (out / "y").write_text("y")
+    problems = check_folder(out, lim)["problems"]
+    assert len(problems) == 2 and "3 files" in problems[0] and problems[1].startswith("x:")
+
+
+def test_timebox_runs_a_stage_and_skips_one_without_time(tmp_path):
+    from vggcifar.timebox import Stage, Timebox
+
+    stages = [Stage(0, "a", 30, 0, "prints"), Stage(1, "b", 30, 60, "needs a minute")]
+    tb = Timebox(stages, tmp_path / "out", tmp_path / "work", budget_s=20, reserve_s=1, name="t")
+    tb.run_stages(lambda name: ([sys.executable, "-c", "print('hi')"], "hi"),
+                  lambda name, r: {"rc": r["rc"]})
+    s = tb.summary
+    assert [r["status"] for r in s["stages"]] == ["ok", "skipped"] and tb.passed()
+    assert s["a"] == {"rc": 0} and "needs 60s" in s["stages"][1]["reason"]
+    assert "hi" in (tmp_path / "work" / "logs" / "0-a.log").read_text()
+    check = tb.finish(remove_work=True)
+    assert check["ok"] and check["files"] == ["results.tar.gz", "summary.json"]
+    assert not (tmp_path / "work").exists()

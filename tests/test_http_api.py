@@ -25,7 +25,8 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from vggcifar.serving import Predictor
-from vggcifar.serving.http_api import create_app, main as serve_cli
+from vggcifar.serving.http_api import create_app
+from vggcifar.serving.serve_cli import main as serve_cli
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
            "truck")
@@ -82,6 +83,15 @@ class StubPredictor:
         self.entered = threading.Event()
         self.batches: list[int] = []  # images per call; negative for warm-up calls
 
+    def outputs(self, x):
+        """The model contract: float32 RGB in [0, 1] -> (logits, probabilities)."""
+        probs = self.probabilities(np.rint(x * 255).astype(np.uint8))
+        return np.log(probs), probs
+
+    # What the API assembles answers with: the Predictor's own public methods.
+    top_k = Predictor.top_k
+    prediction = Predictor.prediction
+
     def probabilities(self, pixels):
         n = len(pixels)
         if not pixels.any():  # the app's warm-up calls: blank images (batch 1, max_batch)
@@ -103,10 +113,6 @@ class StubPredictor:
             if i < n:
                 out[i] = np.nan
         return out
-
-    def _top(self, probs, k):
-        order = np.argsort(-probs, kind="stable")[:k]
-        return [(self.class_names[i], float(probs[i])) for i in order]
 
 
 @pytest.fixture(scope="module")
@@ -244,6 +250,16 @@ def test_concurrent_requests_are_batched_and_answered_correctly(predictor):
         assert r.json()["results"][0]["label"] == CLASSES[int(px.numpy().mean()) % 10]
     assert metric(text, "vggcifar_batch_size_count") == len(calls)
     assert metric(text, "vggcifar_batch_size_sum") == 12
+
+
+def test_a_lone_request_does_not_wait_for_company():
+    """The batch waits for more images only while other requests are on their way."""
+    app = create_app(StubPredictor(), max_batch=16, max_wait_ms=3000, demo=False)
+    with TestClient(app) as c:
+        wait_ready(c)
+        t0 = time.perf_counter()
+        r = c.post("/v1/predict", content=png_bytes(), headers={"Content-Type": "image/png"})
+        assert r.status_code == 200 and time.perf_counter() - t0 < 1.5
 
 
 def test_non_finite_probabilities_are_an_image_error():
@@ -400,7 +416,8 @@ def test_cli_help_and_port_in_use():
 def test_sigterm_finishes_requests_in_flight_then_exits_0(tiny_checkpoint, tmp_path):
     port = free_port()
     exe = Path(sys.executable).parent / "vgg-serve"
-    # Batches wait up to 1.5 s for company: requests are still in flight when SIGTERM arrives.
+    # A batch waits up to 1.5 s for company while a request is on its way (here one whose body
+    # trickles in): requests are still in flight when SIGTERM arrives.
     cmd = [str(exe), "--model", str(tiny_checkpoint), "--backend", "torch", "--device", "cpu",
            "--port", str(port), "--no-demo", "--max-batch", "64", "--max-wait-ms", "1500"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -422,14 +439,23 @@ def test_sigterm_finishes_requests_in_flight_then_exits_0(tiny_checkpoint, tmp_p
             return httpx.post(url + "/v1/predict", content=png_bytes(i), timeout=30,
                               headers={"Content-Type": "image/png"})
 
-        with ThreadPoolExecutor(4) as pool:
-            futures = [pool.submit(send, i) for i in range(4)]
+        def trickle():
+            data = png_bytes(9)
+            yield data[:20]
+            time.sleep(1.0)
+            yield data[20:]
+
+        with ThreadPoolExecutor(5) as pool:
+            slow = pool.submit(httpx.post, url + "/v1/predict", content=trickle(), timeout=30,
+                               headers={"Content-Type": "image/png"})
+            time.sleep(0.2)
+            futures = [pool.submit(send, i) for i in range(4)] + [slow]
             time.sleep(0.6)  # all four are waiting in the batcher
             assert not any(f.done() for f in futures)
             t0 = time.time()
             proc.send_signal(signal.SIGTERM)
             answers = [f.result(30) for f in futures]
-        assert [a.status_code for a in answers] == [200] * 4
+        assert [a.status_code for a in answers] == [200] * 5
         assert all("label" in a.json()["results"][0] for a in answers)
         rc = proc.wait(30)
         out = proc.stdout.read()

@@ -71,37 +71,7 @@ def test_initialisation_matches_the_study():
             assert torch.count_nonzero(mod.bias) == 0
 
 
-@pytest.mark.parametrize("size", [1, 2, 4, 8])
-def test_conv3x3_training_path_equals_a_plain_convolution(size):
-    """The patch (im2col) path that small maps take when training on the CPU gives the same
-    outputs and gradients as ``F.conv2d``; bigger maps, eval mode and export use the plain one."""
-    from vggcifar.models.conv3x3 import PATCH_MAX_PIXELS, Conv3x3, conv3x3_patches
-
-    torch.manual_seed(0)
-    conv = Conv3x3(6, 5).double()
-    assert set(conv.state_dict()) == {"weight", "bias"}
-    x = torch.randn(3, 6, size, size, dtype=torch.float64, requires_grad=True)
-    ref = torch.nn.functional.conv2d(x, conv.weight, conv.bias, padding=1)
-    g = torch.randn_like(ref)
-    grads_ref = torch.autograd.grad(ref, (x, conv.weight, conv.bias), g)
-    out = conv.train()(x)
-    grads = torch.autograd.grad(out, (x, conv.weight, conv.bias), g)
-    assert out.shape == (3, 5, size, size)
-    assert torch.allclose(out, ref, atol=1e-12)
-    assert all(torch.allclose(a, b, atol=1e-12) for a, b in zip(grads, grads_ref))
-    assert torch.allclose(conv3x3_patches(x, conv.weight, None),
-                          torch.nn.functional.conv2d(x, conv.weight, None, padding=1), atol=1e-12)
-
-    calls = []
-    import vggcifar.models.conv3x3 as mod
-    real = mod.conv3x3_patches
-    try:
-        mod.conv3x3_patches = lambda *a: calls.append(1) or real(*a)
-        conv.train()(x)
-        conv.eval()(x)
-    finally:
-        mod.conv3x3_patches = real
-    assert len(calls) == (1 if size * size <= PATCH_MAX_PIXELS else 0)
+# The training paths themselves (patches, dense) are tested in tests/test_conv3x3.py.
 
 
 def test_vgg_uses_conv3x3_and_keeps_its_state_dict_keys():

@@ -18,11 +18,15 @@ from vggcifar.errors import VggCifarError
 from vggcifar.images import pil_to_uint8
 from vggcifar.serving import Predictor, load_pixels
 from vggcifar.runtime.onnx import device_session
+from vggcifar.runtime.openvino import openvino_status
 from vggcifar.runtime.tensorrt import tensorrt_status
 from vggcifar.serving.backends import create_backend
 from vggcifar.serving.cli import main as predict_cli
 from vggcifar.serving.files import expand_inputs
 
+
+# What ``auto`` runs an ONNX graph (or a checkpoint's export) on, on a CPU.
+AUTO_CPU = "openvino" if openvino_status()[0] else "onnx"
 
 # ---- fixtures and image makers ---------------------------------------------------------------
 
@@ -291,7 +295,7 @@ def test_torch_and_onnx_backends_agree(varied_checkpoint, onnx_model, predictor,
     ref = predictor.probabilities(x)
     # The real export, opened by file, and the checkpoint run with --backend onnx (exported on
     # the fly) must both match PyTorch.
-    for p in (Predictor(onnx_model, device="cpu"),
+    for p in (Predictor(onnx_model, backend="onnx", device="cpu"),
               Predictor(varied_checkpoint, backend="onnx", device="cpu")):
         assert p.backend.name == "onnx" and "CPUExecutionProvider" in p.backend_name
         out = p.probabilities(x)
@@ -302,8 +306,8 @@ def test_torch_and_onnx_backends_agree(varied_checkpoint, onnx_model, predictor,
 
 
 def test_onnx_metadata_drives_classes_and_info(onnx_model, varied_checkpoint):
-    p = Predictor(onnx_model)
-    assert p.backend.name == "onnx"  # auto picks onnxruntime for .onnx files
+    p = Predictor(onnx_model, backend="onnx")
+    assert p.backend.name == "onnx"
     assert p.info.format == "onnx" and p.info.arch == "vgg11"
     assert p.info.test_accuracy == pytest.approx(0.5)
     assert p.class_names[3] == "cat" and p.input_size == 32
@@ -311,14 +315,14 @@ def test_onnx_metadata_drives_classes_and_info(onnx_model, varied_checkpoint):
     assert q.info.name.endswith("/best.pt") and q.info.format == "checkpoint"
 
 
-def test_auto_backend_prefers_onnxruntime_on_cpu(varied_checkpoint, monkeypatch):
+def test_auto_backend_prefers_an_onnx_runtime_on_cpu(varied_checkpoint, monkeypatch):
     from vggcifar.export import cache
 
     if torch.cuda.is_available():
         assert Predictor(varied_checkpoint).backend.name == "torch"
         return
     p = Predictor(varied_checkpoint)
-    assert p.backend.name == "onnx" and p.info.format == "checkpoint"
+    assert p.backend.name == AUTO_CPU and p.info.format == "checkpoint"
     assert p.info.name.endswith("best.pt") and p.info.arch == "vgg11"
     cached = list(cache.onnx_cache_dir().glob("best-*.onnx"))
     assert cached  # exported once, reused next time
@@ -468,7 +472,7 @@ def test_cli_table(images, varied_checkpoint, predictor):
     row = next(ln for ln in lines if "img0.png" in ln)
     want = predictor.predict(images / "img0.png", top_k=2)
     assert want.label in row and f"{want.probability:.1%}" in row
-    assert "backend: onnx" in r.stderr and "4 predicted, 0 failed" in r.stderr  # auto on CPU
+    assert f"backend: {AUTO_CPU}" in r.stderr and "4 predicted, 0 failed" in r.stderr  # on CPU
 
 
 def test_cli_json(images, varied_checkpoint, predictor):

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import re
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from vggcifar.errors import VggCifarError
@@ -40,11 +42,23 @@ def spy_train(monkeypatch):
     return calls
 
 
+@contextmanager
+def one_thread():
+    """One PyTorch thread for tiny models: two threads that wait for each other at every
+    operation lose most of their time when other work shares the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def study(tmp_path_factory, cifar_batches) -> Path:
     """A finished three-split study, all splits in this process."""
     out = tmp_path_factory.mktemp("study") / "s"
-    with pytest.MonkeyPatch.context() as mp:
+    with pytest.MonkeyPatch.context() as mp, one_thread():
         # The run folders' sample grid is the slowest figure and the trainer's tests cover it.
         mp.setattr(trainer, "plot_samples", lambda *a, **k: None)
         r = invoke("--splits", SPLITS, *TINY, "--min-steps", "10", "--data", cifar_batches,
@@ -55,9 +69,9 @@ def study(tmp_path_factory, cifar_batches) -> Path:
 
 
 # ---------------------------------------------------------------------- the report
-def _md_table(md: str, first_header: str) -> list[dict]:
+def _md_table(md: str, first_header: str, nth: int = 0) -> list[dict]:
     lines = md.splitlines()
-    start = next(i for i, ln in enumerate(lines) if ln.startswith(f"| {first_header} |"))
+    start = [i for i, ln in enumerate(lines) if ln.startswith(f"| {first_header} |")][nth]
     header = [c.strip() for c in lines[start].strip("|").split("|")]
     rows = []
     for ln in lines[start + 2:]:
@@ -83,7 +97,8 @@ def test_study_trains_every_split_as_a_normal_run(study):
         for f in ("config.json", "metrics.csv", "best.pt", "last.pt", "curves.png",
                   "per_class.csv", "summary.json"):
             assert (d / f).is_file(), d / f
-        assert json.loads((d / "config.json").read_text())["split"] == s
+        config = json.loads((d / "config.json").read_text())
+        assert config["split"] == s and config["save_every"] == 1  # last.pt after every epoch
     # --min-steps 10: the 100-image split (3 steps per epoch) trains 4 epochs, the others 2.
     rep = json.loads((study / "report.json").read_text())
     by = {r["split"]: r for r in rep["splits"]}
@@ -148,6 +163,26 @@ def test_report_json_has_the_numbers_the_markdown_shows(study):
     assert ref[0.01]["test_accuracy"] is None and ref[0.01]["reference_accuracy"] == 0.36
 
 
+def test_report_gives_one_view_beside_tta_and_compares_one_view(study):
+    md = (study / "report.md").read_text()
+    rep = json.loads((study / "report.json").read_text())
+    table = _md_table(md, "split")
+    for cells, r in zip(table, rep["splits"]):
+        summary = json.loads((study / r["run_dir"] / "summary.json").read_text())
+        assert r["test_accuracy_one_view"] == summary["test_accuracy_one_view"] is not None
+        assert r["tta"] is True and _close(cells["one view"], r["test_accuracy_one_view"], 2, 100)
+    ref = {r["split"]: r for r in rep["analysis"]["reference"]["rows"]}
+    half = next(r for r in rep["splits"] if r["split"] == 0.5)
+    assert ref[0.5]["compared"] == half["test_accuracy_one_view"]
+    assert ref[0.5]["compared_view"] == "one view"
+    assert ref[0.5]["difference_points"] == pytest.approx(
+        100 * (half["test_accuracy_one_view"] - 0.88))
+    comparison = _md_table(md, "split", nth=1)
+    assert _close(next(c for c in comparison if c["split"] == "50%")["this study, one view"],
+                  half["test_accuracy_one_view"], 2, 100)
+    assert rep["reference"]["view"] == "one view"
+
+
 def test_explicit_command_parses_to_the_same_study(study):
     rep = json.loads((study / "report.json").read_text())
     cmd = rep["study"]["explicit_command"].split()
@@ -188,8 +223,9 @@ def test_interrupted_study_continues_where_it_stopped(tmp_path, cifar_batches, m
     monkeypatch.setattr(trainer._Run, "train_epoch", interrupt_second_epoch_of_half)
     for fig in ("plot_samples", "plot_confusion"):  # the run folders' own figures: not tested here
         monkeypatch.setattr(trainer, fig, lambda *a, **k: None)
-    r = CliRunner().invoke(main, ["--splits", "0.2,0.5,1", *TINY, "--data", str(cifar_batches),
-                                  "--out", str(out), "--no-isolate"])
+    with one_thread():
+        r = CliRunner().invoke(main, ["--splits", "0.2,0.5,1", *TINY, "--data",
+                                      str(cifar_batches), "--out", str(out), "--no-isolate"])
     assert r.exit_code == 130
     assert (out / "split-0.2" / "summary.json").is_file()
     assert (out / "split-0.5" / "last.pt").is_file()
@@ -201,7 +237,8 @@ def test_interrupted_study_continues_where_it_stopped(tmp_path, cifar_batches, m
     spy_train.clear()
     r = invoke("--out", out, "--resume", "--no-isolate", "--quiet", "--steps", "2")
     assert r.exit_code == 2 and "--steps 2" in r.output  # a resumed study keeps its options
-    r = invoke("--out", out, "--resume", "--no-isolate", "--quiet")
+    with one_thread():
+        r = invoke("--out", out, "--resume", "--no-isolate", "--quiet")
     assert r.exit_code == 0, r.output
     assert [c.split for c in spy_train] == [0.5, 1.0]  # 0.2 finished: not trained again
     assert spy_train[0].resume == str(out / "split-0.5" / "last.pt")
@@ -226,11 +263,13 @@ def test_resume_refuses_changed_options(study):
 
 # ---------------------------------------------------------------------- process per split
 @pytest.mark.slow
-def test_splits_run_in_their_own_processes(tmp_path, cifar_batches):
+def test_splits_run_in_their_own_processes(tmp_path, cifar_batches, monkeypatch):
     out = tmp_path / "iso"
-    r = invoke("--splits", "1", "--arch", "vgg11", "--width", "0.125", "--steps", "2",
-               "--batch-size", "32", "--device", "cpu", "--quiet", "--data", cifar_batches,
-               "--out", out)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the split's process: see one_thread
+    with one_thread():
+        r = invoke("--splits", "1", "--arch", "vgg11", "--width", "0.125", "--steps", "2",
+                   "--batch-size", "32", "--device", "cpu", "--quiet", "--data", cifar_batches,
+                   "--out", out)
     assert r.exit_code == 0, r.output
     rep = json.loads((out / "report.json").read_text())
     assert rep["study"]["isolated"] is True
@@ -307,7 +346,9 @@ def test_preset_defaults_yield_to_explicit_options(monkeypatch, tmp_path):
     assert got["config"].arch == "vgg16" and got["config"].steps == 7 and got["splits"] == "0.5"
     r = invoke("--preset", "paper", "--out", tmp_path / "p", "--device", "cpu")
     assert got["config"].arch == "vgg16" and got["splits"] == "0.01,0.1,0.5,0.8"
-    assert "sized for a GPU" in r.output
+    # The paper preset runs on a CPU (issue 24): no GPU warning; its epochs are set per split.
+    assert r.exit_code == 0 and "GPU" not in r.output
+    assert got["split_epochs"] == "0.01:300,0.1:150,0.5:140,0.8:95"
 
 
 def test_apply_preset_length_rule():

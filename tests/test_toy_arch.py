@@ -92,7 +92,7 @@ def test_toy_exports_to_onnx_and_serves(toy_run, tmp_path):
     assert onnx_file.is_file()
     pixels, _ = synthetic_images(8, seed=1)
     by_torch = Predictor(toy_run / "best.pt", backend="torch", device="cpu")
-    by_onnx = Predictor(onnx_file, device="cpu")
+    by_onnx = Predictor(onnx_file, backend="onnx", device="cpu")
     p_torch = by_torch.probabilities(pixels, tta=False)
     p_onnx = by_onnx.probabilities(pixels, tta=False)
     assert p_torch.shape == p_onnx.shape == (8, 10)

@@ -12,6 +12,9 @@ version 2; version-1 files still load, see :mod:`vggcifar.checkpoint_file`):
     config                       the resolved training options (JSON-able)
     metrics                      one dict per epoch
     epoch, test_accuracy, test_accuracy_one_view, versions, created
+    temperature                  temperature scaling: probabilities = softmax(logits / T), fitted
+                                 on held-out images (absent in older files: T = 1)
+    calibration                  how T was chosen (images, NLL/ECE before and after, or why 1)
     training_state (last.pt)     optimizer, scheduler, RNG states, best so far: for --resume
 """
 
@@ -24,7 +27,8 @@ from pathlib import Path
 import torch
 
 # read_checkpoint and FORMAT_VERSION are re-exported: callers read checkpoints from here.
-from .checkpoint_file import FORMAT, FORMAT_VERSION, model_spec, read_checkpoint  # noqa: F401
+from .checkpoint_file import (FORMAT, FORMAT_VERSION, model_spec, read_checkpoint,  # noqa: F401
+                              temperature_of)
 from .errors import VggCifarError
 from .io import atomic_write  # noqa: F401  (re-exported: callers import it from here)
 from .models import create_model, is_finite_number, list_models, model_entry, show_value
@@ -34,7 +38,7 @@ from .shipped import read_shipped
 
 META_KEYS = ("arch", "model_kwargs", "num_classes", "preprocessing", "config", "metrics",
              "epoch", "test_accuracy", "test_accuracy_one_view", "versions", "created",
-             "format_version")
+             "format_version", "calibration")
 # Bound on what a checkpoint may ask us to build, checked before anything is allocated (each
 # architecture bounds its own options through its registry validator).
 MAX_CLASSES = 1000
@@ -50,14 +54,16 @@ def make_checkpoint(model: torch.nn.Module, *, arch: str, num_classes: int,
                     config: dict | None = None, metrics: list | None = None, epoch: int = 0,
                     test_accuracy: float | None = None, training_state: dict | None = None,
                     versions: dict | None = None, created: str | None = None,
-                    test_accuracy_one_view: float | None = None, **more_model_kwargs) -> dict:
+                    test_accuracy_one_view: float | None = None, temperature: float = 1.0,
+                    calibration: dict | None = None, **more_model_kwargs) -> dict:
     """Assemble the checkpoint dict (see module docstring).
 
     ``model_kwargs`` are the options ``model`` was built with (``create_model(arch, num_classes,
     **model_kwargs)``); further keyword arguments (``head=``, ``width=``, ... as callers of
     format version 1 passed them) are added to them. ``test_accuracy`` is the run's figure (with
     flip TTA when the run used it); ``test_accuracy_one_view`` is without TTA, i.e. what
-    serving, which classifies one view, delivers.
+    serving, which classifies one view, delivers. ``temperature`` is the fitted ``T`` (1: none)
+    and ``calibration`` a JSON-able record of how it was chosen.
     """
     model = unwrap_model(model)
     kwargs = {**(model_kwargs or {}), **more_model_kwargs}
@@ -69,6 +75,7 @@ def make_checkpoint(model: torch.nn.Module, *, arch: str, num_classes: int,
         "config": config or {}, "metrics": metrics or [], "epoch": int(epoch),
         "test_accuracy": test_accuracy, "test_accuracy_one_view": test_accuracy_one_view,
         "versions": versions or {}, "created": created,
+        "temperature": float(temperature), "calibration": calibration or {},
     }
     if training_state is not None:
         ckpt["training_state"] = training_state
@@ -207,7 +214,8 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu"):
     ``model`` is in eval mode, on ``map_location``, expecting ``[N, 3, 32, 32]`` normalised input
     and returning ``[N, num_classes]`` logits. ``meta`` holds everything else in the checkpoint
     (arch, model_kwargs, num_classes, preprocessing, config, metrics, test_accuracy, ...) plus
-    ``path`` and a ``Preprocessing`` object under ``"preproc"``; read the architecture with
+    ``path``, a ``Preprocessing`` object under ``"preproc"`` and the checked ``temperature`` (1.0
+    for files without one); read the architecture with
     :func:`model_spec`. The model options also appear at top level (``meta["head"]``), as in
     format version 1, for readers not yet using ``model_kwargs``. A shipped model's ``.json``
     manifest (see :mod:`vggcifar.shipped`) loads the model stored in its parts.
@@ -218,6 +226,7 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu"):
     meta = {k: ckpt.get(k) for k in META_KEYS}
     for k, v in model_spec(ckpt)[1].items():
         meta.setdefault(k, v)
+    meta["temperature"] = temperature_of(ckpt, path)
     meta["path"] = str(path)
     meta["preproc"] = Preprocessing.from_dict(ckpt["preprocessing"])
     return model, meta

@@ -8,10 +8,14 @@ Format versions:
     1   the architecture's options at top level: ``head``, ``width``, ``dropout`` (VGG only).
     2   ``arch`` plus ``model_kwargs``, the registered builder's options (any architecture).
 Version-1 dicts are upgraded in memory by :func:`upgrade`; files are never rewritten.
+
+An optional ``temperature`` (temperature scaling, :mod:`vggcifar.calibration`) needs no new
+version: files without it, of either version, load as ``T = 1`` (:func:`temperature_of`).
 """
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -70,6 +74,26 @@ def upgrade(ckpt: dict) -> dict:
     out["model_kwargs"] = {k: ckpt.get(k, d) for k, d in V1_MODEL_KWARGS.items()}
     out["format_version"] = FORMAT_VERSION
     return out
+
+
+def temperature_of(ckpt: dict, where) -> float:
+    """A checkpoint's (or manifest's) temperature: ``ckpt["temperature"]``, 1.0 when absent.
+
+    Raises:
+        VggCifarError: a value that is not a finite number in ``[T_MIN, T_MAX]`` (a damaged or
+            tampered file; a real fit lies far inside).
+    """
+    from .calibration import T_MAX, T_MIN
+
+    t = ckpt.get("temperature")
+    if t is None:
+        return 1.0
+    if (isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t)
+            or not T_MIN <= t <= T_MAX):
+        raise VggCifarError(f"{where}: temperature {str(t)[:40]} is not a number in "
+                            f"[{T_MIN:g}, {T_MAX:g}]; the file is damaged or was not written "
+                            "by vggcifar")
+    return float(t)
 
 
 def model_spec(ckpt: dict) -> tuple[str, dict]:

@@ -39,11 +39,10 @@ import click
 
 from . import __version__
 from .errors import VggCifarError
-from .serving.names import DEFAULT_TOP_K  # torch-free; also the default of vgg-serve's ?top_k=
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
-EXIT_CODES_HELP = ("Exit codes: 0 all done; 1 some inputs failed; 2 usage or input error; "
-                   "3 internal error (a bug: please report it); 130 interrupted.")
+# The convention's --top-k default: vgg-predict, the demo's chart and vgg-serve's ?top_k=.
+DEFAULT_TOP_K = 3
 
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -145,19 +144,32 @@ def resolve_model(model_path) -> str:
     return str(path)
 
 
-def check_port(host: str, port: int) -> None:
-    """Fail early, naming ``--port``, when ``host:port`` cannot be listened on (vgg-demo; vgg-serve
-    binds its socket itself)."""
+def listen_socket(host: str, port: int):
+    """A TCP socket bound to ``host:port`` (``port`` 0: any free port), inheritable, so a server
+    can be handed it; a port that cannot be listened on is a one-line error naming ``--port``.
+
+    TCP_NODELAY is set on it: accepted connections inherit it on Linux, and without it a response
+    written in two parts waits for the client's delayed ACK (~40 ms)."""
     import socket
 
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((host, port))
-        except OSError as e:
-            raise VggCifarError(f"cannot listen on {host}:{port} ({e.strerror or e}); pass "
-                                "another --port (or --host)") from e
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise VggCifarError(f"cannot listen on {host}:{port} ({e.strerror or e}); pass "
+                            "another --port (or --host)") from e
+    sock.set_inheritable(True)
+    return sock
+
+
+def check_port(host: str, port: int) -> None:
+    """Fail early, naming ``--port``, when ``host:port`` cannot be listened on (vgg-demo, whose
+    server binds its own socket later)."""
+    listen_socket(host, port).close()
 
 
 def user_errors(fn):

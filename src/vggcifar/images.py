@@ -10,13 +10,18 @@ Two promises, because one bad upload or one odd file in a folder must never end 
   ``ZeroDivisionError``, ``MemoryError``...) becomes that file's one-line :class:`VggCifarError`;
 - memory is bounded by what a ``size`` x ``size`` model needs: JPEGs are decoded at reduced scale
   (draft), other large images are box-averaged down to a few times ``size`` *before* any mode
-  conversion, and 16-bit data is converted with integer arithmetic.
+  conversion, and 16-bit data is converted with integer arithmetic;
+- memory and time are bounded per process, whatever the files: only :data:`ACCEPTED_FORMATS` are
+  opened, sizes are checked from the header before decoding, only the first frame or page is
+  read, and every decode holds its estimated bytes from :data:`DECODES` while it runs.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import threading
+import time
 import warnings
 from contextlib import contextmanager
 
@@ -25,16 +30,26 @@ import torch
 from PIL import ExifTags, Image, ImageFile, UnidentifiedImageError
 
 from .errors import VggCifarError
+from .image_formats import ACCEPTED_FORMATS, ACCEPTED_NAMES
 
 # Refuse images that would decode to more than this many pixels (decompression bombs): at most
-# ~160 MB at 4 bytes a pixel. Counted after JPEG drafting, so a 50 MP photo read for a 32x32
-# model (decoded at 1/8 scale) passes; Pillow's own check still refuses headers over ~89 MP.
+# ~160 MB at 4 bytes a pixel. Checked from the header, before decoding; only JPEGs, which are
+# decoded at reduced scale (draft) for a small model, may declare up to MAX_JPEG_PIXELS (a 50 MP
+# photo read for a 32x32 model is decoded at 1/8 scale).
 MAX_PIXELS = 40_000_000
+MAX_JPEG_PIXELS = 64_000_000
 # Large images are reduced to at least this multiple of the model size a side before converting:
 # the final antialiased bicubic resize from there matches one from full size, and images up to
 # 2x this size (255 px for 32x32) take exactly the same path as before.
 REDUCE_TO = 4
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+# Decodes running at once in this process, and the decoded bytes they may hold together (see
+# DecodeBudget); a decode waits at most DECODE_WAIT_S for its turn, then its image is refused.
+MAX_DECODES = max(2, min(8, os.cpu_count() or 2))
+DECODE_BUDGET_BYTES = 512 * 2**20
+DECODE_WAIT_S = 30.0
+# Time one decode of bytes may take once it runs: Pillow reads its input block by block while
+# decoding, and a read past this refuses the image (the pixel limits bound each block's work).
+DECODE_TIME_S = 10.0
 # Pillow must never fill in truncated files silently.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
@@ -64,7 +79,8 @@ def _decoding(label: str):
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise VggCifarError(f"{label}: refused, too many pixels (possible decompression bomb)") from e
     except UnidentifiedImageError as e:
-        raise VggCifarError(f"{label}: not a readable image (unknown or corrupt format)") from e
+        raise VggCifarError(f"{label}: not a readable image (unknown or corrupt format; "
+                            f"accepted: {ACCEPTED_NAMES})") from e
     except Exception as e:
         # Pillow's OSError/ValueError texts read well alone ("image file is truncated"); for the
         # rest ("list index out of range") the type says what kind of corruption it was.
@@ -162,8 +178,138 @@ def pil_to_uint8(img: Image.Image, size: int = 32, label: str | None = None) -> 
         return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
 
 
+class DecodeBudget:
+    """A process-wide budget of concurrent decodes and their estimated decoded bytes.
+
+    Decoding can cost far more memory than a file (a 5 KB palette PNG of 6300x6300 pixels
+    decodes to 40 MB, and 160 MB more to convert its transparency), so memory is bounded by how
+    many decodes run at once and what they hold, not by how many files arrive. One image whose
+    estimate alone exceeds the budget still runs, alone. Thread-safe.
+    """
+
+    def __init__(self, max_decodes: int = MAX_DECODES, max_bytes: int = DECODE_BUDGET_BYTES):
+        self.max_decodes, self.max_bytes = max_decodes, max_bytes
+        self.running = self.bytes = self.peak_bytes = 0
+        self._cond = threading.Condition()
+
+    def _fits(self, nbytes: int) -> bool:
+        return self.running < self.max_decodes and (
+            self.running == 0 or self.bytes + nbytes <= self.max_bytes)
+
+    @contextmanager
+    def reserve(self, nbytes: int, label: str, wait_s: float = DECODE_WAIT_S):
+        """Hold one decode slot and ``nbytes`` for the block, waiting up to ``wait_s`` for them.
+
+        Raises:
+            VggCifarError: the budget stayed in use for ``wait_s`` (this image is refused).
+        """
+        deadline = time.monotonic() + wait_s
+        with self._cond:
+            while not self._fits(nbytes):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise VggCifarError(f"{label}: server busy decoding other images; try "
+                                        "again shortly")
+                self._cond.wait(left)
+            self.running += 1
+            self.bytes += nbytes
+            self.peak_bytes = max(self.peak_bytes, self.bytes)
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.running -= 1
+                self.bytes -= nbytes
+                self._cond.notify_all()
+
+
+DECODES = DecodeBudget()
+
+# Bytes a pixel of each mode takes once decoded (others: 4).
+_MODE_BYTES = {"1": 1, "L": 1, "P": 1, "LA": 2, "PA": 2, "La": 2, "I;16": 2, "I;16L": 2,
+               "I;16B": 2, "I;16N": 2, "RGB": 3, "YCbCr": 3, "LAB": 3, "HSV": 3}
+
+
+def _decode_cost(img: Image.Image, header_pixels: int) -> int:
+    """Estimated peak bytes of decoding and converting ``img`` (already drafted): its decoded
+    pixels plus twice a full-size RGBA copy (palette and bilevel images are converted before
+    they can be reduced: a 6300x6300 palette PNG peaks at 7.7 bytes a pixel); progressive JPEGs
+    also hold every DCT coefficient at full size."""
+    w, h = img.size
+    cost = w * h * (_MODE_BYTES.get(img.mode, 4) + 8)
+    if img.format in ("JPEG", "MPO") and img.info.get("progressive"):
+        cost += header_pixels * len(img.getbands()) * 2
+    return cost
+
+
+def _open_checked(source, label: str, size: int | None) -> tuple[Image.Image, int]:
+    """Open (header only) an image of an accepted format, check its declared size and draft it:
+    ``(image, estimated decode bytes)``. Nothing is decoded yet."""
+    if isinstance(source, (str, os.PathLike)):
+        if not os.path.exists(source):
+            raise VggCifarError(f"{label}: no such file")
+        if os.path.isdir(source):
+            raise VggCifarError(f"{label}: is a folder, not an image file")
+        if os.path.getsize(source) == 0:
+            raise VggCifarError(f"{label}: empty file")
+    img = Image.open(source, formats=ACCEPTED_FORMATS)
+    w, h = img.size
+    jpeg = img.format in ("JPEG", "MPO") and bool(size)
+    limit = MAX_JPEG_PIXELS if jpeg else MAX_PIXELS
+    if w * h > limit:  # from the header, before any draft: what the decoder is asked to read
+        raise VggCifarError(f"{label}: image is {w}x{h} pixels, over the {limit:,}-pixel limit "
+                            "(possible decompression bomb)")
+    if jpeg:
+        img.draft(None, (REDUCE_TO * size, REDUCE_TO * size))
+    return img, _decode_cost(img, w * h)
+
+
+class _TimedBytes(io.BytesIO):
+    """Image bytes that refuse to be read once :meth:`start`'s time is up."""
+
+    deadline = float("inf")
+    label = "image"
+
+    def start(self, seconds: float) -> None:
+        self.deadline = time.monotonic() + seconds
+
+    def read(self, size: int | None = -1) -> bytes:
+        if time.monotonic() > self.deadline:
+            raise VggCifarError(f"{self.label}: refused, decoding took over {DECODE_TIME_S:g} s")
+        return super().read(size)
+
+
+@contextmanager
+def decoding(source, name: str | None = None, size: int | None = None,
+             budget: DecodeBudget | None = None):
+    """Open and fully decode an image under the process-wide :data:`DECODES` budget, which is
+    held until the block ends (convert the image inside it).
+
+    Only the first frame or page is ever read: a TIFF of 100,000 pages costs what its first
+    page costs; an image given as bytes must decode within :data:`DECODE_TIME_S`. ``size``:
+    see :func:`open_image`.
+
+    Raises:
+        VggCifarError: empty, unreadable, truncated, malformed, unaccepted or oversized (bomb)
+            images, or no decode budget free within ``DECODE_WAIT_S``; one line naming the file.
+    """
+    label = _label(source, name)
+    if isinstance(source, (bytes, bytearray)):  # what servers decode: timed
+        source = _TimedBytes(source)
+        source.label = label
+    with _decoding(label), warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        img, cost = _open_checked(source, label, size)
+        with (budget or DECODES).reserve(cost, label):
+            if isinstance(source, _TimedBytes):
+                source.start(DECODE_TIME_S)
+            img.load()
+            yield img
+
+
 def open_image(source, name: str | None = None, size: int | None = None) -> Image.Image:
-    """Open and fully decode an image from a path, bytes or file object.
+    """Open and fully decode an image from a path, bytes or file object (see :func:`decoding`,
+    whose budget is released when this returns).
 
     Args:
         size: the model's input size, when known: JPEGs are then decoded at the smallest scale
@@ -174,31 +320,7 @@ def open_image(source, name: str | None = None, size: int | None = None) -> Imag
         VggCifarError: empty, unreadable, truncated, malformed, unsupported or oversized (bomb)
             images, with a one-line message naming the file.
     """
-    label = _label(source, name)
-    if isinstance(source, (bytes, bytearray)):
-        source = io.BytesIO(source)
-    with _decoding(label):
-        if isinstance(source, (str, os.PathLike)):
-            if not os.path.exists(source):
-                raise VggCifarError(f"{label}: no such file")
-            if os.path.isdir(source):
-                raise VggCifarError(f"{label}: is a folder, not an image file")
-            if os.path.getsize(source) == 0:
-                raise VggCifarError(f"{label}: empty file")
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(source)
-            if size:
-                img.draft(None, (REDUCE_TO * size, REDUCE_TO * size))  # a no-op but for JPEG
-            w, h = img.size
-            if w * h > MAX_PIXELS:
-                raise VggCifarError(
-                    f"{label}: image is {w}x{h} pixels, over the {MAX_PIXELS:,}-pixel limit "
-                    "(possible decompression bomb)")
-            img.load()
-            # Counting frames parses the rest of an animation, where fuzzed files fail too: do
-            # it here, under the guard, and callers get the cached count.
-            getattr(img, "n_frames", 1)
+    with decoding(source, name, size) as img:
         return img
 
 
@@ -211,4 +333,17 @@ def read_image(source, size: int = 32, name: str | None = None) -> torch.Tensor:
         VggCifarError: any problem with the file, as one line naming it.
     """
     label = _label(source, name)
-    return pil_to_uint8(open_image(source, name=label, size=size), size=size, label=label)
+    with decoding(source, name=label, size=size) as img:
+        return pil_to_uint8(img, size=size, label=label)
+
+
+def animation_note(img: Image.Image) -> str | None:
+    """What to tell the user about an animated image (only its first frame is used), without
+    walking its frames: the count only where the header states it (APNG, WebP)."""
+    with _decoding(getattr(img, "filename", "") or "image"):
+        if not getattr(img, "is_animated", False):
+            return None
+        # GIF and TIFF count frames by walking the whole file (98,000 pages took a minute).
+        known = getattr(img, "n_frames", None) if img.format not in ("GIF", "TIFF") else None
+    frames = f" with {known} frames" if isinstance(known, int) and known > 1 else ""
+    return f"animated image{frames}: the first frame was used"

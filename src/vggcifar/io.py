@@ -120,3 +120,13 @@ def make_shared(paths) -> None:
             p.chmod(0o777 & ~umask)
         elif p.is_file():
             p.chmod(0o666 & ~umask)
+
+
+def remove_empty_dirs(dirs) -> None:
+    """Remove ``dirs`` (deepest first, e.g. the folders a failed start created) while they are
+    empty; stop at the first that is not."""
+    for d in dirs:
+        try:
+            Path(d).rmdir()
+        except OSError:
+            break

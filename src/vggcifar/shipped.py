@@ -5,7 +5,11 @@ digests, and the rule that picks the default model for the CLIs.
 This module reads and writes the files only; building the model from them is
 :func:`vggcifar.checkpoint.load_checkpoint` (which reads ``.json`` manifests through
 :func:`read_shipped`), and :func:`vggcifar.pretrained.load_pretrained` is the shipped model
-ready to use."""
+ready to use.
+
+The manifest also carries the model's ``temperature`` (temperature scaling,
+:mod:`vggcifar.calibration`), which applies over the one in the parts; a manifest without one
+(the models shipped before it existed) loads as ``T = 1``."""
 
 from __future__ import annotations
 
@@ -17,7 +21,8 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint_file import check_format, read_checkpoint, torch_load_reason, upgrade
+from .checkpoint_file import (check_format, read_checkpoint, temperature_of, torch_load_reason,
+                              upgrade)
 from .errors import VggCifarError
 from .io import atomic_write
 
@@ -60,7 +65,8 @@ def pack_shipped(checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
     ``accuracy``: ``{"one_view": fraction, "tta": fraction}`` measured on the packed weights
     (``scripts/ship_model.py`` does that with ``vgg-eval``'s code); it replaces the training
     run's figures in the checkpoint and the manifest, so the card, the manifest and the demo
-    quote the figure ``vgg-eval`` gives for these very files."""
+    quote the figure ``vgg-eval`` gives for these very files. The checkpoint's ``temperature``
+    (1 when it has none) is recorded in the manifest too."""
     ckpt = read_checkpoint(checkpoint)
     ckpt.pop("training_state", None)
     if accuracy is not None:
@@ -85,7 +91,8 @@ def pack_shipped(checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
     manifest = {"format": SHIPPED_FORMAT, "sha256": hashlib.sha256(blob).hexdigest(),
                 "bytes": len(blob), "parts": parts, "arch": ckpt["arch"],
                 "test_accuracy": ckpt.get("test_accuracy"),
-                "test_accuracy_one_view": ckpt.get("test_accuracy_one_view"), "dtype": "float16"}
+                "test_accuracy_one_view": ckpt.get("test_accuracy_one_view"), "dtype": "float16",
+                "temperature": temperature_of(ckpt, checkpoint)}
     path = out_dir / f"{name}.json"
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=2)))
     return path
@@ -141,6 +148,7 @@ def read_manifest(manifest_path: str | os.PathLike) -> dict:
         raise _manifest_error(path, f"{total:,} bytes, over the {MAX_SHIPPED_BYTES:,}-byte limit")
     if manifest.get("bytes", total) != total:
         raise _manifest_error(path, "the parts' sizes do not add up to 'bytes'")
+    temperature_of(manifest, path)  # refuses a bad value before any part is read
     return manifest
 
 
@@ -181,7 +189,8 @@ def read_shipped_bytes(manifest_path: str | os.PathLike) -> tuple[bytes, str]:
 def read_shipped(manifest_path: str | os.PathLike) -> dict:
     """Join and verify a shipped model's parts (:func:`read_shipped_bytes`); return the
     checkpoint dict, loaded weights-only, in the current format version's form
-    (:func:`vggcifar.checkpoint_file.upgrade`), with its ``sha256`` added.
+    (:func:`vggcifar.checkpoint_file.upgrade`), with its ``sha256`` added and the manifest's
+    ``temperature`` (when it has one) in place of the parts' own.
 
     Raises:
         VggCifarError: a malformed manifest, a missing part, any sha256 mismatch, or verified
@@ -196,7 +205,16 @@ def read_shipped(manifest_path: str | os.PathLike) -> dict:
     check_format(ckpt, manifest_path)
     ckpt = upgrade(ckpt)
     ckpt["sha256"] = sha
+    manifest = read_manifest(manifest_path)
+    if manifest.get("temperature") is not None:
+        ckpt["temperature"] = temperature_of(manifest, manifest_path)
     return ckpt
+
+
+def shipped_temperature(manifest_path: str | os.PathLike) -> float:
+    """The temperature a shipped manifest records (1.0 when it records none), read without the
+    parts: the ONNX cache keys on it, as the parts' digest does not cover the manifest."""
+    return temperature_of(read_manifest(manifest_path), manifest_path)
 
 
 def default_model(runs_dir: str | os.PathLike = "runs") -> tuple[Path, str]:

@@ -24,7 +24,8 @@ import torch
 
 from ..errors import VggCifarError
 from ..io import cache_dir as default_cache_dir  # $VGGCIFAR_CACHE
-from ..images import IMAGE_EXTENSIONS, read_image
+from ..image_formats import IMAGE_EXTENSIONS
+from ..images import read_image
 from ..preprocessing import CIFAR10_CLASSES
 
 CACHE_VERSION = 1
@@ -116,11 +117,34 @@ def _latin1(text, encoding="latin1"):  # how Python 3 writes bytes into a protoc
     return text.encode("latin1")
 
 
-class _BatchUnpickler(pickle.Unpickler):
+def _same_dtype_state(state, own) -> bool:
+    """True if ``state`` restates the dtype's ``own`` (its byte order may differ: a pickle from
+    a big-endian machine)."""
+    return (isinstance(state, tuple) and len(state) == len(own) and state[1] in ("<", ">", "=", "|")
+            and state[:1] + state[2:] == own[:1] + own[2:])
+
+
+def _load_build(unpickler) -> None:
+    """The BUILD opcode (``obj.__setstate__(state)``), refusing any state that would change a
+    dtype: a pickle may restate what ``numpy.dtype(...)`` made, never set flags such as
+    ``hasobject`` on a ``uint8`` afterwards (that bypasses :func:`_dtype`'s check)."""
+    obj, state = unpickler.stack[-2], unpickler.stack[-1]
+    if isinstance(obj, np.dtype) and not _same_dtype_state(state, obj.__reduce__()[2]):
+        raise _Refused(f"a change of numpy dtype {obj} after it was made (state {state!r:.80})")
+    pickle._Unpickler.dispatch[pickle.BUILD[0]](unpickler)
+
+
+class _BatchUnpickler(pickle._Unpickler):
     """Unpickles only what a CIFAR-10 batch holds: dicts, lists, strings, bytes, numbers and
     numpy arrays of plain dtypes (as written by the Python 2 originals or by Python 3). Any other
     global - ``os.system``, ``builtins.eval``, the rest of numpy - is refused before it runs,
-    which ``pickle.load`` would not do."""
+    which ``pickle.load`` would not do, and so is any change to a dtype once made.
+
+    The pure-Python unpickler, because only it lets an opcode be checked; a batch is a handful
+    of opcodes around one large bytes object, so it is as fast as the C one here.
+    """
+
+    dispatch = {**pickle._Unpickler.dispatch, pickle.BUILD[0]: _load_build}
 
     ALLOWED = {("numpy.core.multiarray", "_reconstruct"): _reconstruct,  # numpy < 2
                ("numpy._core.multiarray", "_reconstruct"): _reconstruct,  # numpy >= 2

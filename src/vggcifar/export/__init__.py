@@ -13,9 +13,9 @@ from .._lazy import lazy_package
 _EXPORTS = {
     "FORMATS": ".formats",
     "ExportFormat": ".formats",
-    "default_out_dir": ".formats",
-    "export_checkpoint": ".formats",
-    "format_table": ".formats",
+    "default_out_dir": ".pipeline",
+    "export_checkpoint": ".pipeline",
+    "format_table": ".pipeline",
     "INPUT_NAME": ".onnx_export",
     "METADATA_KEYS": ".onnx_export",
     "OUTPUT_NAMES": ".onnx_export",

@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 CACHE_FORMAT = "vggcifar-onnx-cache"  # the sidecar of a cached export: see cached_onnx
 # Part of a cached export's name: bump it when exports gain metadata that serving reads, so older
 # cached exports (without it) are rebuilt rather than reused. 2: test_accuracy_with_tta.
-CACHE_REVISION = 2
+# 3: temperature (in the graph and the metadata).
+CACHE_REVISION = 3
 STALE_BUILD_S = 3600  # a build folder older than this was left by a killed process
 
 
@@ -61,14 +62,28 @@ def cache_sidecar(cached) -> Path:
     return Path(f"{cached}.json")
 
 
-def _read_verified(cached: Path, sha: str) -> bytes | None:
+def source_temperature(path) -> float:
+    """The temperature a source declares outside its weights' digest: a shipped manifest's
+    (:func:`vggcifar.shipped.shipped_temperature`). A ``.pt`` checkpoint's lies inside the file,
+    which its sha256 covers: 1.0 here."""
+    from ..runtime.contract import model_kind
+
+    if model_kind(path) != "shipped":
+        return 1.0
+    from ..shipped import shipped_temperature
+
+    return shipped_temperature(path)
+
+
+def _read_verified(cached: Path, sha: str, temperature: float) -> bytes | None:
     """The cached export's bytes when its sidecar says it was built from weights with sha256
-    ``sha`` and the bytes hash to the sidecar's digest; else ``None`` (missing, truncated,
-    replaced or foreign: rebuild)."""
+    ``sha`` and the source's ``temperature``, and the bytes hash to the sidecar's digest; else
+    ``None`` (missing, truncated, replaced, foreign or another temperature: rebuild)."""
     try:
         side = json.loads(cache_sidecar(cached).read_text())
         if (not isinstance(side, dict) or side.get("format") != CACHE_FORMAT
-                or side.get("source_sha256") != sha or cached.stat().st_size != side.get("bytes")):
+                or side.get("source_sha256") != sha or side.get("temperature") != temperature
+                or cached.stat().st_size != side.get("bytes")):
             return None
         data = cached.read_bytes()
     except (OSError, ValueError):
@@ -86,14 +101,17 @@ def _sweep_stale_builds(folder: Path) -> None:
             pass
 
 
-def _cache_key(sha: str) -> str:
-    """The source's digest and the exporting versions: a changed checkpoint or exporter never
+def _cache_key(sha: str, temperature: float = 1.0) -> str:
+    """The source's digest, its temperature when that lies outside the digest (a shipped
+    manifest's) and the exporting versions: a changed checkpoint, temperature or exporter never
     reuses a stale graph."""
     import torch
 
     from .. import __version__
 
-    return f"{sha[:20]}-v{__version__}-torch{torch.__version__.split('+')[0]}-r{CACHE_REVISION}"
+    t = "" if temperature == 1.0 else f"-t{temperature:.6g}"
+    return (f"{sha[:20]}{t}-v{__version__}-torch{torch.__version__.split('+')[0]}"
+            f"-r{CACHE_REVISION}")
 
 
 def cached_onnx(path, sha: str | None = None, rebuild: bool = False) -> tuple[Path, bytes]:
@@ -101,9 +119,9 @@ def cached_onnx(path, sha: str | None = None, rebuild: bool = False) -> tuple[Pa
     :func:`onnx_cache_dir`: ``(file, its bytes)``, the bytes verified.
 
     A cached file is used only when its sidecar (:func:`cache_sidecar`, written after the
-    export, atomically) records this source's sha256 and the file's own digest; anything else at
-    that name (a truncated file, one dropped there by someone else) is rebuilt, as with
-    ``rebuild=True``. The caller also checks the ``source_sha256`` in the graph's metadata. A
+    export, atomically) records this source's sha256 and temperature and the file's own
+    digest; anything else at that name (a truncated file, one dropped there by someone else) is
+    rebuilt, as with ``rebuild=True``. The caller also checks the ``source_sha256`` in the graph's metadata. A
     cache folder others can write to is not used: the export is then made afresh each time.
 
     Args:
@@ -115,15 +133,16 @@ def cached_onnx(path, sha: str | None = None, rebuild: bool = False) -> tuple[Pa
     from .onnx_export import checkpoint_sha256
 
     sha = sha or checkpoint_sha256(path)
+    temperature = source_temperature(path)
     folder = onnx_cache_dir()
-    cached = folder / f"{Path(path).stem}-{_cache_key(sha)}{ONNX_SUFFIX}"
+    cached = folder / f"{Path(path).stem}-{_cache_key(sha, temperature)}{ONNX_SUFFIX}"
     try:
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         usable = private_dir(folder)
     except OSError:  # read-only home
         usable = False
     if usable and not rebuild:
-        data = _read_verified(cached, sha)
+        data = _read_verified(cached, sha, temperature)
         if data is not None:
             return cached, data
     if usable:
@@ -139,7 +158,8 @@ def cached_onnx(path, sha: str | None = None, rebuild: bool = False) -> tuple[Pa
             return fresh, data
         try:
             atomic_write(cached, lambda t: os.replace(fresh, t))
-            side = {"format": CACHE_FORMAT, "source_sha256": sha, "bytes": len(data),
+            side = {"format": CACHE_FORMAT, "source_sha256": sha, "temperature": temperature,
+                    "bytes": len(data),
                     "onnx_sha256": hashlib.sha256(data).hexdigest(), "source": str(path)}
             atomic_write(cache_sidecar(cached), lambda t: Path(t).write_text(json.dumps(side)))
         except OSError:  # full disk: use the fresh export once, uncached

@@ -13,7 +13,7 @@ import click
 from ..cli_common import (Command, command, json_option, model_option, quiet_option,
                           resolve_model, stderr_logger, user_errors)
 from .options import (CALIB_IMAGES, CALIBRATION_METHODS, DEFAULT_OPSET, EXPORTERS, MAX_OPSET,
-                      MIN_OPSET, PARITY_IMAGES)
+                      MIN_OPSET, PARITY_IMAGES, inapplicable_options)
 
 
 class _ExportCommand(Command):
@@ -28,6 +28,17 @@ class _ExportCommand(Command):
                 f"unexpected argument {ctx.args[0]!r}: vgg-export reads the model from --model "
                 f"(vgg-export --model {ctx.args[0]} ...)", ctx)
         return rest
+
+
+def _refuse_inapplicable(ctx: click.Context, formats: list[str]) -> None:
+    """A usage error for an option typed on the command line that none of the chosen formats
+    uses (``--calib-method`` without ``--int8``...): silently ignoring it would hide a mistake."""
+    given = {opt for p in ctx.command.params
+             if ctx.get_parameter_source(p.name) == click.core.ParameterSource.COMMANDLINE
+             for opt in p.opts}
+    problems = inapplicable_options(given, formats)
+    if problems:
+        raise click.UsageError("; ".join(problems), ctx)
 
 
 @command("vgg-export", cls=_ExportCommand)
@@ -82,12 +93,13 @@ def main(model_path, onnx, fp16, int8, tensorrt, triton_dir, triton_name, opset,
     report as parity.json next to them. Exit status: 0 all within tolerance, 1 a parity check
     failed (files and report are kept), 2 a usage or input error (nothing is written).
     """
-    from .formats import export_checkpoint, format_table
+    formats = [k for k, on in (("onnx", onnx), ("fp16", fp16), ("int8", int8),
+                               ("tensorrt", tensorrt), ("triton", triton_dir)) if on] or ["onnx"]
+    _refuse_inapplicable(click.get_current_context(), formats)
+    from .pipeline import export_checkpoint, format_table
 
     log = stderr_logger(quiet)
     checkpoint = resolve_model(model_path)
-    formats = [k for k, on in (("onnx", onnx), ("fp16", fp16), ("int8", int8),
-                               ("tensorrt", tensorrt), ("triton", triton_dir)) if on] or ["onnx"]
     report = export_checkpoint(
         checkpoint, formats, out=out, data=data, opset=opset, exporter=exporter,
         parity_images=parity_images, calib_images=calib_images, calib_method=calib_method,

@@ -1,5 +1,6 @@
 """ONNX export of a checkpoint: the model wrapped so the graph takes RGB in [0, 1] and returns
-logits and probabilities, with the preprocessing and provenance stored as metadata.
+logits and probabilities (softmax of the logits divided by the model's temperature), with the
+preprocessing, the temperature and provenance stored as metadata.
 
 The graph interface and the metadata keys are the export/serving contract
 (:mod:`vggcifar.runtime.contract`); they are the same for fp32, fp16 and int8 files, so clients
@@ -11,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import json
 import os
 import warnings
 from pathlib import Path
@@ -27,10 +29,12 @@ from .options import DEFAULT_OPSET, EXPORTERS, MAX_OPSET, MIN_OPSET, PRECISIONS 
 
 
 class ExportWrapper(torch.nn.Module):
-    """The exported computation: normalise, classify, softmax.
+    """The exported computation: normalise, classify, softmax(logits / temperature).
 
     ``forward(image)``: ``image`` ``[N, 3, H, W]`` float32 RGB in [0, 1] ->
-    ``(logits [N, C] float32, probabilities [N, C] float32)``.
+    ``(logits [N, C] float32, probabilities [N, C] float32)``. The logits are the model's own;
+    only the probabilities see the temperature (a model with ``T = 1`` has no division in its
+    graph, as before temperature scaling existed).
 
     With ``dtype=torch.float16`` the wrapped model runs in half precision but the interface stays
     float32: the input is normalised in float32 (the mean/std constants keep their precision),
@@ -39,11 +43,13 @@ class ExportWrapper(torch.nn.Module):
     flags) and lets clients feed every variant the same array.
     """
 
-    def __init__(self, model: torch.nn.Module, mean, std, dtype: torch.dtype = torch.float32):
+    def __init__(self, model: torch.nn.Module, mean, std, dtype: torch.dtype = torch.float32,
+                 temperature: float = 1.0):
         super().__init__()
         self.normalize = Normalize(mean, std)
         self.model = model
         self.dtype = dtype
+        self.temperature = float(temperature)
 
     def forward(self, image: torch.Tensor):
         x = self.normalize(image)
@@ -52,11 +58,12 @@ class ExportWrapper(torch.nn.Module):
         logits = self.model(x)
         if logits.dtype != torch.float32:
             logits = logits.float()
-        return logits, torch.softmax(logits, dim=1)
+        scaled = logits / self.temperature if self.temperature != 1.0 else logits
+        return logits, torch.softmax(scaled, dim=1)
 
 
 def wrap_model(model: torch.nn.Module, preproc: Preprocessing,
-               precision: str = "fp32") -> ExportWrapper:
+               precision: str = "fp32", temperature: float = 1.0) -> ExportWrapper:
     """A copy of ``model`` (eval mode) wrapped for export; ``precision`` "fp32" or "fp16"."""
     if precision not in ("fp32", "fp16"):
         raise ValueError(f"wrap_model precision must be fp32 or fp16, not {precision!r}")
@@ -64,7 +71,7 @@ def wrap_model(model: torch.nn.Module, preproc: Preprocessing,
     if precision == "fp16":
         m = m.half()
     dtype = torch.float16 if precision == "fp16" else torch.float32
-    return ExportWrapper(m, preproc.mean, preproc.std, dtype).eval()
+    return ExportWrapper(m, preproc.mean, preproc.std, dtype, temperature).eval()
 
 
 def _export_torchscript(wrapper, sample, path: Path, opset: int) -> None:
@@ -92,7 +99,8 @@ def _export_dynamo(wrapper, sample, path: Path, opset: int) -> None:
 
 def export_onnx(model: torch.nn.Module, preproc: Preprocessing, path: str | os.PathLike, *,
                 precision: str = "fp32", exporter: str = "torchscript",
-                opset: int = DEFAULT_OPSET, metadata: dict[str, str] | None = None) -> Path:
+                opset: int = DEFAULT_OPSET, metadata: dict[str, str] | None = None,
+                temperature: float | None = None) -> Path:
     """Export ``model`` (which takes normalised ``[N, 3, 32, 32]`` input) as an ONNX file with the
     interface described in the module docstring, check it with the full ONNX checker and store
     ``metadata`` as ``metadata_props``.
@@ -105,13 +113,20 @@ def export_onnx(model: torch.nn.Module, preproc: Preprocessing, path: str | os.P
         exporter: "torchscript" (``torch.onnx.export(dynamo=False)``) or "dynamo".
         opset: ONNX opset.
         metadata: string key/values to store (see :func:`build_metadata`).
+        temperature: the ``T`` of ``probabilities = softmax(logits / T)``; ``None``: the
+            metadata's ``temperature`` (1 when absent). The metadata stored records the ``T``
+            the graph uses, so the two cannot disagree.
     Raises:
         RuntimeError: the exporter failed (message names the exporter).
     """
     if exporter not in EXPORTERS:
         raise VggCifarError(f"unknown exporter {exporter!r}; choose one of: {', '.join(EXPORTERS)}")
     path = Path(path)
-    wrapper = wrap_model(model, preproc, precision)
+    metadata = dict(metadata or {})
+    if temperature is None:
+        temperature = float(json.loads(metadata.get("temperature", "1")))
+    metadata["temperature"] = json.dumps(float(temperature))
+    wrapper = wrap_model(model, preproc, precision, temperature)
     # Batch 2, not 1: a batch of 1 can be specialised into the graph as a constant.
     sample = torch.rand(2, 3, preproc.input_size, preproc.input_size)
     try:
@@ -122,7 +137,7 @@ def export_onnx(model: torch.nn.Module, preproc: Preprocessing, path: str | os.P
         first = next((ln for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
         raise RuntimeError(f"{exporter} exporter failed at opset {opset}: {first[:300]}") from e
     proto = onnx.load(str(path))
-    set_metadata(proto, metadata or {})
+    set_metadata(proto, metadata)
     proto.doc_string = (f"vggcifar classifier; input '{INPUT_NAME}' RGB [0,1] NCHW; outputs "
                         f"{', '.join(OUTPUT_NAMES)}")
     onnx.save(proto, str(path))

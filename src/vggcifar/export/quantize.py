@@ -74,9 +74,13 @@ def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike,
         quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=False)
         proto = onnx.load(str(pre))
         # Keep the softmax (and so the probabilities output) in float: quantising probabilities
-        # to 256 levels would lose the small ones and buys no speed.
+        # to 256 levels would lose the small ones and buys no speed. The same for the division
+        # by the temperature that feeds it, so probabilities = softmax(logits / T) holds exactly.
         nodes = proto.graph.node  # topologically sorted
         exclude = [n.name for n in nodes if n.op_type == "Softmax"]
+        softmax_inputs = {i for n in nodes if n.op_type == "Softmax" for i in n.input}
+        exclude += [n.name for n in nodes if n.op_type == "Div"
+                    and set(n.output) & softmax_inputs]
         convs = [n.name for n in nodes if n.op_type == "Conv"]
         exclude += convs[:1] + [n.name for n in nodes if n.op_type in ("Gemm", "MatMul")]
         quantize_static(

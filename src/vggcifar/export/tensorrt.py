@@ -9,6 +9,9 @@ Precision: TensorRT 10 builds fp16 engines from the fp32 ONNX file with ``Builde
 take their precision from the graph, so the fp16 engine is built from the fp16 ONNX file (whose
 casts keep the float32 interface). fp32 engines are built with TF32 off so that they can meet the
 fp32 parity bound.
+
+The engines compute what their ONNX source does, so their ``probabilities`` are softmax(logits /
+T) with the model's temperature; the sidecar carries ``temperature`` as the ONNX metadata does.
 """
 
 from __future__ import annotations

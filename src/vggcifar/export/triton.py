@@ -14,7 +14,9 @@ the graph. No Triton server runs in this project's environment, so the repositor
 structurally only; serving it is ``tritonserver --model-repository DIR``.
 
 The model takes ``image`` float32 ``[N, 3, S, S]`` RGB in [0, 1] (normalisation is inside the
-graph) and returns ``logits`` and ``probabilities`` ``[N, num_classes]``.
+graph) and returns ``logits`` and ``probabilities`` ``[N, num_classes]``; the probabilities are
+softmax(logits / T) with the model's temperature ``T`` inside the graph (metadata
+``temperature``), so Triton's clients get calibrated probabilities with nothing to configure.
 """
 
 from __future__ import annotations
@@ -273,7 +275,6 @@ def validate_model_dir(model_dir: str | os.PathLike, class_names=None,
     per class, equal to ``class_names`` when given), and, with ``run``, one onnxruntime call
     on a batch of 2. Returns the problems found (empty: valid)."""
     d = Path(model_dir)
-    problems: list[str] = []
     cfg_path = d / CONFIG_NAME
     if not cfg_path.is_file():
         return [f"{cfg_path} is missing"]
@@ -281,14 +282,7 @@ def validate_model_dir(model_dir: str | os.PathLike, class_names=None,
         cfg = parse_pbtxt(cfg_path.read_text())
     except VggCifarError as e:
         return [str(e)]
-    if _one(cfg, "name") != d.name:
-        problems.append(f"name {_one(cfg, 'name')!r} differs from the folder name {d.name!r}")
-    if _one(cfg, "platform") != PLATFORM:
-        problems.append(f"platform {_one(cfg, 'platform')!r}, expected {PLATFORM!r}")
-    max_batch = _one(cfg, "max_batch_size", 0)
-    if not isinstance(max_batch, int) or max_batch < 1:
-        problems.append(f"max_batch_size {max_batch!r} must be a positive integer")
-        max_batch = 0
+    problems, max_batch = _check_header(cfg, d.name)
     versions = sorted(p for p in d.iterdir() if p.is_dir() and p.name.isdigit())
     if not versions:
         return problems + [f"{d} has no numbered version folder"]
@@ -302,58 +296,86 @@ def validate_model_dir(model_dir: str | os.PathLike, class_names=None,
         inputs, outputs = onnx_tensors(model)
     except Exception as e:  # noqa: BLE001 - any reason the file is unusable is a finding
         return problems + [f"{model} is not a valid ONNX model ({str(e).splitlines()[0][:200]})"]
-
     for kind, graph in (("input", inputs), ("output", outputs)):
-        declared = cfg.get(kind, [])
-        want = {t["name"]: t for t in graph}
-        got = {_one(t, "name"): t for t in declared}
-        if set(got) != set(want):
-            problems.append(f"{kind} names {sorted(map(str, got))} differ from the ONNX graph's "
-                            f"{sorted(want)}")
-        for tname in sorted(set(got) & set(want)):
-            t, g = got[tname], want[tname]
-            if _one(t, "data_type") != g["data_type"]:
-                problems.append(f"{kind} {tname}: data_type {_one(t, 'data_type')} differs from "
-                                f"the graph's {g['data_type']}")
-            if max_batch and (not g["dims"] or g["dims"][0] != -1):
-                problems.append(f"{kind} {tname}: the graph's first axis {g['dims'][:1]} is not "
-                                "dynamic, but max_batch_size > 0 batches it")
-            graph_dims = g["dims"][1:] if max_batch else g["dims"]
-            if list(t.get("dims", [])) != graph_dims:
-                problems.append(f"{kind} {tname}: dims {list(t.get('dims', []))} differ from the "
-                                f"graph's {graph_dims}")
-            label_file = _one(t, "label_filename")
-            if label_file is not None:
-                if kind != "output":
-                    problems.append(f"input {tname} has a label_filename")
-                    continue
-                lp = d / label_file
-                if not lp.is_file():
-                    problems.append(f"label file {lp} is missing")
-                    continue
-                labels = lp.read_text().splitlines()
-                if len(labels) != (graph_dims[-1] if graph_dims else 0):
-                    problems.append(f"{lp.name} has {len(labels)} labels for {kind} {tname} of "
-                                    f"dims {graph_dims}")
-                if class_names is not None and labels != [str(c) for c in class_names]:
-                    problems.append(f"{lp.name} does not list the model's classes in order")
+        problems += _check_tensors(kind, cfg.get(kind, []), graph, max_batch, d, class_names)
     if not any(_one(t, "label_filename") for t in cfg.get("output", [])):
         problems.append("no output has a label_filename")
-
-    db = _one(cfg, "dynamic_batching")
-    if not isinstance(db, dict):
-        problems.append("dynamic_batching is missing")
-    else:
-        pref = db.get("preferred_batch_size", [])
-        if not pref or any(not isinstance(p, int) or not 1 <= p <= max(max_batch, 1)
-                           for p in pref):
-            problems.append(f"preferred_batch_size {pref} must lie within 1..{max_batch}")
-        delay = _one(db, "max_queue_delay_microseconds", 0)
-        if not isinstance(delay, int) or delay < 0:
-            problems.append(f"max_queue_delay_microseconds {delay!r} must be >= 0")
-
+    problems += _check_batching(_one(cfg, "dynamic_batching"), max_batch)
     if run and not problems:
         problems += _run_check(model, inputs, outputs)
+    return problems
+
+
+def _check_header(cfg: dict, folder: str) -> tuple[list[str], int]:
+    """``(problems, max_batch_size)`` of the name, platform and batch size (0 when invalid)."""
+    problems = []
+    if _one(cfg, "name") != folder:
+        problems.append(f"name {_one(cfg, 'name')!r} differs from the folder name {folder!r}")
+    if _one(cfg, "platform") != PLATFORM:
+        problems.append(f"platform {_one(cfg, 'platform')!r}, expected {PLATFORM!r}")
+    max_batch = _one(cfg, "max_batch_size", 0)
+    if not isinstance(max_batch, int) or max_batch < 1:
+        problems.append(f"max_batch_size {max_batch!r} must be a positive integer")
+        max_batch = 0
+    return problems, max_batch
+
+
+def _check_tensors(kind: str, declared: list, graph: list[dict], max_batch: int, d: Path,
+                   class_names) -> list[str]:
+    """The config's ``input`` or ``output`` entries against the ONNX graph's tensors: names,
+    data types, dims (without the batch axis when batching), and the label files."""
+    problems = []
+    want = {t["name"]: t for t in graph}
+    got = {_one(t, "name"): t for t in declared}
+    if set(got) != set(want):
+        problems.append(f"{kind} names {sorted(map(str, got))} differ from the ONNX graph's "
+                        f"{sorted(want)}")
+    for tname in sorted(set(got) & set(want)):
+        t, g = got[tname], want[tname]
+        if _one(t, "data_type") != g["data_type"]:
+            problems.append(f"{kind} {tname}: data_type {_one(t, 'data_type')} differs from "
+                            f"the graph's {g['data_type']}")
+        if max_batch and (not g["dims"] or g["dims"][0] != -1):
+            problems.append(f"{kind} {tname}: the graph's first axis {g['dims'][:1]} is not "
+                            "dynamic, but max_batch_size > 0 batches it")
+        graph_dims = g["dims"][1:] if max_batch else g["dims"]
+        if list(t.get("dims", [])) != graph_dims:
+            problems.append(f"{kind} {tname}: dims {list(t.get('dims', []))} differ from the "
+                            f"graph's {graph_dims}")
+        label_file = _one(t, "label_filename")
+        if label_file is not None:
+            problems += _check_labels(kind, tname, d / label_file, graph_dims, class_names)
+    return problems
+
+
+def _check_labels(kind: str, tname: str, lp: Path, graph_dims: list, class_names) -> list[str]:
+    """A tensor's label file: only on outputs, present, one line per class, in order."""
+    if kind != "output":
+        return [f"input {tname} has a label_filename"]
+    if not lp.is_file():
+        return [f"label file {lp} is missing"]
+    problems = []
+    labels = lp.read_text().splitlines()
+    if len(labels) != (graph_dims[-1] if graph_dims else 0):
+        problems.append(f"{lp.name} has {len(labels)} labels for {kind} {tname} of "
+                        f"dims {graph_dims}")
+    if class_names is not None and labels != [str(c) for c in class_names]:
+        problems.append(f"{lp.name} does not list the model's classes in order")
+    return problems
+
+
+def _check_batching(db, max_batch: int) -> list[str]:
+    """The ``dynamic_batching`` block: present, preferred sizes within 1..max_batch_size, a
+    non-negative queue delay."""
+    if not isinstance(db, dict):
+        return ["dynamic_batching is missing"]
+    problems = []
+    pref = db.get("preferred_batch_size", [])
+    if not pref or any(not isinstance(p, int) or not 1 <= p <= max(max_batch, 1) for p in pref):
+        problems.append(f"preferred_batch_size {pref} must lie within 1..{max_batch}")
+    delay = _one(db, "max_queue_delay_microseconds", 0)
+    if not isinstance(delay, int) or delay < 0:
+        problems.append(f"max_queue_delay_microseconds {delay!r} must be >= 0")
     return problems
 
 

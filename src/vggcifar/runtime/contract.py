@@ -5,7 +5,8 @@ Every exported graph (fp32, fp16, int8 ONNX; TensorRT engines built from them) h
 
     input  ``image``          float32 ``[N, 3, S, S]``, RGB in [0, 1], NCHW, N dynamic
     output ``logits``         float32 ``[N, num_classes]``
-    output ``probabilities``  float32 ``[N, num_classes]`` (softmax of ``logits``)
+    output ``probabilities``  float32 ``[N, num_classes]``: softmax(``logits`` / T), ``T`` the
+                              model's temperature (metadata ``temperature``; 1 when absent)
 
 and carries :data:`METADATA_KEYS` (ONNX ``metadata_props``; for an engine, ``<engine>.json``),
 all values strings, lists and numbers JSON-encoded. Only the standard library is imported here
@@ -40,7 +41,7 @@ KIND_TEXT = {"checkpoint": "a vggcifar checkpoint", "shipped": "a shipped-model 
 METADATA_KEYS = ("class_names", "mean", "std", "input_size", "input_description", "arch", "head",
                  "source_checkpoint", "source_sha256", "test_accuracy",
                  "test_accuracy_one_view", "test_accuracy_with_tta", "vggcifar_version",
-                 "precision", "exporter")
+                 "precision", "exporter", "temperature")
 REQUIRED_METADATA = ("class_names", "mean", "std")
 PRECISIONS = ("fp32", "fp16", "int8")
 INPUT_DESCRIPTION = ("RGB float32 in [0, 1], NCHW [N, 3, {s}, {s}], N dynamic; resize to {s}x{s} "
@@ -80,6 +81,9 @@ def build_metadata(meta: dict, *, precision: str, exporter: str,
         precision: one of :data:`PRECISIONS`.
         exporter: "torchscript" or "dynamo" (the one whose fp32 export passed parity).
         source_sha256: the checkpoint's sha256 (:func:`vggcifar.export.onnx_export.checkpoint_sha256`).
+
+    ``temperature`` is ``meta["temperature"]`` (1.0 when absent): the graph's ``probabilities``
+    divide the logits by it (:func:`vggcifar.export.onnx_export.export_onnx` reads it from here).
     """
     from .. import __version__
 
@@ -110,6 +114,7 @@ def build_metadata(meta: dict, *, precision: str, exporter: str,
         "precision": precision,
         "exporter": exporter,
         "outputs": json.dumps(list(OUTPUT_NAMES)),
+        "temperature": json.dumps(float(meta.get("temperature") or 1.0)),
     }
 
 

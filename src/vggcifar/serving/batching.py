@@ -1,11 +1,16 @@
 """Dynamic batching for the HTTP API: concurrent requests share model calls.
 
-:class:`DynamicBatcher` lives in the server's asyncio event loop. Requests :meth:`submit` decoded
-images (``[3, S, S]`` uint8 each) and await one future per image. One background task takes up to
-``max_batch`` waiting images, waiting at most ``max_wait_ms`` after the oldest one arrived for
-more to come (like Triton's ``max_queue_delay_microseconds``), and runs the model once per batch
-in a single worker thread, so the event loop keeps accepting requests meanwhile and the next batch
-fills up while the current one runs. The queue is bounded: when an image does not fit,
+:class:`DynamicBatcher` lives in the server's asyncio event loop. Requests :meth:`submit` model
+inputs (``[3, S, S]`` float32 RGB in [0, 1] each: ``/v1/predict``'s decoded images and
+``/v2``'s tensors alike, so both share batches) and await one future per image. One background
+task takes up to ``max_batch`` waiting images and runs the model once per batch in a single
+worker thread, so the event loop keeps accepting requests meanwhile and the next batch fills up
+while the current one runs.
+
+When to run a batch that is not full: requests announce themselves while their bodies are read
+and decoded (:meth:`arriving`). A batch runs at once when nothing more is on its way (a lone
+client pays no waiting), else it waits for the announced images, at most ``max_wait_ms`` after
+its oldest image arrived (like Triton's ``max_queue_delay_microseconds``). The queue is bounded: when an image does not fit,
 :meth:`submit` raises :class:`QueueFull` (the API answers 503) instead of letting latency grow
 without limit. :meth:`stop` processes every image already accepted before it returns.
 """
@@ -13,6 +18,7 @@ without limit. :meth:`stop` processes every image already accepted before it ret
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -39,17 +45,32 @@ class BatchError(Exception):
 
 @dataclass
 class _Item:
-    pixels: np.ndarray
+    x: np.ndarray
     future: asyncio.Future
     enqueued: float
+
+
+class _Arrival:
+    """A request on its way to :meth:`DynamicBatcher.submit` (counted in ``incoming``)."""
+
+    def __init__(self, batcher: "DynamicBatcher"):
+        self._batcher = batcher
+        batcher.incoming += 1
+
+    def done(self) -> None:
+        b, self._batcher = self._batcher, None
+        if b is not None:
+            b.incoming -= 1
+            if b._wake is not None:
+                b._wake.set()
 
 
 class DynamicBatcher:
     """Gather images from concurrent requests into model calls.
 
     Args:
-        run_batch: ``[N, 3, S, S]`` uint8 -> ``[N, num_classes]`` probabilities; called in a
-            worker thread, one batch at a time.
+        run_batch: ``[N, 3, S, S]`` float32 -> a tuple of arrays with ``N`` rows each (e.g.
+            ``(logits, probabilities)``); called in a worker thread, one batch at a time.
         max_batch: most images per model call.
         max_wait_ms: how long a batch may wait for more images after its oldest one arrived.
         queue_size: most images waiting (not counting the batch being computed).
@@ -72,6 +93,7 @@ class DynamicBatcher:
         self._executor: ThreadPoolExecutor | None = None
         self._closing = False
         self.in_flight = 0  # images in the model call now running
+        self.incoming = 0  # requests reading or decoding images that will be submitted
 
     @property
     def depth(self) -> int:
@@ -95,24 +117,39 @@ class DynamicBatcher:
         """Run ``fn(*args)`` in the model thread (e.g. a warm-up), between batches."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
-    def submit(self, pixels: list[np.ndarray]) -> list[asyncio.Future]:
-        """Queue images (all or none); each future resolves to ``(probabilities row, seconds of
-        model time per image)`` or raises :class:`BatchError`.
+    @contextlib.contextmanager
+    def arriving(self):
+        """Around a request, from its start until it calls :meth:`submit` (pass it the yielded
+        arrival) or fails: a batch that is not full waits (up to ``max_wait``) for the images of
+        the requests announced so."""
+        arrival = _Arrival(self)
+        try:
+            yield arrival
+        finally:
+            arrival.done()
+
+    def submit(self, xs, arrival: "_Arrival | None" = None) -> list[asyncio.Future]:
+        """Queue images (all or none): a list of ``[3, S, S]`` float32 arrays or one
+        ``[K, 3, S, S]`` array. Each future resolves to ``(rows, seconds of model time per
+        image)``, ``rows`` holding the image's row of each of ``run_batch``'s outputs, or raises
+        :class:`BatchError`.
 
         Raises:
             QueueFull: not enough room for all of them.
             QueueClosed: the batcher is not running.
         """
+        if arrival is not None:
+            arrival.done()  # before raising too: a refused request is not on its way any more
         if not self.running:
             raise QueueClosed("the server is not accepting work (starting or shutting down)")
-        if len(self._items) + len(pixels) > self.queue_size:
+        if len(self._items) + len(xs) > self.queue_size:
             raise QueueFull(f"queue full ({len(self._items)} of {self.queue_size} images waiting)")
         loop = asyncio.get_running_loop()
         now = time.perf_counter()
         futures = []
-        for px in pixels:
+        for x in xs:
             fut = loop.create_future()
-            self._items.append(_Item(px, fut, now))
+            self._items.append(_Item(x, fut, now))
             futures.append(fut)
         self._wake.set()
         return futures
@@ -132,9 +169,10 @@ class DynamicBatcher:
     # ---- the loop ----------------------------------------------------------------------------
 
     async def _gather(self) -> None:
-        """Wait until a full batch is waiting or the oldest image has waited ``max_wait``."""
+        """Wait until a full batch is waiting, nothing more is announced (:meth:`arriving`) or
+        the oldest image has waited ``max_wait``."""
         deadline = self._items[0].enqueued + self.max_wait
-        while len(self._items) < self.max_batch and not self._closing:
+        while len(self._items) < self.max_batch and self.incoming and not self._closing:
             remaining = deadline - time.perf_counter()
             if remaining <= 0:
                 return
@@ -161,14 +199,14 @@ class DynamicBatcher:
                 continue
             self.in_flight = len(batch)
             t0 = time.perf_counter()
-            probs, error = None, None
+            outs, error = (), None
             try:
-                x = np.stack([it.pixels for it in batch])
-                probs = await loop.run_in_executor(self._executor, self.run_batch, x)
-                probs = np.asarray(probs)
-                if probs.ndim != 2 or len(probs) != len(batch):
-                    raise RuntimeError(f"model returned shape {list(probs.shape)} for "
-                                       f"{len(batch)} images")
+                x = np.stack([it.x for it in batch])
+                outs = tuple(np.asarray(o) for o in
+                             await loop.run_in_executor(self._executor, self.run_batch, x))
+                bad = [list(o.shape) for o in outs if o.ndim < 1 or len(o) != len(batch)]
+                if bad or not outs:
+                    raise RuntimeError(f"model returned shapes {bad} for {len(batch)} images")
             except Exception as e:  # noqa: BLE001 - reported to each waiting request
                 log.exception("model call failed for a batch of %d images", len(batch))
                 error = BatchError(f"inference failed ({type(e).__name__}: {e})"[:300])
@@ -186,4 +224,4 @@ class DynamicBatcher:
                 if error is not None:
                     it.future.set_exception(error)
                 else:
-                    it.future.set_result((probs[i], secs / len(batch)))
+                    it.future.set_result((tuple(o[i] for o in outs), secs / len(batch)))

@@ -57,7 +57,7 @@ class _Table:
               show_default=True,
               help="Runtime; auto = the fastest that works for the model file here.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
-@json_option("One JSON object per line (file, label, probability, top_k, backend, ms); "
+@json_option("One JSON object per line (file, label, probability, top_k, backend, tta, ms); "
              "failures as {file, error}.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
               help="Images per model call.")
@@ -66,16 +66,19 @@ class _Table:
                    "--quiet).")
 @click.option("--tta", is_flag=True,
               help="Flip test-time augmentation: average each image's and its mirror image's "
-                   "probabilities (two model calls per image; the model line says the test "
+                   "probabilities (two model inputs per image; the model line says the test "
                    "accuracy of each mode).")
+@click.option("--tta-shift", is_flag=True,
+              help="Flip plus 1-pixel shifts: average 6 views of each image (itself, its mirror "
+                   "image, and 4 copies shifted one pixel right, left, down and up).")
 @click.option("--fit", type=click.Choice(FITS), default="squash", show_default=True,
               help="Non-square pictures: squash the whole picture to a square (as training), "
                    "or crop its largest centred square first.")
 @quiet_option("No progress bar, model line or summary line on stderr (errors and notes still "
               "appear).")
 @user_errors
-def main(inputs, model_path, top_k, backend, device, as_json, batch_size, progress, tta, fit,
-         quiet):
+def main(inputs, model_path, top_k, backend, device, as_json, batch_size, progress, tta,
+         tta_shift, fit, quiet):
     """Classify IMAGES (files, folders searched recursively, or glob patterns; - reads one
     image from stdin) with a vggcifar model: PNG, JPEG, WebP, BMP, GIF (first frame), TIFF.
 
@@ -101,6 +104,7 @@ def main(inputs, model_path, top_k, backend, device, as_json, batch_size, progre
         raise VggCifarError("nothing to predict: no image files among the given paths")
     data = sys.stdin.buffer.read() if stdin else None
 
+    tta = "flip-shift" if tta_shift else "flip" if tta else "none"
     model_path = resolve_model(model_path)
     predictor = Predictor(model_path, backend=backend, device=device, tta=tta, fit=fit)
     if not quiet:

@@ -27,22 +27,34 @@ from .names import BACKENDS
               help="Evaluate only the first N test images (quick checks).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=500, show_default=True,
               help="Images per model call.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, writable=True),
+              default=None, metavar="FILE",
+              help="Also write the reliability diagram (PNG): one view and flip TTA, before and "
+                   "after the model's temperature.")
 @json_option("Print one JSON object instead of tables.")
 @quiet_option("No progress bar or data-loading lines on stderr.")
 @user_errors
-def main(model_path, data_path, backend, device, limit, batch_size, as_json, quiet):
+def main(model_path, data_path, backend, device, limit, batch_size, plot_path, as_json, quiet):
     """Measure a model's test accuracy the way vgg-predict and the demo serve it: one view per
     image and with flip test-time augmentation (--tta), per-class accuracy and the confusion
-    matrix. Every accuracy figure in the README and the model card comes from this command.
+    matrix, and how well its probabilities are calibrated (ECE over 15 bins, NLL, Brier score,
+    before and after the model's temperature). Every accuracy and calibration figure in the
+    README and the model card comes from this command.
 
     Exit codes: 0 measured; 2 usage or input error (bad model or data); 3 internal error.
     """
     from ..data import load_cifar10
     from ..errors import VggCifarError
-    from .evaluation import evaluate_predictor, format_report
+    from .evaluation import evaluate_predictor, format_report, plot_calibration
     from .predictor import Predictor
 
     model_path = resolve_model(model_path)
+    if plot_path:  # fail before the evaluation, not after it
+        from pathlib import Path
+
+        from ..io import check_writable
+
+        check_writable(Path(plot_path).resolve().parent, "--plot folder")
     predictor = Predictor(model_path, backend=backend, device=device)
     data = load_cifar10(data_path, download=False, verbose=not quiet)
     if tuple(data.classes) != tuple(predictor.class_names):
@@ -56,8 +68,14 @@ def main(model_path, data_path, backend, device, limit, batch_size, as_json, qui
     x, y = data.test_x, data.test_y
     if limit:
         x, y = x[:limit], y[:limit]
-    result = evaluate_predictor(predictor, x, y, batch_size=batch_size, progress=not quiet)
+    views: dict = {}
+    result = evaluate_predictor(predictor, x, y, batch_size=batch_size, progress=not quiet,
+                                views=views)
     info = predictor.info
+    if plot_path:
+        plot_calibration(views, plot_path,
+                         f"{info.name} ({info.arch or 'unknown arch'}), {result['n']:,} test "
+                         f"images, temperature T = {info.temperature:.4g}")
     if as_json:
         click.echo(json.dumps({
             "model": str(model_path), "name": info.name, "arch": info.arch,

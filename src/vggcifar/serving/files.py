@@ -6,7 +6,7 @@ import glob
 import os
 from pathlib import Path
 
-from ..images import IMAGE_EXTENSIONS
+from ..image_formats import IMAGE_EXTENSIONS
 
 _GLOB_CHARS = set("*?[")
 

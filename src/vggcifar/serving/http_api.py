@@ -13,6 +13,8 @@ One FastAPI application shares one :class:`~vggcifar.serving.Predictor`:
 - ``GET /healthz``: 200 ``{"status": "ready", ...}`` with the model's description, only once a
   warm-up inference has passed; 503 before (``starting``) or if it failed (``failed``).
 - ``GET /metrics``: Prometheus text format (``prometheus_client``, one registry per app).
+- ``/v2/...``: the Open Inference Protocol (KServe v2 REST, ``tritonclient``), see
+  :mod:`.inference_protocol`; its images share ``/v1/predict``'s batches.
 - ``/``: the Gradio page of :mod:`.demo` (``--no-demo`` leaves it out).
 
 Images are decoded in a thread pool (:func:`vggcifar.serving.load_pixels`: the same limits and
@@ -32,20 +34,13 @@ FastAPI, uvicorn, Gradio and torch are imported inside functions, so ``vgg-serve
 
 import asyncio
 import logging
-import math
-import os
-import signal
-import socket
-import sys
 import time
+import weakref
 
-import click
-
-from ..cli_common import (command, model_option, quiet_option, resolve_model, top_k_option,
-                          user_errors)
+from ..cli_common import DEFAULT_TOP_K
 from ..errors import VggCifarError
-from .names import BACKENDS, DEFAULT_TOP_K
 from .demo import DEFAULT_MAX_FILE_MB
+from .server_state import ServerState
 
 log = logging.getLogger(__name__)
 
@@ -54,103 +49,11 @@ DEFAULT_MAX_WAIT_MS = 5.0
 DEFAULT_QUEUE_SIZE = 256   # images waiting for a batch; beyond this: 503
 DEFAULT_MAX_FILES = 64     # images per request
 RETRY_AFTER_S = 1
-LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0,
-                   10.0)
-BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 RAW_TYPES = ("application/octet-stream",)
 
 
 class _TooLarge(Exception):
     """The request body or one of its files is over the limit (HTTP 413)."""
-
-
-class Metrics:
-    """The app's Prometheus metrics, in their own registry (several apps can coexist)."""
-
-    def __init__(self, depth_fn):
-        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-
-        self.registry = CollectorRegistry()
-        r = self.registry
-        self.requests = Counter("vggcifar_requests", "Requests to /v1/predict by HTTP status",
-                                ["status"], registry=r)
-        self.images = Counter("vggcifar_images", "Images received by /v1/predict, by outcome "
-                              "(ok, error)", ["outcome"], registry=r)
-        self.image_errors = Counter("vggcifar_image_errors", "Images that could not be "
-                                    "classified, by reason (decode, inference, nonfinite)",
-                                    ["reason"], registry=r)
-        self.latency = Histogram("vggcifar_request_latency_seconds", "Time to answer "
-                                 "/v1/predict (body read, decode, queue, model, response)",
-                                 registry=r, buckets=LATENCY_BUCKETS)
-        self.batch_size = Histogram("vggcifar_batch_size", "Images per model call",
-                                    registry=r, buckets=BATCH_BUCKETS)
-        self.inference = Histogram("vggcifar_inference_seconds", "Duration of one model call "
-                                   "(one batch)", registry=r, buckets=LATENCY_BUCKETS)
-        self.queue_depth = Gauge("vggcifar_queue_depth", "Images waiting for a batch",
-                                 registry=r)
-        self.queue_depth.set_function(depth_fn)
-        self.ready = Gauge("vggcifar_ready", "1 once the model is warmed up and serving",
-                           registry=r)
-
-    def on_batch(self, n: int, secs: float) -> None:
-        self.batch_size.observe(n)
-        self.inference.observe(secs)
-
-
-class ServerState:
-    """What the endpoints share: the predictor, the batcher, limits, readiness, metrics."""
-
-    def __init__(self, predictor, *, max_batch, max_wait_ms, queue_size, max_file_mb,
-                 max_request_mb, max_files):
-        from .batching import DynamicBatcher
-
-        self.predictor = predictor
-        self.max_file_bytes = int(max_file_mb * 1024 * 1024)
-        self.max_request_bytes = int(max_request_mb * 1024 * 1024)
-        # A request must fit in an empty queue, so it can never be refused forever.
-        self.max_files = max(1, min(max_files, queue_size))
-        self.status = "starting"
-        self.error: str | None = None
-        self.batcher = DynamicBatcher(self._run_batch, max_batch=max_batch,
-                                      max_wait_ms=max_wait_ms, queue_size=queue_size)
-        self.metrics = Metrics(lambda: self.batcher.depth)
-        self.batcher.on_batch = self.metrics.on_batch
-
-    @property
-    def ready(self) -> bool:
-        return self.status == "ready"
-
-    def _run_batch(self, pixels):
-        return self.predictor.probabilities(pixels)
-
-    def warm_up(self) -> None:
-        """A blank image alone and a full batch through the model (the runtime initialises
-        lazily, and a new batch shape may cost extra the first time); both must give finite
-        probabilities that sum to 1."""
-        import numpy as np
-
-        s = self.predictor.input_size
-        for n in sorted({1, self.batcher.max_batch}):
-            probs = np.asarray(self.predictor.probabilities(np.zeros((n, 3, s, s), np.uint8)))
-            if probs.shape != (n, len(self.predictor.class_names)):
-                raise VggCifarError(f"warm-up: the model returned shape {list(probs.shape)} "
-                                    f"for {n} images")
-            if not np.isfinite(probs).all() or not np.allclose(probs.sum(1), 1, atol=1e-3):
-                raise VggCifarError("warm-up: the model returned non-finite or unnormalised "
-                                    "probabilities")
-
-    def model_info(self) -> dict:
-        p = self.predictor
-        info = p.info
-        return {"model": info.name, "arch": info.arch, "format": info.format,
-                "test_accuracy": info.test_accuracy,
-                "test_accuracy_tta": info.test_accuracy_tta,
-                "backend": p.backend_name,
-                "input_size": p.input_size, "classes": list(p.class_names),
-                "max_batch": self.batcher.max_batch,
-                "max_wait_ms": self.batcher.max_wait * 1000,
-                "queue_size": self.batcher.queue_size, "max_files": self.max_files,
-                "max_file_bytes": self.max_file_bytes}
 
 
 # ------------------------------------------------------------------------------------- bodies
@@ -248,12 +151,35 @@ def _decode(predictor, name: str, data: bytes):
             time.perf_counter() - t0
 
 
-async def _predict(request, state: ServerState, top_k: int):
-    """-> ``(status, body dict, extra headers)``."""
-    from starlette.concurrency import run_in_threadpool
+_DECODE_THREADS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
-    from .batching import BatchError, QueueClosed, QueueFull
-    from .predictor import Prediction
+
+async def _decode_in_thread(predictor, name: str, data: bytes):
+    """:func:`_decode` in a worker thread, at most ``MAX_DECODES`` at once per event loop: the
+    images of every request wait here, holding no thread, for the process-wide decode budget
+    (:data:`vggcifar.images.DECODES`) that bounds their memory."""
+    import anyio
+
+    from ..images import MAX_DECODES
+
+    loop = asyncio.get_running_loop()
+    limiter = _DECODE_THREADS.get(loop)
+    if limiter is None:
+        limiter = _DECODE_THREADS[loop] = anyio.CapacityLimiter(MAX_DECODES)
+    return await anyio.to_thread.run_sync(_decode, predictor, name, data, limiter=limiter)
+
+
+async def _predict(request, state: ServerState, top_k: int, arrival=None, tta: str = "none"):
+    """-> ``(status, body dict, extra headers)``; ``arrival``: from the batcher's
+    :meth:`~vggcifar.serving.batching.DynamicBatcher.arriving`, ended at submission; ``tta``: a
+    TTA mode (each image's views are batched as images of their own, then averaged)."""
+    from starlette.requests import ClientDisconnect
+
+    import numpy as np
+
+    from .backends.base import to_unit
+    from .batching import QueueClosed, QueueFull
+    from .views import VIEW_COUNT, tta_views
 
     retry = {"Retry-After": str(RETRY_AFTER_S)}
     if not state.ready:
@@ -266,54 +192,87 @@ async def _predict(request, state: ServerState, top_k: int):
         return 415, {"error": str(e)}, {}
     except ValueError as e:
         return 400, {"error": str(e)}, {}
+    except ClientDisconnect:  # the client hung up mid-body: its event, not a server error
+        return 499, {"error": "client closed the connection before the body was read"}, {}
 
+    # Queue first, then decode: a request that cannot be queued costs no decoding.
+    n_views = VIEW_COUNT[tta]
+    waiting = n_views * sum(data is not None for _, data, _ in items)
+    if waiting > state.batcher.queue_size:
+        return 413, {"error": f"too many images for tta={tta}: {waiting // n_views} images of "
+                              f"{n_views} views each; at most "
+                              f"{state.batcher.queue_size // n_views} per request"}, {}
+    if waiting and state.batcher.depth + waiting > state.batcher.queue_size:
+        return 503, {"error": f"server busy: queue full ({state.batcher.depth} of "
+                              f"{state.batcher.queue_size} images waiting); retry later"}, retry
     p = state.predictor
-    backend = p.backend_name
     decoded = await asyncio.gather(*(
-        run_in_threadpool(_decode, p, name, data) if data is not None
+        _decode_in_thread(p, name, data) if data is not None
         else asyncio.sleep(0, (None, [], err, 0.0))
         for name, data, err in items))
     good = [i for i, d in enumerate(decoded) if d[0] is not None]
     futures = []
     if good:
+        x = to_unit(np.stack([decoded[i][0] for i in good]))
         try:
-            futures = state.batcher.submit([decoded[i][0] for i in good])
+            futures = state.batcher.submit(np.concatenate(tta_views(x, tta)), arrival)
         except QueueFull as e:
             return 503, {"error": f"server busy: {e}; retry later"}, retry
         except QueueClosed as e:
             return 503, {"error": str(e)}, retry
     answers = await asyncio.gather(*futures, return_exceptions=True)
-    by_index = dict(zip(good, answers))
+    by_index = dict(zip(good, _mean_over_views(answers, len(good))))
+    return _results(state, items, decoded, by_index, top_k, tta)
 
+
+def _mean_over_views(answers: list, n: int) -> list:
+    """The batcher's answers for ``n`` images' views (view-major: ``answers[v * n + j]``) as one
+    answer per image: the mean ``(logits, probabilities)`` and the summed model time, or the
+    first exception among its views."""
+    out = []
+    for j in range(n):
+        views = answers[j::n]
+        failed = next((a for a in views if isinstance(a, BaseException)), None)
+        if failed is not None or len(views) == 1:
+            out.append(failed or views[0])
+            continue
+        k = 1.0 / len(views)
+        rows = tuple(sum(v[0][i] for v in views) * k for i in range(len(views[0][0])))
+        out.append((rows, sum(v[1] for v in views)))
+    return out
+
+
+def _results(state: ServerState, items, decoded, by_index: dict, top_k: int,
+             tta: str = "none"):
+    """``(status, {"results": [...]})`` of a ``/v1/predict`` request from its ``items``
+    ``[(name, bytes, error)]``, their ``decoded`` ``(pixels, notes, error, seconds)`` and the
+    batcher's answers by item index: a :class:`BatchError`, or ``((logits, probabilities),
+    seconds)`` rows."""
+    from .batching import BatchError
+
+    p, m = state.predictor, state.metrics
     results, server_fault = [], False
-    m = state.metrics
     for i, ((name, _, _), (_, notes, err, secs)) in enumerate(zip(items, decoded)):
-        pred = None
+        ans = by_index.get(i)
         if err is not None:
             reason = "decode"
+            pred = p.prediction(name, None, ms=secs * 1000, error=err)
+        elif isinstance(ans, BaseException):
+            reason, server_fault = "inference", True
+            err = str(ans) if isinstance(ans, BatchError) else \
+                f"inference failed ({type(ans).__name__})"
+            pred = p.prediction(name, None, ms=secs * 1000, error=err)
         else:
-            ans = by_index[i]
-            if isinstance(ans, BaseException):
-                err, reason, server_fault = (str(ans) if isinstance(ans, BatchError)
-                                             else f"inference failed ({type(ans).__name__})"), \
-                    "inference", True
-            else:
-                row, share = ans
-                if not all(math.isfinite(float(v)) for v in row):
-                    err, reason = (f"{name}: the model returned non-finite probabilities"), \
-                        "nonfinite"
-                    server_fault = True
-                else:
-                    top = p._top(row, top_k)
-                    pred = Prediction(source=name, label=top[0][0], probability=top[0][1],
-                                      top_k=top, backend=backend, ms=(secs + share) * 1000,
-                                      notes=notes)
-        if pred is None:
+            (_, probs), share = ans
+            pred = p.prediction(name, probs, top_k, ms=(secs + share) * 1000, notes=notes,
+                                tta=tta)
+            reason = "nonfinite" if pred.error else None
+            server_fault |= bool(pred.error)
+        if reason is None:
+            m.images_ok.inc()
+        else:
             m.image_errors.labels(reason).inc()
-            m.images.labels("error").inc()
-            pred = Prediction(source=name, error=err, backend=backend, ms=secs * 1000)
-        else:
-            m.images.labels("ok").inc()
+            m.images_error.inc()
         results.append(pred.to_dict())
     if any("error" not in r for r in results):
         status = 200
@@ -349,10 +308,9 @@ def create_app(predictor, *, max_batch: int = DEFAULT_MAX_BATCH,
     as a context manager); until the warm-up has passed, ``/healthz`` and ``/v1/predict``
     answer 503.
     """
-    import contextlib
+    from fastapi import FastAPI
 
-    from fastapi import FastAPI, Query, Request
-    from fastapi.responses import JSONResponse, Response
+    from .inference_protocol import register as register_inference_protocol
 
     if max_request_mb is None:
         max_request_mb = 4 * max_file_mb
@@ -361,46 +319,60 @@ def create_app(predictor, *, max_batch: int = DEFAULT_MAX_BATCH,
                         queue_size=queue_size, max_file_mb=max_file_mb,
                         max_request_mb=max_request_mb, max_files=max_files)
 
-    async def _warm_up():
-        try:
-            await state.batcher.run_in_worker(state.warm_up)
-        except Exception as e:  # noqa: BLE001 - reported by /healthz, logged
-            state.status, state.error = "failed", str(e)[:300] or type(e).__name__
-            log.error("warm-up failed: %s", state.error)
-            return
-        state.status = "ready"
-        state.metrics.ready.set(1)
-        log.info("model warmed up; ready")
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app):
-        state.batcher.start()
-        # In the background: the server answers /healthz (503) while the model warms up.
-        warm = asyncio.get_running_loop().create_task(_warm_up())
-        try:
-            yield
-        finally:
-            state.metrics.ready.set(0)
-            if not warm.done():
-                warm.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await warm
-            state.status = "stopping"
-            await state.batcher.stop()  # finishes every image already accepted
-
-    app = FastAPI(title="vggcifar", lifespan=lifespan, docs_url="/v1/docs",
+    app = FastAPI(title="vggcifar", lifespan=state.lifespan, docs_url="/v1/docs",
                   redoc_url=None, openapi_url="/v1/openapi.json")
     app.state.vgg = state
+    register_inference_protocol(app, state)
+
+    _add_v1_routes(app, state, top_k)
+
+    if demo:
+        import gradio as gr
+
+        from .demo import DEFAULT_CONCURRENCY, build_demo
+
+        blocks = build_demo(predictor, top_k=top_k, examples=demo_examples,
+                            concurrency_limit=demo_concurrency or DEFAULT_CONCURRENCY,
+                            max_file_size_mb=max_file_mb)
+        # The same limits as launch_demo (vgg-demo).
+        app = gr.mount_gradio_app(
+            app, blocks, path="/", server_name=host, server_port=port,
+            max_file_size=int(max_file_mb * 1024 * 1024),
+            allowed_paths=list(allowed_paths or []), ssr_mode=False, show_error=False)
+    # Around the whole router, so every route has them: the API, /v2 and the mounted page.
+    from .limits import BODY_SLACK_BYTES, BodyLimit, SafeHeaders
+
+    app.add_middleware(BodyLimit, max_bytes=state.max_request_bytes + BODY_SLACK_BYTES)
+    app.add_middleware(SafeHeaders)
+    return app
+
+
+def _add_v1_routes(app, state: ServerState, top_k: int) -> None:
+    """``POST /v1/predict`` (``top_k``: its default ``?top_k=``), ``GET /healthz`` and
+    ``GET /metrics``."""
+    from typing import Literal
+
+    from fastapi import Query, Request
+    from fastapi.responses import JSONResponse, Response
+
+    from .names import TTA_MODES
+
+    from .inference_protocol import dumps
 
     @app.post("/v1/predict", summary="Classify one or many images")
     async def predict(request: Request,
                       top_k: int = Query(top_k, ge=1, le=1000,
-                                         description="classes listed per image")):
+                                         description="classes listed per image"),
+                      tta: Literal[TTA_MODES] = Query(
+                          "none", description="test-time augmentation: none (one view), flip "
+                          "(2 views) or flip-shift (6 views)")):
         t0 = time.perf_counter()
         status = 500
         try:
-            status, body, headers = await _predict(request, state, top_k)
-            return JSONResponse(body, status_code=status, headers=headers)
+            with state.batcher.arriving() as arrival:
+                status, body, headers = await _predict(request, state, top_k, arrival, tta)
+            return Response(dumps(body), status_code=status, headers=headers,
+                            media_type="application/json")
         finally:
             state.metrics.requests.labels(str(status)).inc()
             state.metrics.latency.observe(time.perf_counter() - t0)
@@ -419,119 +391,3 @@ def create_app(predictor, *, max_batch: int = DEFAULT_MAX_BATCH,
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
         return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
-    if demo:
-        import gradio as gr
-
-        from .demo import DEFAULT_CONCURRENCY, build_demo
-
-        blocks = build_demo(predictor, top_k=top_k, examples=demo_examples,
-                            concurrency_limit=demo_concurrency or DEFAULT_CONCURRENCY,
-                            max_file_size_mb=max_file_mb)
-        # The same limits as launch_demo (vgg-demo).
-        app = gr.mount_gradio_app(
-            app, blocks, path="/", server_name=host, server_port=port,
-            max_file_size=int(max_file_mb * 1024 * 1024),
-            allowed_paths=list(allowed_paths or []), ssr_mode=False, show_error=False)
-    return app
-
-
-# ---------------------------------------------------------------------------------- the CLI
-
-def _bind(host: str, port: int) -> socket.socket:
-    """Bind the listening socket ourselves, so a port in use is a one-line error."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-    except OSError as e:
-        sock.close()
-        raise VggCifarError(f"cannot listen on {host}:{port} ({e.strerror or e})") from e
-    sock.set_inheritable(True)
-    return sock
-
-
-@command("vgg-serve")
-@click.option("--host", default="127.0.0.1", show_default=True,
-              help="Interface to listen on (0.0.0.0 exposes the server to your whole network).")
-@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True,
-              help="Port (0: any free port, printed at start-up).")
-@model_option()
-@click.option("--backend", type=click.Choice(BACKENDS, case_sensitive=False), default="auto",
-              show_default=True, help="Runtime; auto = the fastest that works for the model here.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
-@top_k_option("Classes listed per image when a request has no ?top_k= (and in the demo page's "
-              "chart).")
-@click.option("--max-batch", type=click.IntRange(1, 1024), default=DEFAULT_MAX_BATCH,
-              show_default=True, help="Most images per model call.")
-@click.option("--max-wait-ms", type=click.FloatRange(0, 10000), default=DEFAULT_MAX_WAIT_MS,
-              show_default=True, help="How long a batch waits for more images after its first.")
-@click.option("--queue-size", type=click.IntRange(1), default=DEFAULT_QUEUE_SIZE,
-              show_default=True, help="Images allowed to wait; beyond that requests get 503.")
-@click.option("--max-file-size", "max_file_mb", type=click.FloatRange(min=0.001),
-              default=DEFAULT_MAX_FILE_MB, show_default=True, help="Limit per image in MB "
-              "(as vgg-demo's upload limit).")
-@click.option("--max-request-size", "max_request_mb", type=click.FloatRange(min=0.001),
-              default=None, help="Limit of a multipart body in MB [default: 4x --max-file-size].")
-@click.option("--max-files", type=click.IntRange(1), default=DEFAULT_MAX_FILES,
-              show_default=True, help="Images per request (at most --queue-size).")
-@click.option("--demo-concurrency", type=click.IntRange(min=1), default=None,
-              help="Predictions the demo page runs at once [default: as vgg-demo].")
-@click.option("--no-demo", is_flag=True, help="Do not mount the Gradio page at /.")
-@quiet_option("No access log or model lines: warnings, errors and the address line only.")
-@user_errors
-def main(host, port, model_path, backend, device, top_k, max_batch, max_wait_ms, queue_size,
-         max_file_mb, max_request_mb, max_files, demo_concurrency, no_demo, quiet):
-    """Serve the model over HTTP: POST /v1/predict (JSON, dynamic batching), GET /healthz,
-    GET /metrics (Prometheus), and the demo page at /.
-
-    SIGTERM or Ctrl-C: the requests in flight are answered, then the server exits.
-    """
-    import uvicorn
-
-    from .predictor import Predictor
-
-    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,
-                        format="%(levelname)s: %(name)s: %(message)s")
-    try:
-        sock = _bind(host, port)  # first: a port in use fails before the model is loaded
-    except VggCifarError as e:
-        raise VggCifarError(f"{e}; pass another --port (or --host)") from e
-    port = sock.getsockname()[1]
-    model_path = resolve_model(model_path)
-    predictor = Predictor(model_path, backend=backend, device=device, warmup=False)
-    if not quiet:
-        click.echo(f"model: {predictor.info.describe()}; backend: {predictor.backend_name}",
-                   err=True)
-    examples, allowed = None, []
-    if not no_demo:
-        from .demo import make_workdir
-        from .examples import write_examples
-
-        work = make_workdir()
-        # Uploads land in our own folder (Gradio reads GRADIO_TEMP_DIR when components are made).
-        os.environ.setdefault("GRADIO_TEMP_DIR", str(work / "uploads"))
-        examples = write_examples(work / "examples")
-        allowed = [str(work)]
-    app = create_app(predictor, max_batch=max_batch, max_wait_ms=max_wait_ms,
-                     queue_size=queue_size, max_file_mb=max_file_mb,
-                     max_request_mb=max_request_mb, max_files=max_files, demo=not no_demo,
-                     demo_examples=examples, allowed_paths=allowed,
-                     demo_concurrency=demo_concurrency, host=host, port=port, top_k=top_k)
-    shown = f"[{host}]" if ":" in host else host
-    click.echo(f"serving on http://{shown}:{port}: POST /v1/predict, GET /healthz, GET /metrics"
-               + ("" if no_demo else ", demo page at /"), err=True)
-    config = uvicorn.Config(app, log_level="warning" if quiet else "info", access_log=not quiet,
-                            lifespan="on", timeout_graceful_shutdown=30, log_config=None)
-    server = uvicorn.Server(config)
-    # uvicorn handles SIGTERM gracefully (in-flight requests finish, then the lifespan shutdown
-    # drains the batcher) and re-raises it afterwards: exit 0 then, so atexit cleanup runs.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    server.run(sockets=[sock])
-    if not server.started:
-        raise VggCifarError(f"the server on {host}:{port} did not start (see the log above)")
-
-
-if __name__ == "__main__":
-    main()

@@ -1,14 +1,14 @@
 """The Predictor: one object shared by ``vgg-predict`` and the Gradio page.
 
 It opens a model file with a backend (see :mod:`.backends`), turns images into the model's input
-exactly as training did (:func:`vggcifar.images.open_image` and
+exactly as training did (:func:`vggcifar.images.decoding` and
 :func:`vggcifar.images.pil_to_uint8`), and returns the top-k classes with probabilities and the
 time taken.
 
 Two serving choices, each with a per-Predictor default and a per-call override in
 :meth:`Predictor.predict`: ``fit`` (``squash`` the whole picture to a square, as training and
 ``vgg-predict`` do by default, or ``crop`` its largest centred square first: see :func:`fit_image`)
-and ``tta`` (flip test-time augmentation).
+and ``tta`` (test-time augmentation: ``none``, ``flip`` or ``flip-shift``, see :mod:`.views`).
 """
 
 from __future__ import annotations
@@ -23,14 +23,15 @@ import numpy as np
 import torch
 
 from ..errors import VggCifarError
-from ..images import open_image, pil_to_uint8
+from ..images import animation_note, decoding, pil_to_uint8
 from .backends import Backend, ModelInfo, create_backend
-from .names import FITS
+from .names import FITS, check_tta
+from .views import mean_over_views, tta_views
 
 # NaN or infinite probabilities (damaged weights, or an overflow) are no answer: they are an error
 # for that input, never "airplane nan%".
-NON_FINITE = ("the model's output is not finite (NaN or infinity): its weights are damaged or "
-              "overflow on this input")
+NON_FINITE = ("the model's output is not finite (a non-finite NaN or infinity): its weights are "
+              "damaged or overflow on this input")
 
 
 @dataclass
@@ -51,6 +52,7 @@ class Prediction:
     ms: float = 0.0
     notes: list[str] = field(default_factory=list)
     error: str | None = None
+    tta: str = "none"  # the test-time augmentation mode the probabilities come from
     # The [3, S, S] uint8 input the model saw (set by Predictor.predict; not part of to_dict).
     pixels: np.ndarray | None = field(default=None, repr=False, compare=False)
 
@@ -60,13 +62,15 @@ class Prediction:
 
     def to_dict(self) -> dict:
         """JSON-able: ``file``, ``label``, ``probability``, ``top_k`` (list of ``{label,
-        probability}``), ``backend``, ``ms``, ``notes``; ``error`` instead of a label on failure."""
+        probability}``), ``backend``, ``tta`` (the mode), ``ms``, ``notes``; ``error`` instead of
+        a label on failure."""
         if not self.ok:
             return {"file": self.source, "error": self.error, "backend": self.backend}
         return {"file": self.source, "label": self.label,
                 "probability": round(self.probability, 6),
                 "top_k": [{"label": lab, "probability": round(p, 6)} for lab, p in self.top_k],
-                "backend": self.backend, "ms": round(self.ms, 3), "notes": self.notes}
+                "backend": self.backend, "tta": self.tta, "ms": round(self.ms, 3),
+                "notes": self.notes}
 
 
 def check_fit(fit: str) -> str:
@@ -96,11 +100,8 @@ def image_to_pixels(img, size: int = 32, label: str = "image",
                     fit: str = "squash") -> tuple[torch.Tensor, list[str]]:
     """A decoded Pillow image -> ``([3, size, size]`` uint8 tensor, notes``)``, exactly as the
     training data (:func:`vggcifar.images.pil_to_uint8`), after :func:`fit_image`."""
-    notes = []
-    frames = getattr(img, "n_frames", 1)
-    if frames > 1:
-        notes.append(f"animated image with {frames} frames: the first frame was used")
-    return pil_to_uint8(fit_image(img, fit), size=size, label=label), notes
+    note = animation_note(img)
+    return pil_to_uint8(fit_image(img, fit), size=size, label=label), [note] if note else []
 
 
 def load_pixels(source, size: int = 32, name: str | None = None,
@@ -115,8 +116,10 @@ def load_pixels(source, size: int = 32, name: str | None = None,
         VggCifarError: unreadable, empty, truncated or oversized images (one-line message).
     """
     label = name or (os.fspath(source) if isinstance(source, (str, os.PathLike)) else "image")
-    # size lets the decoder reduce big JPEGs while decoding (what a 32x32 model needs).
-    return image_to_pixels(open_image(source, name=name, size=size), size, label, fit)
+    # size lets the decoder reduce big JPEGs while decoding (what a 32x32 model needs); the
+    # process-wide decode budget is held until the pixels are made.
+    with decoding(source, name=name, size=size) as img:
+        return image_to_pixels(img, size, label, fit)
 
 
 class Predictor:
@@ -131,9 +134,11 @@ class Predictor:
         workers: threads decoding images in :meth:`predict_files` (Pillow releases the GIL).
         warmup: run one blank image now, so the first real request does not pay for the
             runtime's lazy initialisation (hundreds of ms on CPU) and its timing is honest.
-        tta: flip test-time augmentation: each image's probabilities are the mean of the image's
-            and its mirror image's (two model calls per image; ``info.accuracy(tta)`` gives the
-            test accuracy of each mode).
+        tta: test-time augmentation, a mode of :data:`~vggcifar.serving.names.TTA_MODES` or a
+            bool (``True``: ``flip``): each image's probabilities are the mean over its views,
+            the image and its mirror image for ``flip``, and those plus four 1-pixel shifts for
+            ``flip-shift`` (2 or 6 model inputs per image; ``info.accuracy(tta)`` gives the
+            recorded test accuracy of each mode). Default: one view.
         fit: ``squash`` (default, as in training) or ``crop``: how a non-square picture becomes
             the square input (:func:`fit_image`).
 
@@ -141,11 +146,11 @@ class Predictor:
     """
 
     def __init__(self, model, backend: str = "auto", device: str | None = None,
-                 workers: int | None = None, warmup: bool = True, tta: bool = False,
+                 workers: int | None = None, warmup: bool = True, tta: bool | str = False,
                  fit: str = "squash"):
         self.fit = check_fit(fit)
+        self.tta = check_tta(tta)
         self.backend: Backend = create_backend(model, backend, device)
-        self.tta = bool(tta)
         self.info: ModelInfo = self.backend.info
         self.class_names = list(self.info.class_names)
         self.input_size = self.info.preproc.input_size
@@ -169,31 +174,67 @@ class Predictor:
                                 f"pixels, got {pixels.dtype} {list(pixels.shape)}")
         return pixels
 
+    def _mode(self, tta) -> str:
+        return self.tta if tta is None else check_tta(tta)
+
     def view_probabilities(self, pixels) -> tuple[np.ndarray, np.ndarray]:
-        """Both serving modes at once: ``[N, 3, S, S]`` uint8 -> ``(one view, flip TTA)``, each
-        ``[N, num_classes]`` float32. Flip TTA is the mean of the two views' probabilities."""
+        """Both classic serving modes at once: ``[N, 3, S, S]`` uint8 -> ``(one view, flip
+        TTA)``, each ``[N, num_classes]`` float32 (flip TTA: the mean of the two views')."""
         pixels = self._check_pixels(pixels)
-        one = self.backend.run(pixels)
-        mirrored = self.backend.run(np.ascontiguousarray(pixels[..., ::-1]))
+        both = self.backend.run(np.concatenate(tta_views(pixels, "flip")))
+        one, mirrored = both[:len(pixels)], both[len(pixels):]
         return one, (one + mirrored) * np.float32(0.5)
 
-    def probabilities(self, pixels, tta: bool | None = None) -> np.ndarray:
-        """``[N, 3, S, S]`` uint8 (tensor or array) -> ``[N, num_classes]`` float32, with flip TTA
-        when ``tta`` is true (``None``: the Predictor's own ``tta``)."""
-        if self.tta if tta is None else tta:
-            return self.view_probabilities(pixels)[1]
-        return self.backend.run(self._check_pixels(pixels))
+    def probabilities(self, pixels, tta: bool | str | None = None) -> np.ndarray:
+        """``[N, 3, S, S]`` uint8 (tensor or array) -> ``[N, num_classes]`` float32, the mean over
+        the views of TTA mode ``tta`` (``None``: the Predictor's own ``tta``)."""
+        return mean_over_views(self.backend.run, self._check_pixels(pixels), self._mode(tta))
 
-    def _top(self, probs: np.ndarray, k: int) -> list[tuple[str, float]]:
-        """``[num_classes]`` probabilities -> the ``k`` most likely ``(label, probability)``."""
+    def outputs(self, x: np.ndarray, tta: bool | str | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:
+        """The model's contract: ``[N, 3, S, S]`` float32 RGB in [0, 1] -> ``(logits,
+        probabilities)``, each ``[N, num_classes]`` float32 (what the exported ONNX graph and
+        Triton return). With TTA (``None``: the Predictor's own ``tta``) each is the mean over
+        the views.
+
+        Raises:
+            VggCifarError: ``x`` is not float32 ``[N, 3, S, S]``.
+        """
+        s = self.input_size
+        if not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.shape[1:] != (3, s, s):
+            raise VggCifarError(f"expected [N, 3, {s}, {s}] float32 in [0, 1], got "
+                                f"{getattr(x, 'dtype', type(x).__name__)} "
+                                f"{list(getattr(x, 'shape', []))}")
+        return mean_over_views(self.backend.outputs, x, self._mode(tta))
+
+    def top_k(self, probs: np.ndarray, k: int) -> list[tuple[str, float]]:
+        """``[num_classes]`` probabilities -> the ``k`` most likely ``(label, probability)``,
+        most likely first (``k`` is clipped to 1..num_classes)."""
         k = max(1, min(k, len(probs)))
         order = np.argsort(-probs, kind="stable")[:k]
         return [(self.class_names[i], float(probs[i])) for i in order]
 
+    def prediction(self, source: str, probs: np.ndarray | None, top_k: int = 3, *,
+                   ms: float = 0.0, notes: list[str] | None = None,
+                   error: str | None = None, tta: bool | str | None = None) -> Prediction:
+        """One image's :class:`Prediction` from its ``[num_classes]`` probabilities (decoded and
+        classified elsewhere, e.g. by the HTTP API's batcher): the top ``top_k`` classes, or
+        ``error`` set when ``error`` is given or the probabilities are not finite; ``tta``: the
+        mode they come from (``None``: the Predictor's own)."""
+        if error is None and probs is not None and not np.isfinite(probs).all():
+            error = f"{source}: {NON_FINITE}"
+        if error is not None or probs is None:
+            return Prediction(source=source, error=error or f"{source}: no result",
+                              backend=self.backend_name, ms=ms)
+        top = self.top_k(probs, top_k)
+        return Prediction(source=source, label=top[0][0], probability=top[0][1], top_k=top,
+                          backend=self.backend_name, ms=ms, notes=list(notes or []),
+                          tta=self.tta if tta is None else check_tta(tta))
+
     # ---- one image -------------------------------------------------------------------------
 
     def predict(self, source, top_k: int = 3, name: str | None = None, *,
-                tta: bool | None = None, fit: str | None = None) -> Prediction:
+                tta: bool | str | None = None, fit: str | None = None) -> Prediction:
         """Classify one image (path, bytes, file object or Pillow image).
 
         ``tta`` and ``fit`` choose the serving mode for this call (``None``: the Predictor's
@@ -214,9 +255,10 @@ class Predictor:
         if not np.isfinite(probs).all():
             raise VggCifarError(f"{label}: {NON_FINITE}")
         ms = (time.perf_counter() - t0) * 1000
-        top = self._top(probs, top_k)
+        top = self.top_k(probs, top_k)
         return Prediction(source=label, label=top[0][0], probability=top[0][1], top_k=top,
-                          backend=self.backend_name, ms=ms, notes=notes, pixels=pixels)
+                          backend=self.backend_name, ms=ms, notes=notes, pixels=pixels,
+                          tta=self._mode(tta))
 
     # ---- many files ------------------------------------------------------------------------
 
@@ -263,8 +305,6 @@ class Predictor:
                 if not np.isfinite(row).all():
                     out[j].error = f"{batch[j]}: {NON_FINITE}"
                     continue
-                top = self._top(row, top_k)
-                out[j] = Prediction(source=batch[j], label=top[0][0], probability=top[0][1],
-                                    top_k=top, backend=self.backend_name,
-                                    ms=decoded[j][3] * 1000 + share, notes=decoded[j][1])
+                out[j] = self.prediction(batch[j], row, top_k, ms=decoded[j][3] * 1000 + share,
+                                         notes=decoded[j][1])
         return out

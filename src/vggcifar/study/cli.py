@@ -17,8 +17,8 @@ from ..errors import VggCifarError
 from ..training.cli import check_model_options, config_from_options, train_options
 from .presets import DEFAULT_SPLITS, PRESETS, apply_preset
 
-STUDY_ONLY = ("splits", "preset", "min_steps", "out", "resume", "isolate", "note", "report_only",
-              "as_json")
+STUDY_ONLY = ("splits", "preset", "min_steps", "split_epochs", "out", "resume", "isolate", "note",
+              "report_only", "as_json")
 
 
 class _RecordArgs(Command):
@@ -43,12 +43,16 @@ def _preset_help() -> str:
 @click.option("--min-steps", type=int, default=0, show_default=True,
               help="With --epochs: train every split for at least this many optimisation steps "
                    "(small splits get more epochs; 0 = off). Ignored with --steps.")
+@click.option("--split-epochs", default=None, metavar="SPLIT:EPOCHS,...",
+              help="Epochs of particular splits, e.g. 0.01:300,0.8:95; they replace --epochs "
+                   "and --min-steps for the splits named.")
 @click.option("--out", default=None, metavar="DIR", type=click.Path(file_okay=False),
               help="Study folder written (default: studies/<preset or arch>-<timestamp>). "
                    "Each split is a run folder inside it.")
 @click.option("--resume", is_flag=True,
-              help="Continue the study in --out with its saved options: finished splits are "
-                   "kept, an interrupted split continues from its last.pt.")
+              help="Continue the study in --out with its saved options, however it stopped: "
+                   "finished splits are kept, an interrupted split continues from its last.pt "
+                   "(written every epoch).")
 @click.option("--isolate/--no-isolate", default=True, show_default=True,
               help="Train each split in its own process, so that peak memory (process RSS on "
                    "CPU, a high-water mark) is measured per split.")
@@ -57,7 +61,7 @@ def _preset_help() -> str:
 @click.option("--report-only", is_flag=True,
               help="Only rewrite report.md/report.json/figures of the study in --out.")
 @json_option("Print the report's summary as one JSON object (study_dir, report, test_accuracy "
-             "per split, wall_time_s) instead of lines of text.")
+             "and test_accuracy_one_view per split, wall_time_s) instead of lines of text.")
 @user_errors
 def main(**kw):
     """Train the same VGG on several fractions of the CIFAR-10 training set and write a report
@@ -68,8 +72,6 @@ def main(**kw):
     vgg-study --preset cpu-quick --data data/cifar10-jpg --out studies/cpu-quick
     """
     from . import runner
-    from .layout import read_manifest, set_note
-    from .report import write_report
 
     ctx = click.get_current_context()
     explicit = {k for k in kw if ctx.get_parameter_source(k) in
@@ -77,51 +79,66 @@ def main(**kw):
     command = shlex.join(["vgg-study"] + ctx.meta.get("vggcifar.args", []))
     out = kw["out"]
     if kw["report_only"]:
-        if not out:
-            raise VggCifarError("--report-only needs --out: the study folder to report on")
-        if kw["note"] is not None:
-            set_note(out, kw["note"])
-        rep = write_report(out)
-        _echo_result({"report": f"{out}/report.md", "test_accuracy": {
-            f"{r['split']:g}": r["test_accuracy"] for r in rep["splits"]}}, kw["as_json"])
+        _report_only(out, kw["note"], kw["as_json"])
         return
     if kw["resume"]:
-        if not out:
-            raise VggCifarError("--resume needs --out: the study folder to continue")
-        saved = read_manifest(out)
-        if "preset" in explicit and kw["preset"] != saved.get("preset"):
-            raise VggCifarError(f"--resume continues the study with its own preset "
-                                f"({saved.get('preset')}); drop --preset {kw['preset']}")
-        preset = saved.get("preset")
-        for k, v in saved["config"].items():
-            param = "compile_" if k == "compile" else k
-            if param in kw and param not in explicit and param not in STUDY_ONLY:
-                kw[param] = v
-        if "splits" not in explicit:
-            kw["splits"] = ",".join(f"{s:g}" for s in saved["splits"])
-        if "min_steps" not in explicit:
-            kw["min_steps"] = saved.get("min_steps", 0)
+        preset = _saved_options(kw, explicit)
     else:
         preset = kw["preset"]
         kw = apply_preset(preset, kw, explicit)
         check_model_options(kw["arch"], kw["head"])
     study = {k: kw.pop(k) for k in STUDY_ONLY}
     config = config_from_options(**kw)
-    if not study["resume"] and preset and PRESETS[preset].needs_gpu:
-        from ..training.config import resolve_device
-
-        if resolve_device(config.device).type != "cuda":
-            click.echo(f"warning: preset {preset} is sized for a GPU; on a CPU it takes days",
-                       err=True)
     if not out:
         out = f"studies/{preset or config.arch}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     rep = runner.run_study(out, study["splits"], config, min_steps=study["min_steps"],
-                           preset=preset, resume=study["resume"], isolate=study["isolate"],
-                           command=command, note=study["note"])
-    _echo_result({
-        "study_dir": out, "report": f"{out}/report.md",
-        "test_accuracy": {f"{r['split']:g}": r["test_accuracy"] for r in rep["splits"]},
-        "wall_time_s": rep["study"]["wall_time_s"]}, study["as_json"])
+                           split_epochs=study["split_epochs"], preset=preset,
+                           resume=study["resume"], isolate=study["isolate"], command=command,
+                           note=study["note"])
+    _echo_result({"study_dir": out, "report": f"{out}/report.md", **_accuracies(rep),
+                  "wall_time_s": rep["study"]["wall_time_s"]}, study["as_json"])
+
+
+def _report_only(out: str | None, note: str | None, as_json: bool) -> None:
+    """``--report-only``: rewrite the report of the study in ``out`` (with a new note)."""
+    from .layout import set_note
+    from .report import write_report
+
+    if not out:
+        raise VggCifarError("--report-only needs --out: the study folder to report on")
+    if note is not None:
+        set_note(out, note)
+    _echo_result({"report": f"{out}/report.md", **_accuracies(write_report(out))}, as_json)
+
+
+def _saved_options(kw: dict, explicit: set[str]) -> str | None:
+    """``--resume``: fill ``kw`` with the study's saved options where none was given; returns
+    the study's preset."""
+    from .layout import read_manifest
+
+    if not kw["out"]:
+        raise VggCifarError("--resume needs --out: the study folder to continue")
+    saved = read_manifest(kw["out"])
+    if "preset" in explicit and kw["preset"] != saved.get("preset"):
+        raise VggCifarError(f"--resume continues the study with its own preset "
+                            f"({saved.get('preset')}); drop --preset {kw['preset']}")
+    for k, v in saved["config"].items():
+        param = "compile_" if k == "compile" else k
+        if param in kw and param not in explicit and param not in STUDY_ONLY:
+            kw[param] = v
+    if "splits" not in explicit:
+        kw["splits"] = ",".join(f"{s:g}" for s in saved["splits"])
+    if "min_steps" not in explicit:
+        kw["min_steps"] = saved.get("min_steps", 0)
+    if "split_epochs" not in explicit:
+        kw["split_epochs"] = saved.get("split_epochs") or None
+    return saved.get("preset")
+
+
+def _accuracies(rep: dict) -> dict:
+    """Per split (keyed ``"0.5"``): test accuracy as the runs measured it and one view."""
+    return {key: {f"{r['split']:g}": r.get(key) for r in rep["splits"]}
+            for key in ("test_accuracy", "test_accuracy_one_view")}
 
 
 def _echo_result(result: dict, as_json: bool) -> None:
@@ -130,8 +147,10 @@ def _echo_result(result: dict, as_json: bool) -> None:
         click.echo(json.dumps(result))
         return
     for split, acc in result["test_accuracy"].items():
+        one = result.get("test_accuracy_one_view", {}).get(split)
         shown = "-" if acc is None else f"{acc:.2%}"
-        click.echo(f"split {split}: test accuracy {shown}")
+        click.echo(f"split {split}: test accuracy {shown}"
+                   + ("" if one is None else f" ({one:.2%} one view)"))
     wall = (f" after {result['wall_time_s']:.0f} s" if result.get("wall_time_s") is not None
             else "")
     click.echo(f"report: {result['report']}{wall}")

@@ -6,13 +6,11 @@
 from __future__ import annotations
 
 import math
-import multiprocessing
 import os
 import platform
 import sys
 import time
-import traceback
-from dataclasses import replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -20,12 +18,14 @@ from typing import Callable
 from ..data.splits import check_fraction
 from ..errors import VggCifarError
 from ..io import check_writable
-from ..training import trainer
-from ..training.config import TrainConfig, resolve_device
+from ..runtime.devices import resolve_device
+from ..training.config import TrainConfig
 from ..training.distributed import DistInfo
 from ..training.plan import plan_run
-from .layout import (MANIFEST, MANIFEST_VERSION, read_manifest, run_name,  # noqa: F401
-                     set_note, split_state, write_manifest)
+from . import estimate, launch
+from .layout import (MANIFEST, MANIFEST_VERSION, read_manifest, run_name, split_state,
+                     write_manifest)
+from .presets import PRESETS
 from .report import write_report
 
 # Options a resumed study may change: where the data is, which device, how chatty, how splits
@@ -95,7 +95,65 @@ def _option(field: str) -> str:
     return special.get(field, "--" + field.replace("_", "-"))
 
 
-def _check_resume(saved: dict, splits: list[float], config: TrainConfig, min_steps: int) -> None:
+def parse_split_epochs(text, splits: list[float]) -> dict[float, int]:
+    """``"0.01:300,0.1:150"`` (or a mapping) -> ``{0.01: 300, 0.1: 150}``, keyed by the matching
+    fractions of ``splits``; None or ``""`` -> ``{}``.
+
+    Raises:
+        VggCifarError: a malformed item, epochs below 1, or a fraction not in ``splits``.
+    """
+    if not text:
+        return {}
+    if isinstance(text, str):
+        pairs = []
+        for item in (t.strip() for t in text.split(",")):
+            if not item:
+                continue
+            f, sep, e = item.partition(":")
+            if not sep:
+                raise VggCifarError(f"--split-epochs: {item!r} is not SPLIT:EPOCHS; give e.g. "
+                                    "0.01:300,0.1:150")
+            pairs.append((f.strip(), e.strip()))
+    else:
+        pairs = list(dict(text).items())
+    out: dict[float, int] = {}
+    for f, e in pairs:
+        try:
+            frac, epochs = float(f), int(e)
+        except (TypeError, ValueError):
+            raise VggCifarError(f"--split-epochs: {f}:{e} is not SPLIT:EPOCHS (a fraction and a "
+                                "whole number of epochs)") from None
+        if epochs < 1:
+            raise VggCifarError(f"--split-epochs: {f}:{e} trains no epoch; give 1 or more")
+        match = next((s for s in splits if math.isclose(s, frac, rel_tol=1e-9)), None)
+        if match is None:
+            raise VggCifarError(f"--split-epochs names {f}, which is not one of --splits "
+                                f"({','.join(f'{s:g}' for s in splits)})")
+        out[match] = epochs
+    return out
+
+
+def _keyed(split_epochs: dict[float, int]) -> dict[str, int]:
+    """Split epochs as the manifest stores them (JSON keys are strings)."""
+    return {f"{s:g}": e for s, e in sorted(split_epochs.items())}
+
+
+def _check_options(config: TrainConfig, splits: list[float], min_steps: int,
+                   split_epochs: dict) -> TrainConfig:
+    """Every option checked before any training starts; returns the study's copy of ``config``."""
+    if min_steps < 0:
+        raise VggCifarError(f"--min-steps must be >= 0, got {min_steps}")
+    if split_epochs and config.steps:
+        raise VggCifarError("--split-epochs sets each split's epochs; it cannot be combined "
+                            "with --steps")
+    config = replace(config)
+    for s in splits:
+        replace(config, split=s).validate()
+    return config
+
+
+def _check_resume(saved: dict, splits: list[float], config: TrainConfig, min_steps: int,
+                  split_epochs: dict[float, int]) -> None:
     """Raise when a resumed study is asked to change something its finished splits depend on."""
     problems = []
     if [round(s, 12) for s in saved["splits"]] != [round(s, 12) for s in splits]:
@@ -103,6 +161,12 @@ def _check_resume(saved: dict, splits: list[float], config: TrainConfig, min_ste
                         f"{','.join(f'{s:g}' for s in saved['splits'])})")
     if int(saved.get("min_steps", 0)) != int(min_steps):
         problems.append(f"--min-steps {min_steps} (the study has {saved.get('min_steps', 0)})")
+    old_se = saved.get("split_epochs") or {}
+    if old_se != _keyed(split_epochs):
+        def show(d):
+            return ",".join(f"{k}:{v}" for k, v in d.items()) or "none"
+        problems.append(f"--split-epochs {show(_keyed(split_epochs))} (the study has "
+                        f"{show(old_se)})")
     new = _shared_config(config)
     for k, old in saved["config"].items():
         if k in RESUME_MAY_CHANGE or k not in new:
@@ -115,30 +179,48 @@ def _check_resume(saved: dict, splits: list[float], config: TrainConfig, min_ste
                             "--out")
 
 
-def plan_epochs(config: TrainConfig, splits: list[float], min_steps: int) -> dict:
-    """Per split: training images, batch size, steps per epoch and the epochs to train (keyed by
-    the split), plus ``"dataset"``: the dataset's training/test image counts, format and source.
-
-    With ``min_steps`` > 0 (and no ``--steps``), a split whose ``config.epochs`` would give fewer
-    than ``min_steps`` optimisation steps trains for ``ceil(min_steps / steps_per_epoch)`` epochs
-    instead. Loads the dataset labels (from the decoded-data cache after the first time).
-    """
-    from ..data import load_cifar10, stratified_split
+def plan_epochs(config: TrainConfig, splits: list[float], min_steps: int,
+                split_epochs: dict[float, int] | None = None) -> dict:
+    """:func:`plan_splits` for the dataset of ``config.data``, plus ``"dataset"``: its
+    training/test image counts, format, source and the device type. Loads the dataset labels
+    (from the decoded-data cache after the first time)."""
+    from ..data import load_cifar10
 
     data = load_cifar10(config.data, download=config.download, verbose=config.progress)
     device = resolve_device(config.device)
-    world = DistInfo.from_env().world_size
+    plan = plan_splits(config, data.train_y, splits, min_steps, split_epochs, device,
+                       DistInfo.from_env().world_size)
+    plan["dataset"] = {"train_images": len(data.train_y), "test_images": len(data.test_y),
+                       "format": data.kind, "source": data.source, "device": device.type}
+    del data
+    return plan
+
+
+def plan_splits(config: TrainConfig, train_labels, splits: list[float], min_steps: int = 0,
+                split_epochs: dict[float, int] | None = None, device="cpu",
+                world: int = 1) -> dict:
+    """Per split (keyed by the split): training and validation images, batch size, steps per
+    epoch, the epochs and steps to train, the validation cadence and precision.
+
+    A split named in ``split_epochs`` trains exactly that many epochs. Otherwise, with
+    ``min_steps`` > 0 (and no ``--steps``), a split whose ``config.epochs`` would give fewer than
+    ``min_steps`` optimisation steps trains for ``ceil(min_steps / steps_per_epoch)`` epochs
+    instead. ``train_labels``: ``[N]`` int64 labels of the whole training set.
+    """
+    from ..data import stratified_split
+
+    split_epochs = split_epochs or {}
     plan = {}
     for s in splits:
-        train_idx, val_idx = stratified_split(data.train_y, s, config.seed, config.val_size)
-        run = plan_run(config, len(train_idx), device, world, n_val=len(val_idx),
-                       min_steps=min_steps)
+        train_idx, val_idx = stratified_split(train_labels, s, config.seed, config.val_size)
+        cfg, floor = config, min_steps
+        if s in split_epochs:
+            cfg, floor = replace(config, epochs=split_epochs[s], steps=None), 0
+        run = plan_run(cfg, len(train_idx), device, world, n_val=len(val_idx), min_steps=floor)
         plan[s] = {"train_images": len(train_idx), "val_images": len(val_idx),
                    "batch_size": run.batch_size, "steps_per_epoch": run.steps_per_epoch,
-                   "epochs": run.epochs, "steps": run.total_steps}
-    plan["dataset"] = {"train_images": len(data.train_y), "test_images": len(data.test_y),
-                       "format": data.kind, "source": data.source}
-    del data
+                   "epochs": run.epochs, "steps": run.total_steps, "val_every": run.val_every,
+                   "amp": run.amp}
     return plan
 
 
@@ -149,19 +231,48 @@ def _log_fn(progress: bool) -> Callable[[str], None]:
     return log
 
 
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass
+class _Study:
+    """One session of a study: its folder, manifest (rewritten as splits start and finish), this
+    session's record in it, and how splits are launched."""
+
+    dir: Path
+    manifest: dict
+    session: dict
+    isolate: bool
+    main: bool
+    log: Callable[[str], None]
+    t0: float = field(default_factory=time.perf_counter)
+
+    def save(self) -> None:
+        self.session["wall_time_s"] = time.perf_counter() - self.t0
+        if self.main:
+            write_manifest(self.dir, self.manifest)
+
+
 def run_study(out: str | os.PathLike, splits, config: TrainConfig, *, min_steps: int = 0,
-              preset: str | None = None, resume: bool = False, isolate: bool = True,
-              command: str | None = None, note: str | None = None) -> dict:
+              split_epochs=None, preset: str | None = None, resume: bool = False,
+              isolate: bool = True, command: str | None = None,
+              note: str | None = None) -> dict:
     """Train one run per split into ``out`` and write the report; returns the report dict.
 
     Args:
         out: study folder (created).
         splits: training fractions (a comma-separated string or numbers), each in (0, 1], unique.
         config: shared training options; ``split``, ``name``, ``out`` and ``resume`` are set per
-            split. ``config.epochs`` or ``config.steps`` is the training length of every split.
+            split. ``config.epochs`` or ``config.steps`` is the training length of every split
+            not in ``split_epochs``. Each split writes ``last.pt`` every ``config.save_every``
+            epochs (default 1: a stopped split loses at most the epoch it was in).
         min_steps: with ``epochs``: train each split for at least this many optimisation steps
             (more epochs for small splits).
-        preset: the preset name the options came from (recorded only).
+        split_epochs: epochs of particular splits (``"0.01:300,0.1:150"`` or a mapping),
+            replacing ``epochs`` and ``min_steps`` for them.
+        preset: the preset name the options came from (recorded; its budget is checked in the
+            estimate printed at the start).
         resume: continue the study already in ``out``: splits with a ``summary.json`` are kept,
             a split with only a ``last.pt`` continues from it, the rest are trained.
         isolate: train each split in its own (spawned) process, so that the trainer's peak memory
@@ -175,167 +286,125 @@ def run_study(out: str | os.PathLike, splits, config: TrainConfig, *, min_steps:
             ``resume`` (or none with it), or a split whose training failed.
     """
     splits = parse_splits(splits)
-    if min_steps < 0:
-        raise VggCifarError(f"--min-steps must be >= 0, got {min_steps}")
-    config = replace(config)
-    for s in splits:  # every option checked before any training starts
-        replace(config, split=s).validate()
-    study_dir = Path(out)
+    split_epochs = parse_split_epochs(split_epochs, splits)
+    config = _check_options(config, splits, min_steps, split_epochs)
     dist = DistInfo.from_env()
-    main = dist.is_main
     if dist.enabled:  # the ranks must train together, in the processes torchrun started
         isolate = False
-    log = _log_fn(config.progress and main)
-    manifest_path = study_dir / MANIFEST
-    if resume:
-        if not manifest_path.is_file():
-            raise VggCifarError(f"nothing to resume: {study_dir} holds no study ({MANIFEST} is "
-                                "missing); start it without --resume")
-        manifest = read_manifest(study_dir)
-        _check_resume(manifest, splits, config, min_steps)
-    else:
-        if manifest_path.exists():
-            raise VggCifarError(f"{study_dir} already holds a study; continue it with --resume "
-                                "or choose another --out")
-        manifest = None
-    if main:
+    study_dir = Path(out)
+    saved = _saved_manifest(study_dir, resume)
+    if saved is not None:
+        _check_resume(saved, splits, config, min_steps, split_epochs)
+    if dist.is_main:
         check_writable(study_dir, "study folder")
-
-    plan = plan_epochs(config, splits, min_steps)
+    plan = plan_epochs(config, splits, min_steps, split_epochs)
     dataset = plan.pop("dataset")
-    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    session = {"started": now, "command": command, "isolate": isolate, "hardware": hardware(),
-               "trained": [], "skipped": []}
-    if manifest is None:
-        manifest = {"version": MANIFEST_VERSION, "created": now, "splits": splits,
-                    "min_steps": int(min_steps), "preset": preset,
-                    "config": _shared_config(config), "note": note, "plan": {},
-                    "runs": {}, "sessions": []}
-    else:
-        # What may change on resume (data, device, verbosity) is taken from this call.
+    session = {"kind": "resume" if resume else "start", "started": _now(), "command": command,
+               "isolate": isolate, "hardware": hardware(), "trained": [], "skipped": []}
+    manifest = saved or {"version": MANIFEST_VERSION, "created": session["started"],
+                         "splits": splits, "min_steps": int(min_steps),
+                         "split_epochs": _keyed(split_epochs), "preset": preset,
+                         "config": _shared_config(config), "note": note, "runs": {},
+                         "sessions": []}
+    if saved is not None:  # what may change on resume (data, device, verbosity): this call's
         for k in RESUME_MAY_CHANGE:
             manifest["config"][k] = getattr(config, k)
-        if note:
-            manifest["note"] = note
+        manifest["note"] = note or manifest.get("note")
     manifest["plan"] = {f"{s:g}": p for s, p in plan.items()}
     manifest["dataset"] = dataset
     manifest["sessions"].append(session)
-    if main:
-        write_manifest(study_dir, manifest)
-
-    t0 = time.perf_counter()
-    log(f"{len(splits)} splits ({', '.join(f'{s:g}' for s in splits)}) of {config.arch} into "
-        f"{study_dir}; each split {'in its own process' if isolate else 'in this process'}")
+    st = _Study(study_dir, manifest, session, isolate, dist.is_main,
+                _log_fn(config.progress and dist.is_main))
+    _announce(st, plan, dataset, config, preset)
+    st.save()
     for i, s in enumerate(splits, 1):
-        state = split_state(study_dir, s)
-        p = plan[s]
-        if state == "done":
-            log(f"split {s:g} ({i}/{len(splits)}): finished earlier, kept")
-            session["skipped"].append(s)
-            continue
-        run_dir = study_dir / run_name(s)
-        cfg = replace(config, split=s, name=run_name(s), out=str(study_dir),
-                      epochs=p["epochs"], resume=None)
-        if state == "partial":
-            cfg.resume = str(run_dir / "last.pt")
-            log(f"split {s:g} ({i}/{len(splits)}): continuing from {cfg.resume}")
-        else:
-            log(f"split {s:g} ({i}/{len(splits)}): {p['train_images']:,} training images, "
-                f"{p['epochs']} epochs ({p['steps']} steps of batch {p['batch_size']})")
-        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-        started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        cpu0, wall0 = _cpu_seconds(isolate), time.perf_counter()
-        summary = _train_split(cfg, isolate)
-        cpu, wall = _cpu_seconds(isolate) - cpu0, time.perf_counter() - wall0
-        run_info = manifest["runs"].setdefault(f"{s:g}", {"sessions": []})
-        run_info["sessions"].append({
-            "started": started, "resumed": state == "partial", "load_avg_1min_at_start": load,
-            "isolated": isolate, "total_time_s": summary.get("total_time_s"),
-            "wall_time_s": wall, "cpu_time_s": cpu, "threads": _threads(),
-            # Share of the time its threads could have run that the split got: well below 1
-            # means other work was using the CPU (or the threads were waiting on something).
-            "cpu_share": cpu / (wall * _threads()) if wall > 0 else None})
-        session["trained"].append(s)
-        session["wall_time_s"] = time.perf_counter() - t0
-        if main:
-            write_manifest(study_dir, manifest)
-        log(f"split {s:g}: test accuracy {summary['test_accuracy']:.2%} in "
-            f"{summary['total_time_s']:.0f}s")
-    session["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    session["wall_time_s"] = time.perf_counter() - t0
-    if not main:
+        _run_split(st, s, f"{i}/{len(splits)}", plan[s], config)
+    session["finished"] = _now()
+    st.save()
+    if not st.main:
         return {"study_dir": str(study_dir)}
-    write_manifest(study_dir, manifest)
     result = write_report(study_dir)
-    log(f"report: {study_dir / 'report.md'}")
+    st.log(f"report: {study_dir / 'report.md'}")
     return result
 
 
-# ---------------------------------------------------------------------- one split
-def _cpu_seconds(children: bool) -> float:
-    """User + system CPU time of this process, or of its finished child processes."""
-    import resource
-
-    r = resource.getrusage(resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
-
-
-def _threads() -> int:
-    import torch
-
-    return max(1, torch.get_num_threads())
+def _saved_manifest(study_dir: Path, resume: bool) -> dict | None:
+    """The manifest of the study to resume (None when starting one, which must not exist)."""
+    if resume:
+        if not (study_dir / MANIFEST).is_file():
+            raise VggCifarError(f"nothing to resume: {study_dir} holds no study ({MANIFEST} is "
+                                "missing); start it without --resume")
+        return read_manifest(study_dir)
+    if (study_dir / MANIFEST).exists():
+        raise VggCifarError(f"{study_dir} already holds a study; continue it with --resume "
+                            "or choose another --out")
+    return None
 
 
-def _train_split(cfg: TrainConfig, isolate: bool) -> dict:
-    if not isolate:
-        return trainer.train(cfg)
-    ctx = multiprocessing.get_context("spawn")
-    recv_conn, send_conn = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_worker, args=(cfg.to_dict(), send_conn),
-                       name=f"vgg-study-{cfg.name}")
-    proc.start()
-    send_conn.close()
+def _epochs_done(study_dir: Path, split: float) -> int | str:
+    """``"all"`` for a finished split, else the epochs its metrics.csv records (0 if none)."""
+    state = split_state(study_dir, split)
+    if state == "done":
+        return "all"
     try:
-        try:
-            msg = recv_conn.recv()
-        except EOFError:
-            msg = None
-        proc.join()
-    except KeyboardInterrupt:
-        # The child got the same Ctrl-C; give it time to stop, then make sure it is gone.
-        proc.join(timeout=30)
-        if proc.is_alive():
-            proc.terminate()
-            proc.join()
-        raise
-    finally:
-        recv_conn.close()
-    if msg is None:
-        code = proc.exitcode
-        how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
-        hint = " (signal 9 is often the out-of-memory killer)" if code == -9 else ""
-        raise VggCifarError(f"training split {cfg.split:g} stopped: its process died ({how})"
-                            f"{hint}; continue the study with --resume")
-    kind, payload = msg
-    if kind == "ok":
-        return payload
-    if kind == "user":
-        raise VggCifarError(f"split {cfg.split:g}: {payload}")
-    if kind == "interrupt":
-        raise KeyboardInterrupt
-    raise RuntimeError(f"training split {cfg.split:g} failed in its process:\n{payload}")
+        lines = (study_dir / run_name(split) / "metrics.csv").read_text().splitlines()
+    except OSError:
+        return 0
+    return max(0, len(lines) - 1) if state == "partial" else 0
 
 
-def _worker(cfg_dict: dict, conn) -> None:
-    """Entry point of a split's own process (spawned): train and send back the summary."""
-    try:
-        summary = trainer.train(TrainConfig.from_dict(cfg_dict))
-        conn.send(("ok", summary))
-    except VggCifarError as e:
-        conn.send(("user", str(e)))
-    except KeyboardInterrupt:
-        conn.send(("interrupt", ""))
-    except BaseException:  # noqa: BLE001 - reported to the parent with its traceback
-        conn.send(("error", traceback.format_exc()))
-    finally:
-        conn.close()
+def _announce(st: _Study, plan: dict, dataset: dict, config: TrainConfig,
+              preset: str | None) -> None:
+    """Log what this session will train and how long it should take; record the estimate."""
+    done = {s: _epochs_done(st.dir, s) for s in plan}
+    amp = all(p["amp"] for p in plan.values())
+    speed = estimate.measured_speed(st.manifest["config"], dataset["device"], amp)
+    budget = PRESETS[preset].budget if preset in PRESETS else None
+    est = estimate.estimate(plan, dataset["test_images"], config.tta, speed, budget, done)
+    st.session["estimate"] = {
+        "basis": None if speed is None else asdict(speed),
+        "seconds": est["seconds"], "budget_seconds": est["budget_seconds"],
+        "splits": {f"{s:g}": r for s, r in est["splits"].items()}}
+    st.log(f"{len(plan)} splits ({', '.join(f'{s:g}' for s in plan)}) of {config.arch} into "
+           f"{st.dir}; each split {'in its own process' if st.isolate else 'in this process'}")
+    for line in estimate.estimate_lines(plan, est, speed, budget, config.arch):
+        st.log(line)
+
+
+def _run_split(st: _Study, s: float, pos: str, p: dict, config: TrainConfig) -> None:
+    """Train (or continue, or skip) one split, recording its session in the manifest."""
+    state = split_state(st.dir, s)
+    if state == "done":
+        st.log(f"split {s:g} ({pos}): finished earlier, kept")
+        st.session["skipped"].append(s)
+        return
+    run_dir = st.dir / run_name(s)
+    cfg = replace(config, split=s, name=run_name(s), out=str(st.dir), epochs=p["epochs"],
+                  resume=str(run_dir / "last.pt") if state == "partial" else None)
+    if state == "partial":
+        st.log(f"split {s:g} ({pos}): continuing from {cfg.resume}")
+    else:
+        st.log(f"split {s:g} ({pos}): {p['train_images']:,} training images, {p['epochs']} "
+               f"epochs ({p['steps']} steps of batch {p['batch_size']})")
+    record = {"started": _now(), "resumed": state == "partial", "isolated": st.isolate,
+              "load_avg_1min_at_start": os.getloadavg()[0] if hasattr(os, "getloadavg")
+              else None}
+    st.manifest["runs"].setdefault(f"{s:g}", {"sessions": []})["sessions"].append(record)
+    st.session["in_progress"] = s  # still there if the study is stopped during this split
+    st.save()
+    cpu0, wall0 = launch.cpu_seconds(st.isolate), time.perf_counter()
+    summary = launch.train_split(cfg, st.isolate)
+    cpu, wall = launch.cpu_seconds(st.isolate) - cpu0, time.perf_counter() - wall0
+    record.update({
+        "finished": _now(), "total_time_s": summary.get("total_time_s"), "wall_time_s": wall,
+        "cpu_time_s": cpu, "threads": launch.threads(),
+        # Share of the time its threads could have run that the split got: well below 1
+        # means other work was using the CPU (or the threads were waiting on something).
+        "cpu_share": cpu / (wall * launch.threads()) if wall > 0 else None})
+    del st.session["in_progress"]
+    st.session["trained"].append(s)
+    st.save()
+    one_view = summary.get("test_accuracy_one_view")
+    st.log(f"split {s:g}: test accuracy {summary['test_accuracy']:.2%}"
+           + (f" ({one_view:.2%} one view)" if one_view is not None else "")
+           + f" in {summary['total_time_s']:.0f}s")

@@ -7,7 +7,6 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING
 
 from ..errors import VggCifarError
-from ..runtime.devices import resolve_device  # noqa: F401  (re-exported: trainer, study)
 
 if TYPE_CHECKING:
     import torch
@@ -89,6 +88,21 @@ class TrainConfig:
     def from_dict(cls, d: dict) -> "TrainConfig":
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
+
+    def resumed(self, saved: dict) -> "TrainConfig":
+        """The options of the interrupted run (``saved``, its checkpoint's config), so the result
+        matches an uninterrupted one; from this invocation only where to resume from, progress,
+        device, ``--data`` when given, and the :data:`RESUME_OPTIONS` changed on the command
+        line."""
+        out = TrainConfig.from_dict(saved)
+        out.resume, out.progress, out.device = self.resume, self.progress, self.device
+        out.data = self.data if self.data != TrainConfig.data else out.data
+        changed = set(self.resume_overrides) | {
+            o for o in ("save_every", "ema") if getattr(self, o) != getattr(TrainConfig, o)}
+        for o in RESUME_OPTIONS:
+            if o in changed:
+                setattr(out, o, getattr(self, o))
+        return out
 
     def model_options(self) -> dict:
         """The keyword arguments of ``create_model(self.arch, ...)``, complete and validated:

@@ -12,6 +12,28 @@ import torch
 from ..io import atomic_write
 
 
+# The per-epoch table vgg-train prints: column, format.
+TABLE_COLS = [("epoch", "{:>5}"), ("train_loss", "{:>10.4f}"), ("train_acc", "{:>9.2%}"),
+              ("val_loss", "{:>8.4f}"), ("val_acc", "{:>8.2%}"), ("lr", "{:>8.4f}"),
+              ("epoch_time_s", "{:>7.1f}s"), ("images_per_s", "{:>8.0f}"),
+              ("peak_mem_mb", "{:>8.0f}")]
+
+
+def _width(fmt: str) -> int:
+    return len(fmt.format(0.0 if "f" in fmt or "%" in fmt else 0))
+
+
+def table_header() -> str:
+    """The column names of the per-epoch table, each as wide as its values."""
+    return " ".join(f"{name:>{_width(fmt)}}" for name, fmt in TABLE_COLS)
+
+
+def table_row(row: dict) -> str:
+    """One epoch's ``metrics.csv`` row as a line of the table (``-`` where a value is None)."""
+    return " ".join(("{:>%d}" % _width(fmt)).format("-") if row.get(name) is None
+                    else fmt.format(row[name]) for name, fmt in TABLE_COLS)
+
+
 def pyplot():
     """``matplotlib.pyplot`` on the non-interactive Agg backend (imported on first use: only the
     figure writers need it)."""

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
-import resource
 import sys
 import time
 from dataclasses import replace
@@ -18,54 +16,25 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-from .. import __version__
 from ..checkpoint import make_checkpoint, read_checkpoint, save_checkpoint, unwrap_model
 from ..data import DeviceLoader, classic_loader, load_cifar10, stratified_split
 from ..errors import VggCifarError
-from ..io import atomic_write, check_writable
+from ..io import atomic_write, check_writable, remove_empty_dirs
 from ..models import create_model
 from ..preprocessing import CIFAR10_MEAN, CIFAR10_STD, Preprocessing
 from . import distributed
-from .config import RESUME_OPTIONS, TrainConfig, resolve_device
+from ..runtime.devices import resolve_device
+from .config import TrainConfig
 from .ema import WeightEMA
+from .environment import peak_memory, versions
 from .evaluate import evaluate, per_class_accuracy, predict_logits
 from .plan import RunPlan, plan_run
-from .report import plot_confusion, plot_curves, plot_samples, write_csv
+from .report import (plot_confusion, plot_curves, plot_samples, table_header, table_row,
+                     write_csv)
 from .schedule import lr_factor
-
-TABLE_COLS = [("epoch", "{:>5}"), ("train_loss", "{:>10.4f}"), ("train_acc", "{:>9.2%}"),
-              ("val_loss", "{:>8.4f}"), ("val_acc", "{:>8.2%}"), ("lr", "{:>8.4f}"),
-              ("epoch_time_s", "{:>7.1f}s"), ("images_per_s", "{:>8.0f}"),
-              ("peak_mem_mb", "{:>8.0f}")]
-
-
-def versions(device: torch.device) -> dict:
-    """Software and hardware description saved with every run."""
-    v = {"vggcifar": __version__, "torch": str(torch.__version__), "python": platform.python_version(),
-         "platform": platform.platform(), "device": str(device)}
-    try:
-        import torchvision
-        v["torchvision"] = str(torchvision.__version__)
-    except ImportError:
-        pass
-    if device.type == "cuda":
-        v["gpu"] = torch.cuda.get_device_name(device)
-        v["cuda"] = str(torch.version.cuda)
-    else:
-        v["cpu"] = platform.processor() or platform.machine()
-        v["threads"] = torch.get_num_threads()
-    return v
-
-
-def peak_memory(device: torch.device) -> dict:
-    """Peak memory in MB since the last reset: CUDA allocated/reserved, or process RSS on CPU."""
-    if device.type == "cuda":
-        return {"peak_mem_mb": torch.cuda.max_memory_allocated(device) / 2**20,
-                "peak_reserved_mb": torch.cuda.max_memory_reserved(device) / 2**20}
-    return {"peak_mem_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-
+from .step import Precision, first_compiled_step, sgd, train_step
+from .temperature import fit_run_temperature
 
 def train(config: TrainConfig) -> dict:
     """Train, select on validation, evaluate on test, and write the run folder.
@@ -90,6 +59,9 @@ class _Run:
     the numbers worked out for it."""
 
     plan: RunPlan
+    # Temperature scaling of the chosen checkpoint, set by finish() (_fit_temperature).
+    temperature: float = 1.0
+    calibration: dict | None = None
 
     def __init__(self, config: TrainConfig, device: torch.device, info: distributed.DistInfo):
         self.t_start = time.perf_counter()
@@ -101,16 +73,7 @@ class _Run:
             if "training_state" not in self.resume_ckpt:
                 raise VggCifarError(f"{config.resume} holds no training state; resume from the "
                                     "run's last.pt")
-            saved = TrainConfig.from_dict(self.resume_ckpt["config"])
-            # Same options as the interrupted run, so the result matches an uninterrupted one.
-            saved.resume, saved.progress, saved.device = config.resume, config.progress, config.device
-            saved.data = config.data if config.data != TrainConfig.data else saved.data
-            changed = set(config.resume_overrides) | {
-                o for o in ("save_every", "ema") if getattr(config, o) != getattr(TrainConfig, o)}
-            for o in RESUME_OPTIONS:
-                if o in changed:
-                    setattr(saved, o, getattr(config, o))
-            config = saved
+            config = config.resumed(self.resume_ckpt["config"])
             self.run_dir = Path(config.resume).resolve().parent
         else:
             name = config.name or (f"{config.arch}-split{config.split:g}-"
@@ -157,8 +120,9 @@ class _Run:
         self.cfg = cfg = plan.resolve(cfg)
         self.amp_reason = plan.amp_reason
         distributed.check_same_config(self.info, cfg.to_dict())
-        self.amp_dtype = torch.bfloat16 if cfg.amp else None
-        in_dtype = torch.bfloat16 if cfg.amp else torch.float32
+        self.precision = Precision.for_run(cfg.amp, dev)  # chosen once; every step uses it
+        self.amp_dtype = self.precision.amp_dtype
+        in_dtype = self.precision.input_dtype
         per_rank = plan.per_rank_batch
         common = dict(mean=CIFAR10_MEAN, std=CIFAR10_STD, device=dev, channels_last=cfg.channels_last,
                       rank=self.info.rank, world_size=self.info.world_size)
@@ -192,8 +156,8 @@ class _Run:
             model = torch.nn.parallel.DistributedDataParallel(
                 model, device_ids=[dev.index] if dev.type == "cuda" else None)
         self.model = model
-        self.opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                                   nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
+        self.opt = sgd(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                       nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
         total = self.total_steps
         self.sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt, lambda s: lr_factor(s, total, cfg.schedule, cfg.warmup))
@@ -225,8 +189,9 @@ class _Run:
             else:  # --ema switched on at this resume: the average starts from here
                 self.ema.load_state(unwrap_model(self.model).state_dict(), {})
         self.opt.load_state_dict(ts["optimizer"])
-        for group in self.opt.param_groups:  # the saved groups carry the interrupted run's flag
+        for group in self.opt.param_groups:  # the saved groups carry the interrupted run's flags
             group["nesterov"] = bool(self.cfg.nesterov)
+            group["fused"], group["foreach"] = True, None  # as step.sgd builds it, whatever saved it
         self.sched.load_state_dict(ts["scheduler"])
         torch.set_rng_state(ts["rng_cpu"])
         if self.device.type == "cuda" and ts.get("rng_cuda") is not None:
@@ -246,7 +211,7 @@ class _Run:
             preprocessing=self.preproc, config=c.to_dict(),
             metrics=self.metrics, epoch=epoch, test_accuracy=test_accuracy,
             test_accuracy_one_view=test_accuracy_one_view, training_state=training_state,
-            versions=self.versions,
+            versions=self.versions, temperature=self.temperature, calibration=self.calibration,
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
     # ------------------------------------------------------------------ loop
@@ -278,9 +243,8 @@ class _Run:
             x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
             if cfg.channels_last and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
-            logits, loss = self._train_step(x, y)
             lr_used = self.opt.param_groups[0]["lr"]
-            self.opt.step()
+            logits, loss = self._train_step(x, y)  # includes the optimizer step
             self.sched.step()
             if self.ema is not None:
                 self.ema.update()
@@ -308,56 +272,23 @@ class _Run:
                 "images": int(n_all)}
 
     def _step(self, fwd, x: torch.Tensor, y: torch.Tensor):
-        """Forward and backward of one batch through ``fwd``; returns ``(logits, loss)``."""
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bool(self.cfg.amp)):
-            logits = fwd(x)
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=self.cfg.label_smoothing)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        return logits, loss
+        """One optimisation step of ``fwd`` (:func:`~vggcifar.training.step.train_step`);
+        returns ``(logits, loss)``."""
+        return train_step(fwd, (x, y), self.opt, self.precision, self.cfg.label_smoothing)
 
     def _train_step(self, x: torch.Tensor, y: torch.Tensor):
         if self.fwd is self.model or self.compile_checked:
             return self._step(self.fwd, x, y)
-        # torch.compile fails lazily: in the first forward (graph capture, code generation) or in
-        # the first backward (the backward graph is compiled then). Either way, fall back to the
-        # eager module and redo the step from the same state (buffers such as BatchNorm
-        # statistics and the RNG), instead of losing the run.
-        base = unwrap_model(self.model)
-        buffers = {k: b.detach().clone() for k, b in base.named_buffers()}
-        rng = torch.get_rng_state()
-        rng_cuda = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
-        try:
-            out = self._step(self.fwd, x, y)
-            self.compile_status = "compiled"
-        except Exception as e:  # noqa: BLE001 - any compile failure: train eagerly
-            msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
-            self.log(f"warning: torch.compile failed ({type(e).__name__}: {msg}); training eagerly")
-            self.compile_status = f"fell back to eager: {type(e).__name__}: {msg}".rstrip(": ")
-            self.fwd = self.model
-            with torch.no_grad():
-                for k, b in base.named_buffers():
-                    b.copy_(buffers[k])
-            torch.set_rng_state(rng)
-            if rng_cuda is not None:
-                torch.cuda.set_rng_state(rng_cuda, self.device)
-            out = self._step(self.model, x, y)
+        out, self.fwd, self.compile_status = first_compiled_step(
+            lambda m: self._step(m, x, y), self.fwd, self.model, self.device, self.log)
         self.compile_checked = True
         return out
-
-    def _remove_created_dirs(self) -> None:
-        """Remove the folders this run created, deepest first, where they are still empty."""
-        for d in self.created_dirs:
-            try:
-                d.rmdir()
-            except OSError:
-                break
 
     def run(self) -> dict:
         try:
             self.setup()
         except BaseException:
-            self._remove_created_dirs()
+            remove_empty_dirs(self.created_dirs)
             raise
         cfg = self.cfg
         if self.main:
@@ -378,10 +309,8 @@ class _Run:
                  f"batch {cfg.batch_size}, lr {cfg.lr:g}, {cfg.schedule}, {self.epochs} epochs "
                  f"({'bf16' if cfg.amp else 'fp32'}: {self.amp_reason}) "
                  f"({self.total_steps} steps) | {self.run_dir}")
-        header = " ".join(f"{name:>{len(fmt.format(0.0 if 'f' in fmt or '%' in fmt else 0))}}"
-                          for name, fmt in TABLE_COLS)
         if self.start_epoch < self.epochs:
-            self.log(header)
+            self.log(table_header())
         for epoch in range(self.start_epoch, self.epochs):
             t0 = time.perf_counter()
             row = {"epoch": epoch + 1, "step": self.step}
@@ -402,9 +331,7 @@ class _Run:
             if improved:
                 self.best_acc, self.best_epoch = row["val_acc"], epoch + 1
             if self.main:
-                self.log(" ".join(("{:>%d}" % len(fmt.format(0.0 if 'f' in fmt or '%' in fmt else 0))).format("-")
-                                  if row.get(name) is None else fmt.format(row[name])
-                                  for name, fmt in TABLE_COLS))
+                self.log(table_row(row))
                 write_csv(self.run_dir / "metrics.csv", self.metrics)
                 if improved:
                     save_checkpoint(self.checkpoint(epoch + 1), self.run_dir / "best.pt")
@@ -442,6 +369,8 @@ class _Run:
             chosen = f"last epoch ({final_epoch}): no validation set (split 1), so best.pt = last.pt"
             if self.main:  # on disk before the test evaluation, whatever happens to that
                 save_checkpoint(self.checkpoint(final_epoch), self.run_dir / "best.pt")
+        self.temperature, self.calibration = fit_run_temperature(
+            self.model, self.val_loader, amp_dtype=self.amp_dtype, info=self.info, log=self.log)
         distributed.barrier(self.info)
         test = evaluate(self.model, self.test_loader, self.num_classes, amp_dtype=self.amp_dtype,
                         tta=cfg.tta, info=self.info)
@@ -472,6 +401,7 @@ class _Run:
             "amp": bool(cfg.amp), "amp_reason": self.amp_reason,
             "compile": self.compile_status,
             "versions": self.versions,
+            "temperature": self.temperature, "calibration": self.calibration,
         }
         if self.main:
             self._write_final(test, per_class, summary)
@@ -508,3 +438,6 @@ class _Run:
         pred = predict_logits(unwrap_model(self.model), xb, amp_dtype=self.amp_dtype).argmax(1).cpu()
         plot_samples(imgs, self.data.test_y[sel], pred, self.classes, d / "samples.png")
         atomic_write(d / "summary.json", lambda t: Path(t).write_text(json.dumps(summary, indent=2)))
+        # config.json was written at the start; the temperature is known only now.
+        config = {**json.loads((d / "config.json").read_text()), "calibration": self.calibration}
+        atomic_write(d / "config.json", lambda t: Path(t).write_text(json.dumps(config, indent=2)))

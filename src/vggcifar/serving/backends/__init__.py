@@ -3,13 +3,14 @@ from a table.
 
 Every backend takes ``[N, 3, S, S]`` uint8 RGB pixels (``S`` = the model's input size) and returns
 ``[N, num_classes]`` float32 probabilities. Each one applies the model's own normalisation:
-PyTorch through :func:`vggcifar.preprocessing.uint8_to_input` (exactly as in training), ONNX and
-TensorRT inside the exported graph (their input is float RGB in [0, 1]).
+PyTorch through :func:`vggcifar.preprocessing.uint8_to_input` (exactly as in training), ONNX
+(onnxruntime or OpenVINO) and TensorRT inside the exported graph (their input is float RGB in
+[0, 1]).
 
 :data:`BACKEND_TABLE` (like the export's ``FORMATS``) has one row per runtime: the model kinds
 (:func:`~vggcifar.runtime.contract.model_kind`) it opens, its availability check and its class.
 :func:`create_backend` looks the request up there. Heavy or optional runtimes (onnxruntime,
-tensorrt) are imported inside the functions that need them.
+openvino, tensorrt) are imported inside the functions that need them.
 """
 
 from __future__ import annotations
@@ -22,18 +23,21 @@ from typing import Callable
 from ...errors import VggCifarError
 from ...runtime.contract import KIND_TEXT, ModelFileError, model_kind
 from ...runtime.onnx import onnxruntime_status
+from ...runtime.openvino import openvino_status
 from ...runtime.tensorrt import tensorrt_status
 from ..names import BACKENDS
 from .base import Backend, ModelInfo, display_name, info_from_export_metadata, served_accuracy
 from .onnx_backend import OnnxBackend, onnx_backend_for_checkpoint
+from .openvino_backend import OpenVinoBackend
 from .tensorrt_backend import TensorRTBackend
 from .torch_backend import TorchBackend
 
 log = logging.getLogger(__name__)
 
 __all__ = ["BACKENDS", "BACKEND_TABLE", "Backend", "BackendRow", "ModelFileError", "ModelInfo",
-           "OnnxBackend", "TensorRTBackend", "TorchBackend", "create_backend", "display_name",
-           "info_from_export_metadata", "onnx_backend_for_checkpoint", "served_accuracy"]
+           "OnnxBackend", "OpenVinoBackend", "TensorRTBackend", "TorchBackend", "create_backend",
+           "display_name", "info_from_export_metadata", "onnx_backend_for_checkpoint",
+           "served_accuracy"]
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,16 @@ class BackendRow:
 # Checkpoints (and the shipped manifest) are what PyTorch loads; the other runtimes need exports.
 CHECKPOINT_KINDS = ("checkpoint", "shipped")
 
+
+def _on_cpu(device: str | None) -> bool:
+    """Whether the model runs on the CPU: asked for, or ``auto`` where PyTorch sees no GPU (a
+    checkpoint's device is already resolved; onnxruntime uses CUDA only where a GPU is)."""
+    from ...runtime.devices import resolve_device
+
+    device = (device or "auto").lower()
+    return resolve_device(device).type == "cpu" if device == "auto" else device == "cpu"
+
+
 # In the order ``auto`` tries them: the first row that opens the file's kind, is available and
 # accepts the case wins; if it then fails to open the file, the next such row is tried, and the
 # last one's error is the answer.
@@ -65,6 +79,16 @@ BACKEND_TABLE: tuple[BackendRow, ...] = (
     BackendRow("tensorrt", ("tensorrt",), tensorrt_status,
                "the tensorrt package (pip install 'vggcifar[tensorrt]') and an NVIDIA GPU",
                TensorRTBackend),
+    # On a CPU, OpenVINO (bf16 where the CPU has AMX or AVX512-BF16, else fp32) is the fastest
+    # runtime whose one-view accuracy is within 0.1 point of fp32: on the shipped VGG16, vgg-eval
+    # gives 90.44% one view / 91.32% flip TTA in bf16 vs onnxruntime fp32's 90.42% / 91.29% on
+    # the 10,000 test images, with 3.7x onnxruntime fp32's batch-64 throughput and 0.43x its CPU
+    # time in a paired run on the 2-core Xeon with AMX (docs/benchmarks.md, "Inference
+    # runtimes"). A checkpoint runs on its cached ONNX export, as with onnxruntime; if openvino
+    # is missing or fails to open the file, onnxruntime is next.
+    BackendRow("openvino", ("onnx", *CHECKPOINT_KINDS), openvino_status,
+               "the openvino package (x86_64 or arm64 Linux, macOS or Windows)", OpenVinoBackend,
+               auto=lambda kind, device: _on_cpu(device)),
     # On CPU, onnxruntime beat PyTorch for VGG16 on the project's 2-core machine (3.3x for
     # vgg-predict on 1,000 files, far more at batch 1; docs/benchmarks.md, "Serving") and
     # degrades gracefully when the cores are shared, where PyTorch's OpenMP threads stall; so
@@ -104,10 +128,11 @@ def create_backend(path, backend: str = "auto", device: str | None = None) -> Ba
     on ``device`` (``None``/``auto``, ``cpu``, ``cuda[:N]``).
 
     ``auto`` picks the fastest runtime that works for the file here (see :data:`BACKEND_TABLE`):
-    a TensorRT engine needs TensorRT; an ``.onnx`` file runs on onnxruntime (CUDA when it
-    works); a ``.pt`` checkpoint or ``.json`` manifest runs on PyTorch with CUDA when available,
-    and on CPU on onnxruntime (its ONNX export, made once and cached), falling back to PyTorch.
-    ``onnx`` with a checkpoint uses the same cached export.
+    a TensorRT engine needs TensorRT; an ``.onnx`` file runs on OpenVINO on a CPU, else on
+    onnxruntime (CUDA when it works); a ``.pt`` checkpoint or ``.json`` manifest runs on
+    PyTorch with CUDA when available, and on CPU on OpenVINO, then onnxruntime (its ONNX
+    export, made once and cached), falling back to PyTorch. ``onnx`` and ``openvino`` with a
+    checkpoint use the same cached export.
 
     Raises:
         VggCifarError: the file's kind and the backend do not fit, or the backend cannot run here.

@@ -11,7 +11,9 @@ import numpy as np
 
 from ...errors import VggCifarError
 from ...preprocessing import Preprocessing
+from ...calibration import softmax
 from ...runtime.contract import REQUIRED_METADATA, ModelFileError, decode_metadata
+from ..names import check_tta, tta_label
 
 
 @dataclass
@@ -21,7 +23,8 @@ class ModelInfo:
     ``format`` is the file's :func:`~vggcifar.runtime.contract.model_kind` ("checkpoint",
     "shipped", "onnx" or "tensorrt"). ``test_accuracy`` is the one-view figure (what plain
     serving delivers); ``test_accuracy_tta`` the figure with flip test-time augmentation
-    (``Predictor(tta=True)``). Either is ``None`` when the model file does not record it.
+    (``Predictor(tta=True)``), ``test_accuracy_flip_shift`` with the 6 views of
+    ``tta="flip-shift"``. Each is ``None`` when the model file does not record it.
     """
 
     name: str
@@ -31,6 +34,7 @@ class ModelInfo:
     arch: str | None = None
     test_accuracy: float | None = None
     test_accuracy_tta: float | None = None
+    test_accuracy_flip_shift: float | None = None
     precision: str | None = None
     # Temperature scaling: probabilities = softmax(logits / temperature); 1.0 for model files
     # that record none (fitted on held-out images, see vggcifar.calibration).
@@ -40,17 +44,19 @@ class ModelInfo:
     def class_names(self) -> tuple[str, ...]:
         return self.preproc.class_names
 
-    def accuracy(self, tta: bool = False) -> float | None:
-        """The test accuracy of the chosen serving mode (``None``: not recorded)."""
-        return self.test_accuracy_tta if tta else self.test_accuracy
+    def accuracy(self, tta: bool | str = False) -> float | None:
+        """The test accuracy of the serving mode ``tta`` (a TTA mode or a bool, see
+        :func:`~vggcifar.serving.views.check_tta`; ``None``: not recorded)."""
+        return {"none": self.test_accuracy, "flip": self.test_accuracy_tta,
+                "flip-shift": self.test_accuracy_flip_shift}[check_tta(tta)]
 
-    def accuracy_text(self, tta: bool = False) -> str:
+    def accuracy_text(self, tta: bool | str = False) -> str:
         """e.g. ``test accuracy 90.42% (one view)`` or ``... (flip TTA)``."""
-        acc, mode = self.accuracy(tta), "flip TTA" if tta else "one view"
+        acc, mode = self.accuracy(tta), tta_label(tta)
         return f"test accuracy {acc:.2%} ({mode})" if acc is not None else \
             f"test accuracy unknown ({mode})"
 
-    def describe(self, tta: bool = False) -> str:
+    def describe(self, tta: bool | str = False) -> str:
         """One line: ``name (arch, test accuracy 93.10% (one view))``, the figure of the chosen
         serving mode."""
         bits = [self.arch or "unknown arch"]
@@ -100,7 +106,7 @@ class Backend:
         """``[N, 3, S, S]`` float32 RGB in [0, 1] -> ``(logits, probabilities)``, each
         ``[N, num_classes]`` float32; probabilities = softmax(logits / temperature)."""
         z = check_outputs(self.logits(x), len(self.info.class_names), self.info.path)
-        return z, softmax(z, self.info.temperature)
+        return z, softmax(z, self.info.temperature, np.float32)
 
     def run(self, pixels: np.ndarray) -> np.ndarray:
         """``[N, 3, S, S]`` uint8 RGB -> ``[N, num_classes]`` float32 probabilities."""
@@ -134,6 +140,16 @@ def served_accuracy(meta: dict) -> tuple[float | None, float | None]:
     return (one if one is not None else acc), None
 
 
+def flip_shift_accuracy(meta: dict) -> float | None:
+    """The recorded test accuracy with the 6 views of ``flip-shift`` TTA, ``None`` if none."""
+    v = meta.get("test_accuracy_flip_shift")
+    try:
+        v = float(v)
+    except (TypeError, ValueError):
+        return None
+    return v if 0.0 <= v <= 1.0 else None
+
+
 def info_from_export_metadata(meta: dict, path, kind: str) -> ModelInfo:
     """Build :class:`ModelInfo` from ONNX ``metadata_props`` or a TensorRT sidecar (string
     values, see :mod:`vggcifar.runtime.contract`).
@@ -143,6 +159,7 @@ def info_from_export_metadata(meta: dict, path, kind: str) -> ModelInfo:
             values out of bounds (see :func:`vggcifar.checkpoint.check_preprocessing`).
     """
     from ...checkpoint import check_preprocessing
+    from ...checkpoint_file import temperature_of
 
     m = decode_metadata(meta)
     missing = [k for k in REQUIRED_METADATA if not m.get(k)]
@@ -154,14 +171,15 @@ def info_from_export_metadata(meta: dict, path, kind: str) -> ModelInfo:
            "input_size": m.get("input_size") or 32}
     try:
         check_preprocessing(pre, None, f"{path} metadata")
+        temperature = temperature_of(m, f"{path} metadata")
     except VggCifarError as e:
         raise ModelFileError(str(e)) from e
     one, tta = served_accuracy(m)
     return ModelInfo(
         name=display_name(path), path=str(path), format=kind, preproc=Preprocessing.from_dict(pre),
         arch=m.get("arch") or None, test_accuracy=one, test_accuracy_tta=tta,
-        precision=str(m["precision"]) if m.get("precision") else None,
-        temperature=temperature_from(m, f"{path} metadata"))
+        test_accuracy_flip_shift=flip_shift_accuracy(m), precision=str(m["precision"]) if m.get("precision") else None,
+        temperature=temperature)
 
 
 def check_outputs(y: np.ndarray, num_classes: int, path) -> np.ndarray:
@@ -171,36 +189,6 @@ def check_outputs(y: np.ndarray, num_classes: int, path) -> np.ndarray:
         raise ModelFileError(f"{path} gave {y.shape[1:]} outputs per image, but its "
                              f"metadata names {num_classes} classes")
     return y.astype(np.float32, copy=False)
-
-
-def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """``[N, C]`` logits -> ``[N, C]`` float32 softmax(logits / temperature), computed stably."""
-    z = logits.astype(np.float32, copy=True)
-    if temperature != 1.0:
-        z /= np.float32(temperature)
-    z -= z.max(axis=1, keepdims=True)
-    np.exp(z, out=z)
-    z /= z.sum(axis=1, keepdims=True)
-    return z
-
-
-def temperature_from(meta: dict, where) -> float:
-    """The model's temperature from its metadata (``temperature``; absent: 1.0).
-
-    Raises:
-        ModelFileError: a value that is not a finite number in [0.05, 20] (a tampered or
-            broken file; a real fit lies far inside).
-    """
-    t = meta.get("temperature")
-    if t is None or t == "":
-        return 1.0
-    try:
-        t = float(t)
-    except (TypeError, ValueError):
-        raise ModelFileError(f"{where}: temperature {t!r} is not a number") from None
-    if not (0.05 <= t <= 20.0):  # also refuses nan and inf
-        raise ModelFileError(f"{where}: temperature {t} is outside [0.05, 20]")
-    return t
 
 
 def to_unit(pixels: np.ndarray) -> np.ndarray:

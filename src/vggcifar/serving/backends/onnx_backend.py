@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -31,13 +32,19 @@ class OnnxBackend(Backend):
         change between the check and the load."""
         model = path if model_bytes is None else model_bytes
         self.session, self.provider = device_session(model, device, name=path)
-        self.path = path
         self.device = "cuda" if self.provider == CUDA else "cpu"
-        self.metadata = decode_metadata(self.session.get_modelmeta().custom_metadata_map)
+        self._bind(path, self.session.get_modelmeta().custom_metadata_map,
+                   self.session.get_inputs(), self.session.get_outputs())
+
+    def _bind(self, path, metadata: dict, inputs, outputs) -> None:
+        """Read the graph's metadata and choose and check its input and output; ``inputs`` and
+        ``outputs`` are onnxruntime ``NodeArg``s, or objects with the same ``name``, ``type``
+        (``"tensor(float)"``) and ``shape`` (ints for fixed sizes)."""
+        self.path = path
+        self.metadata = decode_metadata(metadata)
         self.info: ModelInfo = info_from_export_metadata(self.metadata, path, "onnx")
         self.num_classes = len(self.info.class_names)
-        inputs = self.session.get_inputs()
-        names = [o.name for o in self.session.get_outputs()]
+        names = [o.name for o in outputs]
         self.input_name = INPUT_NAME if any(i.name == INPUT_NAME for i in inputs) else inputs[0].name
         if LOGITS in names:
             self.output_name, self.from_probabilities = LOGITS, False
@@ -46,7 +53,7 @@ class OnnxBackend(Backend):
         else:
             raise ModelFileError(f"{path} has no {PROBABILITIES!r} or {LOGITS!r} output; "
                                  "export the model with vgg-export")
-        self._check_interface(inputs, self.session.get_outputs())
+        self._check_interface(inputs, outputs)
         shape = inputs[0].shape
         # A fixed batch dimension (an int) means batches must be cut to that size.
         self.fixed_batch = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else None
@@ -55,7 +62,7 @@ class OnnxBackend(Backend):
     def open(cls, path: Path, kind: str, device: str | None) -> "OnnxBackend":
         if kind == "onnx":
             return cls(path, device)
-        return onnx_backend_for_checkpoint(path, device)
+        return from_cached_export(path, lambda f, data: cls(f, device, model_bytes=data))
 
     def _check_interface(self, inputs, outputs) -> None:
         """The graph must take one float ``[N, 3, S, S]`` input (``S`` from the metadata) and give
@@ -85,14 +92,18 @@ class OnnxBackend(Backend):
         if self.fixed_batch and len(x) != self.fixed_batch:
             return np.concatenate([self._run_fixed(x[i:i + self.fixed_batch])
                                    for i in range(0, len(x), self.fixed_batch)])
-        return self._out(self.session.run([self.output_name], {self.input_name: x})[0])
+        return self._out(self._infer(x))
+
+    def _infer(self, x: np.ndarray) -> np.ndarray:
+        """The runtime's call: ``[N, 3, S, S]`` float32 -> the chosen output, ``[N, C]``."""
+        return self.session.run([self.output_name], {self.input_name: x})[0]
 
     def _run_fixed(self, x: np.ndarray) -> np.ndarray:
         """A batch of at most ``fixed_batch`` images, zero-padded to it; the padding is cut off."""
         n = len(x)
         if n < self.fixed_batch:
             x = np.concatenate([x, np.zeros((self.fixed_batch - n, *x.shape[1:]), x.dtype)])
-        return self._out(self.session.run([self.output_name], {self.input_name: x})[0])[:n]
+        return self._out(self._infer(x))[:n]
 
     def _out(self, y: np.ndarray) -> np.ndarray:
         y = check_outputs(y, self.num_classes, self.path)
@@ -107,12 +118,18 @@ class OnnxBackend(Backend):
 
 def onnx_backend_for_checkpoint(path, device: str | None = None) -> OnnxBackend:
     """onnxruntime on the cached ONNX export of a checkpoint or shipped manifest, presented as
-    that checkpoint.
+    that checkpoint (see :func:`from_cached_export`)."""
+    return OnnxBackend.open(Path(path), "checkpoint", device)
 
-    The source weights are verified first (shipped parts on every load). The cached export is
-    used only if it verifies (:func:`vggcifar.export.cache.cached_onnx`) and its metadata's
-    ``source_sha256`` is this source's; a file that fails either check, or fails to load, is
-    rebuilt once.
+
+def from_cached_export(path, open_export: Callable[[Path, bytes], OnnxBackend]) -> OnnxBackend:
+    """A backend on the cached ONNX export of a checkpoint or shipped manifest, presented as
+    that checkpoint: the one way every ONNX runtime serves a checkpoint.
+
+    ``open_export(file, its verified bytes)`` makes the backend. The source weights are verified
+    first (shipped parts on every load). The cached export is used only if it verifies
+    (:func:`vggcifar.export.cache.cached_onnx`) and its metadata's ``source_sha256`` is this
+    source's; a file that fails either check, or fails to load, is rebuilt once.
 
     Raises:
         VggCifarError: damaged source weights, or an export that still fails after the rebuild.
@@ -127,7 +144,7 @@ def onnx_backend_for_checkpoint(path, device: str | None = None) -> OnnxBackend:
     for rebuild in (False, True):
         cached, data = cache.cached_onnx(path, sha, rebuild=rebuild)
         try:
-            b = OnnxBackend(cached, device, model_bytes=data)
+            b = open_export(cached, data)
             if b.metadata.get("source_sha256") != sha:
                 raise ModelFileError(f"{cached} is not an export of {path}")
             break

@@ -8,8 +8,8 @@ import torch
 from ...preprocessing import Preprocessing, normalize
 from ...runtime.contract import model_kind
 from ...runtime.devices import resolve_device
-from .base import (SHIPPED_PRECISION, Backend, ModelInfo, display_name, served_accuracy,
-                   temperature_from)
+from .base import (SHIPPED_PRECISION, Backend, ModelInfo, display_name, flip_shift_accuracy,
+                   served_accuracy)
 
 
 class TorchBackend(Backend):
@@ -33,8 +33,9 @@ class TorchBackend(Backend):
         self.info = ModelInfo(
             name=display_name(path), path=str(path), format=kind, preproc=self.preproc,
             arch=meta.get("arch"), test_accuracy=one, test_accuracy_tta=tta,
+            test_accuracy_flip_shift=flip_shift_accuracy(meta),
             precision=SHIPPED_PRECISION if kind == "shipped" else None,
-            temperature=temperature_from(meta, path))
+            temperature=meta["temperature"])  # checked by load_checkpoint
 
     def logits(self, x: np.ndarray) -> np.ndarray:
         """``[N, 3, S, S]`` float32 in [0, 1] -> ``[N, C]`` float32 logits."""

@@ -1,0 +1,344 @@
+"""The Open Inference Protocol (KServe v2 REST, as Triton, KServe and MLServer speak it) on
+`vgg-serve`, beside ``/v1/predict``, so that ``tritonclient.http`` (and any v2 client) works
+against the server unchanged:
+
+- ``GET /v2``: server metadata; ``GET /v2/health/live``, ``/v2/health/ready``: 200 or 503.
+- ``GET /v2/models/{name}[/versions/1]``: model metadata; ``.../ready``: 200 once warmed up.
+- ``POST /v2/models/{name}[/versions/1]/infer``: input ``image`` FP32 ``[N, 3, S, S]`` RGB in
+  [0, 1] (the ONNX contract: normalisation is the model's business); outputs ``logits`` and
+  ``probabilities`` FP32 ``[N, num_classes]``, those named in the request's ``outputs`` (all
+  when it names none).
+
+``name`` is the one ``vgg-export --triton`` gives the same model
+(:func:`vggcifar.export.triton.triton_model_name`: ``vggcifar-default`` for the shipped model),
+so one client serves both servers. Tensors travel as JSON ``data`` or with Triton's binary tensor
+data extension: the body starts with ``Inference-Header-Content-Length`` bytes of JSON and the
+raw little-endian tensors follow, in order. An output is returned binary when its
+``parameters.binary_data`` is true, or, when it does not say, when the request's
+``parameters.binary_data_output`` is (tritonclient's default).
+
+Images go through the server's :class:`~vggcifar.serving.batching.DynamicBatcher`, one queue item
+per image: ``/v1`` and ``/v2`` images share batches. A bad request is a 400 (404 for an unknown
+model or version, 413 for too many images or bytes, 503 while not ready or when the queue is
+full) with ``{"error": "..."}``, never a 500; a 500 means the model failed.
+"""
+
+# No `from __future__ import annotations`: FastAPI must see the real `Request` class in the
+# signatures of the routes, which are defined inside register (imports stay lazy).
+
+import asyncio
+import json
+import math
+
+import numpy as np
+
+from ..runtime.contract import INPUT_NAME, OUTPUT_NAMES
+
+MODEL_VERSION = "1"  # as the Triton repository vgg-export writes
+HEADER_LENGTH = "Inference-Header-Content-Length"
+EXTENSIONS = ("binary_tensor_data",)
+DATATYPE = "FP32"
+# Bodies larger than this are parsed in a worker thread, not on the event loop.
+INLINE_PARSE_BYTES = 32 * 1024
+# A JSON tensor spends this many bytes per value at most (for the body limit).
+JSON_BYTES_PER_VALUE = 32
+
+
+class ProtocolError(Exception):
+    """A request the protocol refuses: ``status`` and a one-line message."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def dumps(obj) -> bytes:
+    """JSON bytes (orjson when installed: several times faster on long float lists)."""
+    try:
+        import orjson
+    except ImportError:  # pragma: no cover - orjson is optional
+        return json.dumps(obj, separators=(",", ":")).encode()
+    return orjson.dumps(obj)
+
+
+# ------------------------------------------------------------------------------ metadata
+
+def model_metadata(state) -> dict:
+    """The v2 model metadata: input ``image`` and both outputs, batch axis ``-1``."""
+    p = state.predictor
+    s, c = p.input_size, len(p.class_names)
+    return {"name": state.model_name, "versions": [MODEL_VERSION],
+            "platform": p.backend_name,
+            "inputs": [{"name": INPUT_NAME, "datatype": DATATYPE, "shape": [-1, 3, s, s]}],
+            "outputs": [{"name": o, "datatype": DATATYPE, "shape": [-1, c]}
+                        for o in OUTPUT_NAMES]}
+
+
+def server_metadata() -> dict:
+    from .. import __version__
+
+    return {"name": "vggcifar", "version": __version__, "extensions": list(EXTENSIONS)}
+
+
+def check_model(state, name: str, version: str | None) -> None:
+    """404 unless ``name`` (and ``version``, when given) is the served model."""
+    if name != state.model_name:
+        raise ProtocolError(404, f"unknown model {name!r}; this server serves "
+                                 f"{state.model_name!r}")
+    if version not in (None, "", MODEL_VERSION):
+        raise ProtocolError(404, f"unknown version {version!r} of model {name!r}; it has "
+                                 f"version {MODEL_VERSION}")
+
+
+# ------------------------------------------------------------------------------ requests
+
+def _split_body(body: bytes, header_length: str | None) -> tuple[dict, bytes]:
+    """``(the JSON request, the binary tail)`` of an infer body."""
+    if header_length is None:
+        head, tail = body, b""
+    else:
+        if not (header_length.isascii() and header_length.strip().isdigit()):
+            raise ProtocolError(400, f"{HEADER_LENGTH} must be a byte count, got "
+                                     f"{header_length[:40]!r}")
+        n = int(header_length)
+        if n > len(body):
+            raise ProtocolError(400, f"{HEADER_LENGTH} is {n}, but the body has only "
+                                     f"{len(body)} bytes")
+        head, tail = body[:n], body[n:]
+    try:
+        request = json.loads(head)
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError too
+        raise ProtocolError(400, f"malformed JSON request ({str(e)[:120]})") from None
+    if not isinstance(request, dict):
+        raise ProtocolError(400, "the request must be a JSON object")
+    return request, tail
+
+
+def _shape(tensor: dict, size: int, max_images: int) -> list[int]:
+    shape = tensor.get("shape")
+    want = f"[N, 3, {size}, {size}]"
+    if (not isinstance(shape, list) or len(shape) != 4
+            or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape)):
+        raise ProtocolError(400, f"input {INPUT_NAME!r}: shape {str(shape)[:60]} is not {want}")
+    if shape[1:] != [3, size, size] or shape[0] < 1:
+        raise ProtocolError(400, f"input {INPUT_NAME!r}: shape {shape} is not {want} with N >= 1")
+    if shape[0] > max_images:
+        raise ProtocolError(413, f"too many images: {shape[0]} in one request, at most "
+                                 f"{max_images}")
+    return shape
+
+
+def _tensor(tensor: dict, tail: bytes, shape: list[int]) -> np.ndarray:
+    """The input's values as float32 ``shape``, from ``data`` or the binary tail."""
+    count = math.prod(shape)
+    params = tensor.get("parameters")
+    params = params if isinstance(params, dict) else {}
+    size = params.get("binary_data_size")
+    if size is not None:
+        if not isinstance(size, int) or isinstance(size, bool) or size != count * 4:
+            raise ProtocolError(400, f"input {INPUT_NAME!r}: binary_data_size {str(size)[:30]} "
+                                     f"is not {count * 4} ({shape} FP32)")
+        if len(tail) != size:
+            raise ProtocolError(400, f"input {INPUT_NAME!r}: {len(tail)} bytes of binary data "
+                                     f"follow the JSON header, expected {size}")
+        return np.frombuffer(tail, dtype="<f4").reshape(shape).astype(np.float32)
+    if tail:
+        raise ProtocolError(400, f"{len(tail)} bytes follow the JSON header, but no input "
+                                 "declares binary_data_size")
+    if "data" not in tensor:
+        raise ProtocolError(400, f"input {INPUT_NAME!r} has neither data nor binary_data_size")
+    try:
+        x = np.asarray(tensor["data"], dtype=np.float32)
+    except (TypeError, ValueError, OverflowError, RecursionError):
+        raise ProtocolError(400, f"input {INPUT_NAME!r}: data must be numbers (a flat or "
+                                 "nested list)") from None
+    if x.size != count:
+        raise ProtocolError(400, f"input {INPUT_NAME!r}: {x.size} values for shape {shape}, "
+                                 f"expected {count}")
+    return x.reshape(shape)
+
+
+def _wanted_outputs(request: dict) -> list[tuple[str, bool]]:
+    """``[(output name, binary)]`` in the order the response lists them."""
+    params = request.get("parameters")
+    params = params if isinstance(params, dict) else {}
+    default_binary = params.get("binary_data_output") is True
+    asked = request.get("outputs")
+    if asked is None:
+        return [(name, default_binary) for name in OUTPUT_NAMES]
+    if not isinstance(asked, list) or not all(isinstance(o, dict) for o in asked):
+        raise ProtocolError(400, "outputs must be a list of objects")
+    out = []
+    for o in asked:
+        name = o.get("name")
+        if name not in OUTPUT_NAMES:
+            raise ProtocolError(400, f"unknown output {str(name)[:40]!r}; the model has "
+                                     f"{', '.join(OUTPUT_NAMES)}")
+        p = o.get("parameters")
+        p = p if isinstance(p, dict) else {}
+        if p.get("classification"):
+            raise ProtocolError(400, "the classification extension is not supported; ask for "
+                                     "probabilities (labels: GET /healthz)")
+        binary = p.get("binary_data")
+        out.append((name, binary if isinstance(binary, bool) else default_binary))
+    return out
+
+
+def parse_infer(body: bytes, header_length: str | None, size: int,
+                max_images: int) -> tuple[np.ndarray, dict, list[tuple[str, bool]]]:
+    """``(x [N, 3, size, size] float32, the JSON request, wanted outputs)`` of an infer body.
+
+    Raises:
+        ProtocolError: anything the protocol or the model's input contract refuses.
+    """
+    request, tail = _split_body(body, header_length)
+    inputs = request.get("inputs")
+    if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
+        raise ProtocolError(400, f"inputs must list exactly one tensor, {INPUT_NAME!r}")
+    tensor = inputs[0]
+    if tensor.get("name") != INPUT_NAME:
+        raise ProtocolError(400, f"unknown input {str(tensor.get('name'))[:40]!r}; the model's "
+                                 f"input is {INPUT_NAME!r}")
+    if tensor.get("datatype") != DATATYPE:
+        raise ProtocolError(400, f"input {INPUT_NAME!r}: datatype "
+                                 f"{str(tensor.get('datatype'))[:20]!r} is not {DATATYPE}")
+    shape = _shape(tensor, size, max_images)
+    wanted = _wanted_outputs(request)
+    x = _tensor(tensor, tail, shape)
+    if not np.isfinite(x).all():
+        raise ProtocolError(400, f"input {INPUT_NAME!r} holds NaN or infinite values")
+    return x, request, wanted
+
+
+def encode_response(state, request: dict, wanted, outputs: dict) -> tuple[bytes, dict]:
+    """``(body, headers)`` of an infer response; ``outputs``: name -> ``[N, C]`` float32."""
+    head = {"model_name": state.model_name, "model_version": MODEL_VERSION, "outputs": []}
+    if isinstance(request.get("id"), str):
+        head["id"] = request["id"]
+    blobs = []
+    for name, binary in wanted:
+        y = np.ascontiguousarray(outputs[name], dtype="<f4")
+        t = {"name": name, "datatype": DATATYPE, "shape": list(y.shape)}
+        if binary:
+            blob = y.tobytes()
+            t["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        else:
+            t["data"] = y.ravel().tolist()
+        head["outputs"].append(t)
+    header = dumps(head)
+    if not blobs:
+        return header, {"Content-Type": "application/json"}
+    return b"".join([header, *blobs]), {"Content-Type": "application/octet-stream",
+                                         HEADER_LENGTH: str(len(header))}
+
+
+# ------------------------------------------------------------------------------ infer
+
+async def _read_body(request, cap: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared and declared.isascii() and declared.isdigit() and int(declared) > cap:
+        raise ProtocolError(413, f"request body of {int(declared):,} bytes over the limit of "
+                                 f"{cap:,} bytes")
+    chunks, total = [], 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > cap:
+            raise ProtocolError(413, f"request body over the limit of {cap:,} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def infer(request, state, name: str, version: str | None, arrival) -> tuple[bytes, dict]:
+    """One infer call -> ``(body, headers)``; :class:`ProtocolError` for refused requests."""
+    from starlette.concurrency import run_in_threadpool
+
+    from .batching import BatchError, QueueClosed, QueueFull
+    from .predictor import NON_FINITE
+
+    check_model(state, name, version)
+    if not state.ready:
+        raise ProtocolError(503, f"not ready ({state.status})")
+    size = state.predictor.input_size
+    max_images = state.batcher.queue_size  # a request must fit in an empty queue
+    body = await _read_body(request, 4096 + max_images * 3 * size * size * JSON_BYTES_PER_VALUE)
+    args = (body, request.headers.get(HEADER_LENGTH), size, max_images)
+    x, req, wanted = (parse_infer(*args) if len(body) <= INLINE_PARSE_BYTES
+                      else await run_in_threadpool(parse_infer, *args))
+    try:
+        futures = state.batcher.submit(x, arrival)
+    except (QueueFull, QueueClosed) as e:
+        raise ProtocolError(503, f"server busy: {e}; retry later") from None
+    rows = await asyncio.gather(*futures, return_exceptions=True)
+    failed = next((r for r in rows if isinstance(r, BaseException)), None)
+    if failed is not None:
+        msg = str(failed) if isinstance(failed, BatchError) else \
+            f"inference failed ({type(failed).__name__})"
+        raise ProtocolError(500, msg)
+    outputs = {o: np.stack([r[0][i] for r in rows]) for i, o in enumerate(OUTPUT_NAMES)}
+    if not all(np.isfinite(outputs[o]).all() for o in OUTPUT_NAMES):
+        raise ProtocolError(500, NON_FINITE)
+    return encode_response(state, req, wanted, outputs)
+
+
+# ------------------------------------------------------------------------------ routes
+
+def register(app, state) -> None:
+    """Add the ``/v2`` routes to the FastAPI ``app`` serving ``state``
+    (:class:`~vggcifar.serving.server_state.ServerState`)."""
+    from fastapi import Request
+    from fastapi.responses import Response
+
+    def error(e: ProtocolError) -> Response:
+        headers = {"Retry-After": "1"} if e.status == 503 else None
+        return Response(dumps({"error": str(e)}), status_code=e.status, headers=headers,
+                        media_type="application/json")
+
+    def ok(body: dict) -> Response:
+        return Response(dumps(body), media_type="application/json")
+
+    async def server():
+        return ok(server_metadata())
+
+    async def live():
+        return Response(status_code=200)
+
+    async def ready():
+        return Response(status_code=200) if state.ready else \
+            error(ProtocolError(503, f"not ready ({state.status})"))
+
+    async def metadata(name: str, version: str | None = None):
+        try:
+            check_model(state, name, version)
+        except ProtocolError as e:
+            return error(e)
+        return ok(model_metadata(state))
+
+    async def model_ready(name: str, version: str | None = None):
+        try:
+            check_model(state, name, version)
+            return await ready()
+        except ProtocolError as e:
+            return error(e)
+
+    async def infer_route(request: Request, name: str, version: str | None = None):
+        status = 500
+        try:
+            with state.batcher.arriving() as arrival:
+                body, headers = await infer(request, state, name, version, arrival)
+            status = 200
+            return Response(body, headers=headers)
+        except ProtocolError as e:
+            status = e.status
+            return error(e)
+        finally:
+            state.metrics.infer_requests.labels(str(status)).inc()
+
+    add = app.add_api_route
+    add("/v2", server, methods=["GET"], summary="Open Inference Protocol: server metadata")
+    add("/v2/health/live", live, methods=["GET"], summary="v2: the process is up")
+    add("/v2/health/ready", ready, methods=["GET"], summary="v2: 200 once warmed up")
+    for base in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
+        add(base, metadata, methods=["GET"], summary="v2: model metadata")
+        add(base + "/ready", model_ready, methods=["GET"], summary="v2: model readiness")
+        add(base + "/infer", infer_route, methods=["POST"], summary="v2: inference")
