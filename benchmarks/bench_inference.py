@@ -33,7 +33,7 @@ from vggcifar.checkpoint import load_checkpoint
 from vggcifar.data import load_cifar10
 from vggcifar.export import export_checkpoint
 from vggcifar.export import parity as P
-from vggcifar.preprocessing import normalize
+from vggcifar.preprocessing import normalize, uint8_to_unit
 from vggcifar.training.config import cpu_bf16_support
 
 
@@ -191,7 +191,7 @@ def main(argv=None) -> int:
     model, meta = load_checkpoint(args.checkpoint)
     data = load_cifar10(args.data, download=False, verbose=False)
     idx = P.sample_indices(len(data.test_y), args.images, seed=0)
-    images = P.uint8_to_unit(data.test_x[torch.from_numpy(idx)])
+    images = uint8_to_unit(data.test_x[torch.from_numpy(idx)])
     labels = data.test_y[torch.from_numpy(idx)].numpy()
 
     print(f"benchmarking on {cpu_name()} ({os.cpu_count()} cores, {args.threads} threads)",

@@ -16,7 +16,8 @@ from click.testing import CliRunner
 
 from vggcifar.calibration import (brier, calibration_figures, ece, fit_temperature, nll,
                                   reliability_bins, softmax)
-from vggcifar.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
+from vggcifar.checkpoint import load_checkpoint, save_checkpoint
+from vggcifar.checkpoint_file import read_checkpoint
 from vggcifar.errors import VggCifarError
 
 T = 1.7  # a temperature far enough from 1 that using the wrong one shows
@@ -101,7 +102,8 @@ def test_old_files_load_as_t1_and_bad_values_are_refused(tiny_checkpoint, tmp_pa
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_onnx_probabilities_are_softmax_of_logits_over_t(hot_checkpoint, unit_images, tmp_path,
                                                          precision):
-    from vggcifar.export.onnx_export import build_metadata, checkpoint_sha256, export_onnx
+    from vggcifar.export.onnx_export import checkpoint_sha256, export_onnx
+    from vggcifar.runtime.contract import build_metadata
 
     model, meta = load_checkpoint(hot_checkpoint)
     md = build_metadata(meta, precision=precision, exporter="torchscript",
@@ -122,7 +124,8 @@ def test_onnx_probabilities_are_softmax_of_logits_over_t(hot_checkpoint, unit_im
 
 
 def test_int8_export_keeps_the_temperature(hot_checkpoint, unit_images, tmp_path):
-    from vggcifar.export.onnx_export import build_metadata, export_onnx
+    from vggcifar.export.onnx_export import export_onnx
+    from vggcifar.runtime.contract import build_metadata
     from vggcifar.export.quantize import quantize_int8
 
     model, meta = load_checkpoint(hot_checkpoint)

@@ -25,7 +25,7 @@ COMMANDS = {
     "vgg-export": "vggcifar.export.cli",
     "vgg-predict": "vggcifar.serving.cli",
     "vgg-eval": "vggcifar.serving.eval_cli",
-    "vgg-demo": "vggcifar.serving.demo",
+    "vgg-demo": "vggcifar.serving.demo_cli",
     "vgg-serve": "vggcifar.serving.serve_cli",
 }
 READS_A_MODEL = ("vgg-export", "vgg-predict", "vgg-eval", "vgg-demo", "vgg-serve")

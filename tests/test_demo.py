@@ -335,7 +335,7 @@ def test_examples_are_the_shipped_images_copied_to_the_workdir(served):
 
 
 def test_vgg_demo_command_errors(tmp_path):
-    from vggcifar.serving.demo import main
+    from vggcifar.serving.demo_cli import main
 
     r = CliRunner().invoke(main, ["--model", str(tmp_path / "missing.pt")])
     assert r.exit_code == 2 and "does not exist" in r.stderr

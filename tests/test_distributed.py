@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from vggcifar.checkpoint import read_checkpoint
+from vggcifar.checkpoint_file import read_checkpoint
 
 
 def free_port() -> int:
@@ -27,6 +27,7 @@ def _worker(rank, world, port, cfg_kwargs, report_dir, die_rank):
                        "VGGCIFAR_DIST_TIMEOUT": "20"})
     torch.set_num_threads(1)
     import vggcifar.checkpoint as ck
+    import vggcifar.plotting as pl
     import vggcifar.training.report as rp
     import vggcifar.training.trainer as tr
     from vggcifar.training import TrainConfig, train
@@ -38,7 +39,7 @@ def _worker(rank, world, port, cfg_kwargs, report_dir, die_rank):
         writes.append(str(path))
         return real(path, fn)
 
-    for mod in (ck, rp, tr):
+    for mod in (ck, pl, rp, tr):
         mod.atomic_write = spy
     if die_rank == rank:
         real_epoch = tr._Run.train_epoch

@@ -91,6 +91,15 @@ def test_metadata(exported, tiny_checkpoint):
         assert md["exporter"] == report["exporter"]
 
 
+def test_metadata_keys_are_the_written_keys(tmp_path):
+    from vggcifar.preprocessing import Preprocessing
+    from vggcifar.runtime.contract import build_metadata
+
+    meta = {"preproc": Preprocessing(), "arch": "vgg11", "path": tmp_path / "best.pt"}
+    md = build_metadata(meta, precision="fp32", exporter="torchscript", source_sha256="0" * 64)
+    assert sorted(md) == sorted(METADATA_KEYS)
+
+
 def test_in_graph_normalisation_matches_the_checkpoint(exported, tiny_checkpoint):
     out, _ = exported
     model, meta = load_checkpoint(tiny_checkpoint)

@@ -416,10 +416,11 @@ def test_cli_help_and_port_in_use():
 def test_sigterm_finishes_requests_in_flight_then_exits_0(tiny_checkpoint, tmp_path):
     port = free_port()
     exe = Path(sys.executable).parent / "vgg-serve"
-    # A batch waits up to 1.5 s for company while a request is on its way (here one whose body
-    # trickles in): requests are still in flight when SIGTERM arrives.
+    # A batch waits up to 5 s for company while a request is on its way (here one whose body
+    # trickles in): requests are still in flight when SIGTERM arrives. The generous times keep
+    # the order (trickle announced to the batcher, then the four queued) on a loaded machine.
     cmd = [str(exe), "--model", str(tiny_checkpoint), "--backend", "torch", "--device", "cpu",
-           "--port", str(port), "--no-demo", "--max-batch", "64", "--max-wait-ms", "1500"]
+           "--port", str(port), "--no-demo", "--max-batch", "64", "--max-wait-ms", "5000"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             cwd=tmp_path)
     url = f"http://127.0.0.1:{port}"
@@ -442,13 +443,13 @@ def test_sigterm_finishes_requests_in_flight_then_exits_0(tiny_checkpoint, tmp_p
         def trickle():
             data = png_bytes(9)
             yield data[:20]
-            time.sleep(1.0)
+            time.sleep(3.0)
             yield data[20:]
 
         with ThreadPoolExecutor(5) as pool:
             slow = pool.submit(httpx.post, url + "/v1/predict", content=trickle(), timeout=30,
                                headers={"Content-Type": "image/png"})
-            time.sleep(0.2)
+            time.sleep(1.0)  # the trickling request is announced to the batcher by now
             futures = [pool.submit(send, i) for i in range(4)] + [slow]
             time.sleep(0.6)  # all four are waiting in the batcher
             assert not any(f.done() for f in futures)

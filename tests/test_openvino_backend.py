@@ -114,13 +114,13 @@ def test_auto_picks_openvino_on_cpu(checkpoint, onnx_file):
 
 
 def test_precision_follows_the_cpu_flags(monkeypatch):
-    from vggcifar.training import config
+    from vggcifar.runtime import devices
 
-    monkeypatch.setattr(config, "_cpu_flags", lambda: {"avx512f", "amx_bf16", "amx_tile"})
+    monkeypatch.setattr(devices, "cpu_flags", lambda: {"avx512f", "amx_bf16", "amx_tile"})
     assert OV.cpu_precision()[0] == "bf16"
-    monkeypatch.setattr(config, "_cpu_flags", lambda: {"avx512f", "avx2"})
+    monkeypatch.setattr(devices, "cpu_flags", lambda: {"avx512f", "avx2"})
     assert OV.cpu_precision()[0] == "fp32"
-    monkeypatch.setattr(config, "_cpu_flags", lambda: None)
+    monkeypatch.setattr(devices, "cpu_flags", lambda: None)
     assert OV.cpu_precision() == ("fp32", "no CPU flags to read")
 
 

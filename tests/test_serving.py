@@ -397,7 +397,7 @@ def test_engine_sidecar_metadata_is_understood(onnx_model, tmp_path):
 def test_tensorrt_engine_matches_torch(varied_checkpoint, onnx_model, predictor, tmp_path):
     if not tensorrt_status()[0]:
         pytest.skip("tensorrt package or CUDA GPU not available")
-    from vggcifar.export.onnx_export import read_metadata
+    from vggcifar.runtime.contract import read_metadata
     from vggcifar.export.tensorrt import build_engine
     from vggcifar.testing import synthetic_images
 

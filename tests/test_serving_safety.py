@@ -98,7 +98,7 @@ def onnx_file(ckpt, tmp_path_factory) -> Path:
 def with_metadata(src: Path, dst: Path, **values) -> Path:
     import onnx
 
-    from vggcifar.export.onnx_export import set_metadata
+    from vggcifar.runtime.contract import set_metadata
 
     proto = onnx.load(str(src))
     set_metadata(proto, {k: json.dumps(v) for k, v in values.items()})
@@ -125,7 +125,7 @@ def test_onnx_outputs_must_match_class_names(ckpt, tmp_path):
 def test_onnx_input_shape_must_match_metadata(onnx_file, tmp_path):
     import warnings
 
-    from vggcifar.export.onnx_export import read_metadata, set_metadata
+    from vggcifar.runtime.contract import read_metadata, set_metadata
 
     small = tmp_path / "small.onnx"
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 10))
@@ -317,7 +317,7 @@ def test_part_that_is_not_a_checkpoint_is_a_clear_error(tmp_path):
 
 
 def test_corrupt_checkpoint_error_does_not_advise_unsafe_loading(tmp_path):
-    from vggcifar.checkpoint import read_checkpoint
+    from vggcifar.checkpoint_file import read_checkpoint
 
     class RunsCode:
         def __reduce__(self):
@@ -393,9 +393,7 @@ def test_unreadable_subfolder_is_a_failed_input(ckpt, tmp_path, monkeypatch):
 
 def test_atomic_write_fsyncs_and_leaves_the_umask_alone(tmp_path, monkeypatch):
     import vggcifar.io as vio
-    from vggcifar.checkpoint import atomic_write as reexported
 
-    assert reexported is vio.atomic_write
     umask = os.umask(0o027)
     os.umask(umask)
     synced = []

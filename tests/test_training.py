@@ -5,7 +5,8 @@ import torch
 from click.testing import CliRunner
 
 import vggcifar
-from vggcifar.checkpoint import read_checkpoint, save_checkpoint
+from vggcifar.checkpoint import save_checkpoint
+from vggcifar.checkpoint_file import read_checkpoint
 from vggcifar.training import TrainConfig, train
 from vggcifar.training.cli import main as train_cli
 from vggcifar.training.schedule import lr_factor

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from vggcifar.checkpoint import read_checkpoint
+from vggcifar.checkpoint_file import read_checkpoint
 from vggcifar.data import DeviceLoader
 from vggcifar.preprocessing import CIFAR10_MEAN, CIFAR10_STD
 from vggcifar.training import TrainConfig, train

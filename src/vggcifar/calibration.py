@@ -161,7 +161,7 @@ def plot_reliability(panels: dict, path, title: str, bins: int = ECE_BINS) -> No
         path: the PNG to write.
         title: the figure's title (model, data, temperature).
     """
-    from .training.report import pyplot, save_figure
+    from .plotting import pyplot, save_figure
 
     plt = pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 5), squeeze=False)

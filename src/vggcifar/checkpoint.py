@@ -26,11 +26,9 @@ from pathlib import Path
 
 import torch
 
-# read_checkpoint and FORMAT_VERSION are re-exported: callers read checkpoints from here.
-from .checkpoint_file import (FORMAT, FORMAT_VERSION, model_spec, read_checkpoint,  # noqa: F401
-                              temperature_of)
+from .checkpoint_file import FORMAT, FORMAT_VERSION, model_spec, read_checkpoint, temperature_of
 from .errors import VggCifarError
-from .io import atomic_write  # noqa: F401  (re-exported: callers import it from here)
+from .io import atomic_write
 from .models import create_model, is_finite_number, list_models, model_entry, show_value
 from .preprocessing import INPUT_SIZE, Preprocessing
 from .runtime.contract import model_kind

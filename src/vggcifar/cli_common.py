@@ -49,6 +49,7 @@ CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 
 MODEL_HELP = ("Model file: checkpoint (.pt), shipped manifest (.json), ONNX (.onnx) or TensorRT "
               "engine. Default: the newest runs/*/best.pt, else the shipped model.")
 QUIET_HELP = "No progress bars or log lines on stderr (results and errors still appear)."
+DEVICE_HELP = "auto, cpu or cuda[:N]."
 
 
 class _UsageError(click.UsageError):

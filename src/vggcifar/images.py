@@ -60,7 +60,9 @@ _ORIENTATION = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_18
                 8: Image.Transpose.ROTATE_90}
 
 
-def _label(source, name: str | None) -> str:
+def image_label(source, name: str | None = None) -> str:
+    """How messages name an image: ``name`` if given, else the path of a path source, else
+    "image" (bytes and file objects carry no name worth showing)."""
     return name or (os.fspath(source) if isinstance(source, (str, os.PathLike)) else "image")
 
 
@@ -132,6 +134,9 @@ def _shrink(img: Image.Image, size: int) -> Image.Image:
 
 
 def _to_rgb(img: Image.Image, size: int | None = None) -> Image.Image:
+    """Any Pillow image -> upright 8-bit RGB: EXIF orientation applied, first frame of animations,
+    transparency composited on white, CMYK/palette/greyscale/16-bit converted (shrunk towards
+    ``size`` first when given)."""
     if getattr(img, "is_animated", False):
         img.seek(0)
     # Read the orientation first (a resized copy loses TIFF tags) and apply it last: every step
@@ -150,17 +155,6 @@ def _to_rgb(img: Image.Image, size: int | None = None) -> Image.Image:
     if img.mode != "RGB":
         img = img.convert("RGB")
     return img.transpose(transpose) if transpose is not None else img
-
-
-def to_rgb(img: Image.Image, label: str | None = None) -> Image.Image:
-    """Any Pillow image -> upright 8-bit RGB: EXIF orientation applied, first frame of animations,
-    transparency composited on white, CMYK/palette/greyscale/16-bit converted.
-
-    Raises:
-        VggCifarError: the image cannot be converted (one line naming ``label``).
-    """
-    with _decoding(label or getattr(img, "filename", "") or "image"):
-        return _to_rgb(img)
 
 
 def pil_to_uint8(img: Image.Image, size: int = 32, label: str | None = None) -> torch.Tensor:
@@ -293,7 +287,7 @@ def decoding(source, name: str | None = None, size: int | None = None,
         VggCifarError: empty, unreadable, truncated, malformed, unaccepted or oversized (bomb)
             images, or no decode budget free within ``DECODE_WAIT_S``; one line naming the file.
     """
-    label = _label(source, name)
+    label = image_label(source, name)
     if isinstance(source, (bytes, bytearray)):  # what servers decode: timed
         source = _TimedBytes(source)
         source.label = label
@@ -332,7 +326,7 @@ def read_image(source, size: int = 32, name: str | None = None) -> torch.Tensor:
     Raises:
         VggCifarError: any problem with the file, as one line naming it.
     """
-    label = _label(source, name)
+    label = image_label(source, name)
     with decoding(source, name=label, size=size) as img:
         return pil_to_uint8(img, size=size, label=label)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
 import torch
 
 CIFAR10_CLASSES = (
@@ -83,6 +84,14 @@ def normalize_(x: torch.Tensor, mean, std) -> torch.Tensor:
 def uint8_to_input(x: torch.Tensor, mean, std, dtype=torch.float32) -> torch.Tensor:
     """``[N, 3, H, W]`` uint8 pixels -> normalised ``[N, 3, H, W]`` tensor of ``dtype``."""
     return normalize_(x.to(dtype), mean, std)
+
+
+def uint8_to_unit(x: np.ndarray | torch.Tensor) -> np.ndarray:
+    """``[N, 3, H, W]`` uint8 (numpy, or a CPU tensor) -> float32 numpy in [0, 1]: the exported
+    graphs' input (they normalise inside)."""
+    if isinstance(x, torch.Tensor):
+        x = x.numpy()
+    return x.astype(np.float32) * np.float32(1.0 / 255.0)
 
 
 class Normalize(torch.nn.Module):

@@ -202,10 +202,11 @@ def classic_loader(images, labels, batch_size, *, train, mean, std, workers=2, s
     """The study's pipeline: torchvision PIL transforms (RandomCrop with padding, horizontal
     flip, ToTensor, Normalize) in DataLoader worker processes. Yields ``[b, 3, 32, 32]`` float32
     and ``[b]`` int64 CPU tensors."""
-    from torchvision import transforms as T
+    from torchvision import transforms
 
-    steps = [T.RandomCrop(32, padding=PAD), T.RandomHorizontalFlip()] if train else []
-    tf = T.Compose(steps + [T.ToTensor(), T.Normalize(mean, std)])
+    steps = ([transforms.RandomCrop(32, padding=PAD), transforms.RandomHorizontalFlip()]
+             if train else [])
+    tf = transforms.Compose(steps + [transforms.ToTensor(), transforms.Normalize(mean, std)])
     g = torch.Generator().manual_seed(int(seed))
     return torch.utils.data.DataLoader(
         _UInt8Dataset(images, labels, tf), batch_size=batch_size, shuffle=train,

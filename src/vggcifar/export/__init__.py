@@ -4,7 +4,7 @@ PyTorch checkpoint.
 Exported ONNX files take ``image`` float32 ``[N, 3, 32, 32]`` RGB in [0, 1] (normalisation is in
 the graph) and return ``logits`` and ``probabilities`` float32 ``[N, num_classes]``; their
 metadata_props carry the preprocessing, class names and provenance (see
-:func:`vggcifar.export.onnx_export.build_metadata`).
+:func:`vggcifar.runtime.contract.build_metadata`).
 """
 
 # Imported on first use (see vggcifar._lazy): `vgg-* --help` must not import torch.
@@ -16,15 +16,15 @@ _EXPORTS = {
     "default_out_dir": ".pipeline",
     "export_checkpoint": ".pipeline",
     "format_table": ".pipeline",
-    "INPUT_NAME": ".onnx_export",
-    "METADATA_KEYS": ".onnx_export",
-    "OUTPUT_NAMES": ".onnx_export",
+    "INPUT_NAME": "..runtime.contract",
+    "METADATA_KEYS": "..runtime.contract",
+    "OUTPUT_NAMES": "..runtime.contract",
     "ExportWrapper": ".onnx_export",
-    "build_metadata": ".onnx_export",
+    "build_metadata": "..runtime.contract",
     "check_onnx": ".onnx_export",
     "checkpoint_sha256": ".onnx_export",
     "export_onnx": ".onnx_export",
-    "read_metadata": ".onnx_export",
+    "read_metadata": "..runtime.contract",
     "wrap_model": ".onnx_export",
     "TOLERANCES": ".parity",
     "Tolerance": ".parity",

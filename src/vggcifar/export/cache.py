@@ -42,7 +42,8 @@ def onnx_from_checkpoint(path, out_dir, sha256: str | None = None) -> Path:
             caller has it (recorded as the export's ``source_sha256``).
     """
     from ..checkpoint import load_checkpoint
-    from .onnx_export import build_metadata, checkpoint_sha256, export_onnx
+    from ..runtime.contract import build_metadata
+    from .onnx_export import checkpoint_sha256, export_onnx
 
     model, meta = load_checkpoint(path)
     metadata = build_metadata(meta, precision="fp32", exporter="torchscript",

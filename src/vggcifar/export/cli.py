@@ -12,8 +12,8 @@ import click
 
 from ..cli_common import (Command, command, json_option, model_option, quiet_option,
                           resolve_model, stderr_logger, user_errors)
-from .options import (CALIB_IMAGES, CALIBRATION_METHODS, DEFAULT_OPSET, EXPORTERS, MAX_OPSET,
-                      MIN_OPSET, PARITY_IMAGES, inapplicable_options)
+from .options import (CALIB_IMAGES, CALIBRATION_METHODS, DEFAULT_OPSET, EXPORTERS, MAX_BATCH,
+                      MAX_OPSET, MIN_OPSET, PARITY_IMAGES, inapplicable_options)
 
 
 class _ExportCommand(Command):
@@ -76,7 +76,7 @@ def _refuse_inapplicable(ctx: click.Context, formats: list[str]) -> None:
               help="Training images calibrating --int8.")
 @click.option("--calib-method", type=click.Choice(CALIBRATION_METHODS), default="minmax",
               show_default=True, help="int8 activation-range calibration.")
-@click.option("--max-batch", type=click.IntRange(1), default=256, show_default=True,
+@click.option("--max-batch", type=click.IntRange(1), default=MAX_BATCH, show_default=True,
               help="Largest batch of the TensorRT engine's optimisation profile and of the "
                    "Triton model (max_batch_size).")
 @click.option("--seed", type=int, default=0, show_default=True,

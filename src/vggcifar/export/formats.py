@@ -16,9 +16,9 @@ import torch
 from ..errors import VggCifarError
 from ..runtime.contract import INPUT_NAME, LOGITS, build_metadata, write_engine_sidecar
 from ..runtime.onnx import ort_session
-from . import parity as P
+from . import parity
 from .onnx_export import export_onnx
-from .options import DEFAULT_OPSET, EXPORTERS
+from .options import DEFAULT_OPSET, EXPORTERS, MAX_BATCH
 
 TRT_TIMING_CACHE = "tensorrt-timing.cache"
 ORT_TRT_CACHE = "ort-tensorrt-cache"
@@ -33,14 +33,14 @@ class ExportJob:
     source_sha256: str
     stage: Path
     out: Path
-    inputs: P.ParityInputs
+    inputs: parity.ParityInputs
     reference: dict
     formats: tuple[str, ...]
     opset: int = DEFAULT_OPSET
     exporter: str = "auto"
     calib: np.ndarray | None = None
     calib_method: str = "minmax"
-    max_batch: int = 256
+    max_batch: int = MAX_BATCH
     progress: bool = False
     log: Callable[[str], None] = lambda msg: None
     files: dict = field(default_factory=dict)          # format key -> staged path
@@ -62,17 +62,18 @@ class ExportJob:
         """Parity rows on onnxruntime CPU (reusing ``cpu_rows`` if given) and every GPU
         provider that really works here."""
         rows = list(cpu_rows) if cpu_rows is not None else self._cpu_rows(path, precision)
-        for runtime, sess in P.gpu_ort_sessions(path, precision=precision,
-                                                trt_cache_dir=self.out / ORT_TRT_CACHE):
+        for runtime, sess in parity.gpu_ort_sessions(path, precision=precision,
+                                                     trt_cache_dir=self.out / ORT_TRT_CACHE):
             self.log(f"  parity on {runtime}")
-            rows += P.parity_rows(P.ort_runner(sess), self.reference, self.inputs,
-                                  precision=precision, runtime=runtime, progress=self.progress)
+            rows += parity.parity_rows(parity.ort_runner(sess), self.reference, self.inputs,
+                                       precision=precision, runtime=runtime,
+                                       progress=self.progress)
         return rows
 
     def _cpu_rows(self, path: Path, precision: str) -> list[dict]:
         sess, _ = ort_session(path)
-        rows = P.parity_rows(P.ort_runner(sess), self.reference, self.inputs,
-                             precision=precision, runtime="ort-cpu", progress=self.progress)
+        rows = parity.parity_rows(parity.ort_runner(sess), self.reference, self.inputs,
+                                  precision=precision, runtime="ort-cpu", progress=self.progress)
         bad = _dynamic_batch_failures(sess, self.inputs.random)
         if bad:
             rows[0]["failures"] = rows[0]["failures"] + bad
@@ -82,7 +83,7 @@ class ExportJob:
 def _dynamic_batch_failures(sess, like: np.ndarray) -> list[str]:
     """Batches of 1 and 7 must give the rows a batch of 8 gives (the batch axis is really
     dynamic and nothing mixes images). ``like``: any ``[N, 3, S, S]`` input, for the shape."""
-    x = P.random_inputs(8, like.shape[-1], seed=12345)
+    x = parity.random_inputs(8, like.shape[-1], seed=12345)
     full = sess.run([LOGITS], {INPUT_NAME: x})[0]
     bad = []
     for n in (1, 7):
@@ -178,23 +179,23 @@ def _build_int8(job: ExportJob, fmt: "ExportFormat") -> dict:
 def _build_tensorrt(job: ExportJob, fmt: "ExportFormat") -> dict:
     """Serialized TensorRT engine (fp16 with --fp16, else fp32), batch 1..max_batch."""
     from ..runtime.tensorrt import EngineRunner
-    from . import tensorrt as T
+    from . import tensorrt
 
     precision = "fp16" if job.fp16 else "fp32"
-    src_key = "fp16" if T.engine_source(job.fp16) == "fp16" else "onnx"
+    src_key = "fp16" if tensorrt.engine_source(job.fp16) == "fp16" else "onnx"
     path = job.stage / fmt.filename(precision)
     job.log(f"building TensorRT {precision} engine from {job.files[src_key].name} "
             f"(batch 1..{job.max_batch})")
-    info = T.build_engine(job.files[src_key], path, fp16=job.fp16, max_batch=job.max_batch,
-                          timing_cache=job.out / TRT_TIMING_CACHE)
+    info = tensorrt.build_engine(job.files[src_key], path, fp16=job.fp16,
+                                 max_batch=job.max_batch, timing_cache=job.out / TRT_TIMING_CACHE)
     # Engines cannot carry metadata; a sidecar JSON holds the same keys as the ONNX files.
     write_engine_sidecar(path, {**job.metadata(precision),
                                 **{k: str(v) for k, v in info.items()}})
     job.files[fmt.key] = path
     runner = EngineRunner(path)
-    rows = P.parity_rows(runner, job.reference, job.inputs, precision=precision,
-                         runtime="tensorrt", batch_size=min(P.BATCH, job.max_batch),
-                         progress=job.progress)
+    rows = parity.parity_rows(runner, job.reference, job.inputs, precision=precision,
+                              runtime="tensorrt", batch_size=min(parity.BATCH, job.max_batch),
+                              progress=job.progress)
     return _entry(fmt, path, precision, rows, exporter=job.chosen_exporter, **info)
 
 
@@ -203,7 +204,7 @@ def _build_triton(job: ExportJob, fmt: "ExportFormat") -> dict:
     ``job.triton_dir`` (see :mod:`.triton`), then parsed back and checked against the graph; the
     copied file gets the same parity check as the fp32 file."""
     from .. import __version__
-    from . import triton as T
+    from . import triton
 
     name = job.triton_name
     job.log(f"writing the Triton model repository {job.triton_dir}/{name} "
@@ -211,17 +212,17 @@ def _build_triton(job: ExportJob, fmt: "ExportFormat") -> dict:
     comment = (f"Written by vgg-export (vggcifar {__version__}) from {job.meta.get('arch')} "
                f"checkpoint sha256 {job.source_sha256[:16]}.\n"
                "Input image: float32 RGB in [0, 1], [N, 3, H, W]; normalisation is in the graph.")
-    model_dir = T.write_triton_repo(job.files["onnx"], job.triton_dir, name,
-                                    job.meta["preproc"].class_names, max_batch=job.max_batch,
-                                    comment=comment)
-    path = model_dir / T.MODEL_VERSION / T.MODEL_FILE
+    model_dir = triton.write_triton_repo(job.files["onnx"], job.triton_dir, name,
+                                         job.meta["preproc"].class_names, max_batch=job.max_batch,
+                                         comment=comment)
+    path = model_dir / triton.MODEL_VERSION / triton.MODEL_FILE
     rows = job._cpu_rows(path, "fp32")
-    problems = T.validate_model_dir(model_dir, job.meta["preproc"].class_names)
+    problems = triton.validate_model_dir(model_dir, job.meta["preproc"].class_names)
     rows[0]["failures"] = rows[0]["failures"] + [f"config.pbtxt: {p}" for p in problems]
     entry = _entry(fmt, path, "fp32", rows, exporter=job.chosen_exporter,
                    triton_model=name, triton_repository=str(job.triton_dir.resolve()),
-                   config=str(model_dir / T.CONFIG_NAME), structural_problems=problems)
-    entry["file"] = f"{name}/{T.MODEL_VERSION}/{T.MODEL_FILE}"
+                   config=str(model_dir / triton.CONFIG_NAME), structural_problems=problems)
+    entry["file"] = f"{name}/{triton.MODEL_VERSION}/{triton.MODEL_FILE}"
     entry["path"] = str(path)
     return entry
 

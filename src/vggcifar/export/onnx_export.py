@@ -22,10 +22,8 @@ import torch
 
 from ..errors import VggCifarError
 from ..preprocessing import Normalize, Preprocessing
-# The contract's names, re-exported: exports are made here, read by serving through runtime.
-from ..runtime.contract import (INPUT_NAME, METADATA_KEYS, OUTPUT_NAMES,  # noqa: F401
-                                build_metadata, model_kind, read_metadata, set_metadata)
-from .options import DEFAULT_OPSET, EXPORTERS, MAX_OPSET, MIN_OPSET, PRECISIONS  # noqa: F401
+from ..runtime.contract import INPUT_NAME, OUTPUT_NAMES, model_kind, set_metadata
+from .options import DEFAULT_OPSET, EXPORTERS
 
 
 class ExportWrapper(torch.nn.Module):

@@ -1,7 +1,5 @@
 """The export's choices and defaults, without torch or onnx, so ``vgg-export --help`` can list
-them quickly. The modules that use them re-export them."""
-
-from ..runtime.contract import PRECISIONS  # noqa: F401  (re-exported for the CLI)
+them quickly."""
 
 EXPORTERS = ("torchscript", "dynamo")
 DEFAULT_OPSET = 18
@@ -12,6 +10,7 @@ RANDOM_IMAGES = 256  # random [0, 1] inputs in every parity check
 PARITY_IMAGES = 1000  # real test images in the parity check (with --data)
 CALIB_IMAGES = 512  # int8 calibration images
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+MAX_BATCH = 256  # largest batch of a TensorRT engine's profile and of a Triton model
 
 # Options that only mean something for some formats (ultralytics' exporter refuses the others):
 # option name as the user types it -> the formats it applies to.

@@ -18,10 +18,10 @@ import numpy as np
 import torch
 
 from ..errors import VggCifarError
-from ..preprocessing import Preprocessing, normalize
+from ..preprocessing import Preprocessing, normalize, uint8_to_unit
 from ..runtime.contract import INPUT_NAME, LOGITS, ModelFileError
 from ..runtime.onnx import CUDA, TENSORRT, ort_session
-from .options import PARITY_IMAGES, RANDOM_IMAGES  # noqa: F401  (re-exported)
+from .options import PARITY_IMAGES, RANDOM_IMAGES
 
 Runner = Callable[[np.ndarray], np.ndarray]
 BATCH = 256
@@ -67,13 +67,6 @@ class ParityInputs:
         if self.test is not None:
             out.append(("test", self.test, self.test_labels))
         return out
-
-
-def uint8_to_unit(x: torch.Tensor | np.ndarray) -> np.ndarray:
-    """``[N, 3, H, W]`` uint8 -> float32 numpy in [0, 1] (what the exported graph expects)."""
-    if isinstance(x, torch.Tensor):
-        x = x.numpy()
-    return (x.astype(np.float32) / np.float32(255.0))
 
 
 def random_inputs(n: int = RANDOM_IMAGES, size: int = 32, seed: int = 0) -> np.ndarray:

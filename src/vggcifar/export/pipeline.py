@@ -21,11 +21,13 @@ import torch
 from ..checkpoint import load_checkpoint
 from ..errors import VggCifarError
 from ..io import atomic_write, check_writable, make_shared
+from ..preprocessing import uint8_to_unit
 from ..runtime.contract import engine_sidecar, model_kind
-from . import parity as P
+from . import parity
 from .formats import FORMAT_KEYS, FORMATS, ExportJob
 from .onnx_export import checkpoint_sha256
-from .options import CALIB_IMAGES, DEFAULT_OPSET, EXPORTERS
+from .options import (CALIB_IMAGES, DEFAULT_OPSET, EXPORTERS, MAX_BATCH, PARITY_IMAGES,
+                      RANDOM_IMAGES)
 
 REPORT_NAME = "parity.json"
 
@@ -120,13 +122,13 @@ def _inputs(meta: dict, data, *, wanted, parity_images: int, random_images: int,
         from ..data import load_cifar10
 
         cifar = load_cifar10(data, download=False, verbose=False)
-        P.check_classes(cifar.classes, preproc.class_names)
-    inputs = P.make_parity_inputs(cifar, n_random=random_images, n_test=parity_images,
-                                  size=preproc.input_size, seed=seed)
+        parity.check_classes(cifar.classes, preproc.class_names)
+    inputs = parity.make_parity_inputs(cifar, n_random=random_images, n_test=parity_images,
+                                       size=preproc.input_size, seed=seed)
     calib = None
     if "int8" in wanted:
-        idx = P.sample_indices(len(cifar.train_y), calib_images, seed + 1)
-        calib = P.uint8_to_unit(cifar.train_x[torch.from_numpy(idx)])
+        idx = parity.sample_indices(len(cifar.train_y), calib_images, seed + 1)
+        calib = uint8_to_unit(cifar.train_x[torch.from_numpy(idx)])
     return inputs, calib
 
 
@@ -144,7 +146,7 @@ def _report(job: ExportJob, entries: list[dict], checkpoint, data, seed: int) ->
         "inputs": {"random": len(inputs.random),
                    "test": 0 if inputs.test is None else len(inputs.test),
                    "data": None if data is None else str(data), "seed": seed},
-        "tolerances": P.tolerances_dict(),
+        "tolerances": parity.tolerances_dict(),
         "tolerance_rule": ("fp32: max |diff| and agreement on every input set; fp16/int8: "
                            "agreement (and int8 accuracy drop) on the real test images, or "
                            "on the random inputs when no --data is given"),
@@ -172,9 +174,9 @@ def _publish(report: dict, entries: list[dict], stage: Path, out: Path) -> None:
 def export_checkpoint(checkpoint: str | os.PathLike, formats=("onnx",), *,
                       out: str | os.PathLike | None = None, data: str | os.PathLike | None = None,
                       opset: int = DEFAULT_OPSET, exporter: str = "auto",
-                      parity_images: int = P.PARITY_IMAGES, random_images: int = P.RANDOM_IMAGES,
+                      parity_images: int = PARITY_IMAGES, random_images: int = RANDOM_IMAGES,
                       calib_images: int = CALIB_IMAGES, calib_method: str = "minmax",
-                      max_batch: int = 256, seed: int = 0, progress: bool = False,
+                      max_batch: int = MAX_BATCH, seed: int = 0, progress: bool = False,
                       log: Callable[[str], None] | None = None,
                       triton_dir: str | os.PathLike | None = None,
                       triton_name: str | None = None) -> dict:
@@ -214,7 +216,7 @@ def export_checkpoint(checkpoint: str | os.PathLike, formats=("onnx",), *,
                                 seed=seed)
         sizes = ", ".join(f"{n} {len(x)}" for n, x, _ in inputs.sets())
         log(f"reference logits from the checkpoint ({sizes} images)")
-        reference = P.reference_logits(model, meta["preproc"], inputs, progress=progress)
+        reference = parity.reference_logits(model, meta["preproc"], inputs, progress=progress)
         job = ExportJob(model=model, meta=meta, source_sha256=sha, stage=stage, out=out,
                         inputs=inputs, reference=reference, formats=req.wanted, opset=opset,
                         exporter=exporter, calib=calib, calib_method=calib_method,

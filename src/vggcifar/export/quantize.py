@@ -17,7 +17,6 @@ import onnx
 
 from ..runtime.contract import INPUT_NAME, set_metadata
 from .onnx_export import check_onnx
-from .options import CALIB_IMAGES, CALIBRATION_METHODS  # noqa: F401  (re-exported)
 
 CALIB_BATCH = 32
 

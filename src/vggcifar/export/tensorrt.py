@@ -23,6 +23,7 @@ from ..errors import VggCifarError
 from ..io import atomic_write
 from ..runtime.contract import INPUT_NAME
 from ..runtime.tensorrt import require_tensorrt, tensorrt_major
+from .options import MAX_BATCH
 
 OPT_BATCH = 64  # the batch the kernels are tuned for (at most max_batch)
 WORKSPACE_BYTES = 2 << 30  # builder scratch memory; 2 GiB is ample for these networks
@@ -35,7 +36,7 @@ def engine_source(fp16: bool) -> str:
 
 
 def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, *,
-                 fp16: bool, max_batch: int = 256,
+                 fp16: bool, max_batch: int = MAX_BATCH,
                  timing_cache: str | os.PathLike | None = None) -> dict:
     """Build and save a serialized TensorRT engine from an exported ONNX file.
 

@@ -30,6 +30,7 @@ from pathlib import Path
 from ..errors import VggCifarError
 from ..io import make_shared
 from ..runtime.contract import PROBABILITIES
+from .options import MAX_BATCH
 
 PLATFORM = "onnxruntime_onnx"
 CONFIG_NAME = "config.pbtxt"
@@ -127,7 +128,7 @@ def preferred_sizes(max_batch: int, preferred=None) -> list[int]:
 
 
 def write_triton_repo(onnx_path: str | os.PathLike, repo: str | os.PathLike, name: str,
-                      class_names, *, max_batch: int = 256, preferred=None,
+                      class_names, *, max_batch: int = MAX_BATCH, preferred=None,
                       comment: str = "") -> Path:
     """Write ``repo/<name>/`` (config, labels, ``<MODEL_VERSION>/model.onnx``) and return
     that folder.

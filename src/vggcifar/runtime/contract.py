@@ -38,10 +38,11 @@ KIND_TEXT = {"checkpoint": "a vggcifar checkpoint", "shipped": "a shipped-model 
 # The keys vgg-export writes and that serving (info_from_export_metadata) and the export tests
 # rely on: renaming one breaks models exported before. Serving needs class_names, mean and std;
 # the rest is shown to the user or identifies the source.
-METADATA_KEYS = ("class_names", "mean", "std", "input_size", "input_description", "arch", "head",
-                 "source_checkpoint", "source_sha256", "test_accuracy",
-                 "test_accuracy_one_view", "test_accuracy_with_tta", "vggcifar_version",
-                 "precision", "exporter", "temperature")
+METADATA_KEYS = ("class_names", "mean", "std", "input_size", "input_description", "arch",
+                 "model_kwargs", "head", "width", "num_classes", "source_checkpoint",
+                 "source_sha256", "test_accuracy", "test_accuracy_one_view",
+                 "test_accuracy_with_tta", "vggcifar_version", "precision", "exporter", "outputs",
+                 "temperature")
 REQUIRED_METADATA = ("class_names", "mean", "std")
 PRECISIONS = ("fp32", "fp16", "int8")
 INPUT_DESCRIPTION = ("RGB float32 in [0, 1], NCHW [N, 3, {s}, {s}], N dynamic; resize to {s}x{s} "

@@ -35,3 +35,16 @@ def resolve_device(name: str | None) -> torch.device:
         raise VggCifarError(f"--device {name}: CUDA is not available here (no CUDA GPU is "
                             "visible to PyTorch); use --device cpu or auto")
     return dev
+
+
+def cpu_flags() -> set[str] | None:
+    """The x86 CPU feature flags of ``/proc/cpuinfo`` (the project's one reader of it); None where
+    there are none to read."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return None

@@ -18,6 +18,7 @@ import warnings
 
 from ..errors import VggCifarError
 from .contract import ModelFileError
+from .devices import DEVICE_HELP
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
@@ -96,7 +97,7 @@ def device_session(model: str | os.PathLike | bytes, device: str | None = None, 
 
     device = (device or "auto").lower()
     if device not in ("auto", "cpu") and not device.startswith("cuda"):
-        raise VggCifarError(f"unknown device {device!r} for onnxruntime; use auto, cpu or cuda[:N]")
+        raise VggCifarError(f"unknown device {device!r} for onnxruntime; {DEVICE_HELP}")
     cuda_id = int(device.split(":")[1]) if device.startswith("cuda:") else 0
     want_cuda = device != "cpu" and CUDA in ort.get_available_providers()
     sess, active = ort_session(model, CUDA if want_cuda else CPU,

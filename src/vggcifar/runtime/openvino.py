@@ -46,9 +46,9 @@ def openvino_status() -> tuple[bool, str]:
 
 def cpu_precision() -> tuple[str, str]:
     """``(precision, why)``: ``bf16`` where the CPU lists a native bf16 flag, else ``fp32``."""
-    from ..training.config import _cpu_flags  # the project's one /proc/cpuinfo reader
+    from . import devices
 
-    flags = _cpu_flags()
+    flags = devices.cpu_flags()
     native = sorted((flags or set()) & set(BF16_FLAGS))
     if native:
         return "bf16", f"the CPU lists {', '.join(native)}"

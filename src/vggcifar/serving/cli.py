@@ -18,8 +18,8 @@ import time
 
 import click
 
-from ..cli_common import (EXIT_OK, EXIT_SOME_FAILED, command, json_option, model_option,
-                          quiet_option, resolve_model, top_k_option, user_errors)
+from ..cli_common import (DEVICE_HELP, EXIT_OK, EXIT_SOME_FAILED, command, json_option,
+                          model_option, quiet_option, resolve_model, top_k_option, user_errors)
 from ..errors import VggCifarError
 from .names import BACKENDS, FITS
 
@@ -56,7 +56,7 @@ class _Table:
 @click.option("--backend", type=click.Choice(BACKENDS, case_sensitive=False), default="auto",
               show_default=True,
               help="Runtime; auto = the fastest that works for the model file here.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
+@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 @json_option("One JSON object per line (file, label, probability, top_k, backend, tta, ms); "
              "failures as {file, error}.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,

@@ -9,8 +9,8 @@ import json
 
 import click
 
-from ..cli_common import (command, json_option, model_option, quiet_option, resolve_model,
-                          user_errors)
+from ..cli_common import (DEVICE_HELP, command, json_option, model_option, quiet_option,
+                          resolve_model, user_errors)
 from .names import BACKENDS
 
 
@@ -22,7 +22,7 @@ from .names import BACKENDS
                    "test images are evaluated.")
 @click.option("--backend", type=click.Choice(BACKENDS, case_sensitive=False), default="auto",
               show_default=True, help="Runtime; auto = the fastest that works for the model here.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
+@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 @click.option("--limit", type=click.IntRange(min=1), default=None,
               help="Evaluate only the first N test images (quick checks).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=500, show_default=True,

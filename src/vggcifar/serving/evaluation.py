@@ -16,7 +16,7 @@ import torch
 
 from ..calibration import ECE_BINS, calibration_figures, plot_reliability, softmax
 from ..errors import VggCifarError
-from .backends.base import to_unit
+from ..preprocessing import uint8_to_unit
 from .views import VIEW_COUNT, tta_views
 
 # The modes measured, with their keys' suffix in the result and their name in "calibration":
@@ -108,7 +108,7 @@ def _view_logits(predictor, x_all: np.ndarray, batch_size: int, progress: bool) 
         for i in range(0, n, batch_size):
             x = x_all[i:i + batch_size]
             for k, view in enumerate(tta_views(x, "flip-shift")):
-                z = predictor.backend.outputs(to_unit(view))[0]
+                z = predictor.backend.outputs(uint8_to_unit(view))[0]
                 if not np.isfinite(z).all():
                     raise VggCifarError("the model returned non-finite outputs (NaN or inf): "
                                         "its weights are damaged")

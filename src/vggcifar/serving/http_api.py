@@ -177,7 +177,7 @@ async def _predict(request, state: ServerState, top_k: int, arrival=None, tta: s
 
     import numpy as np
 
-    from .backends.base import to_unit
+    from ..preprocessing import uint8_to_unit
     from .batching import QueueClosed, QueueFull
     from .views import VIEW_COUNT, tta_views
 
@@ -213,7 +213,7 @@ async def _predict(request, state: ServerState, top_k: int, arrival=None, tta: s
     good = [i for i, d in enumerate(decoded) if d[0] is not None]
     futures = []
     if good:
-        x = to_unit(np.stack([decoded[i][0] for i in good]))
+        x = uint8_to_unit(np.stack([decoded[i][0] for i in good]))
         try:
             futures = state.batcher.submit(np.concatenate(tta_views(x, tta)), arrival)
         except QueueFull as e:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ..errors import VggCifarError
-from ..images import animation_note, decoding, pil_to_uint8
+from ..images import animation_note, decoding, image_label, pil_to_uint8
 from .backends import Backend, ModelInfo, create_backend
 from .names import FITS, check_tta
 from .views import mean_over_views, tta_views
@@ -115,7 +115,7 @@ def load_pixels(source, size: int = 32, name: str | None = None,
     Raises:
         VggCifarError: unreadable, empty, truncated or oversized images (one-line message).
     """
-    label = name or (os.fspath(source) if isinstance(source, (str, os.PathLike)) else "image")
+    label = image_label(source, name)
     # size lets the decoder reduce big JPEGs while decoding (what a 32x32 model needs); the
     # process-wide decode budget is held until the pixels are made.
     with decoding(source, name=name, size=size) as img:
@@ -245,7 +245,7 @@ class Predictor:
         """
         t0 = time.perf_counter()
         fit = self.fit if fit is None else check_fit(fit)
-        label = name or (os.fspath(source) if isinstance(source, (str, os.PathLike)) else "image")
+        label = image_label(source, name)
         if hasattr(source, "mode") and hasattr(source, "size"):  # already a Pillow image
             pixels, notes = image_to_pixels(source, self.input_size, label, fit)
         else:

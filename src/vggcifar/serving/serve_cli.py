@@ -10,8 +10,8 @@ import sys
 
 import click
 
-from ..cli_common import (command, listen_socket, model_option, quiet_option, resolve_model,
-                          top_k_option, user_errors)
+from ..cli_common import (DEVICE_HELP, command, listen_socket, model_option, quiet_option,
+                          resolve_model, top_k_option, user_errors)
 from ..errors import VggCifarError
 from .demo import DEFAULT_MAX_FILE_MB
 from .http_api import (DEFAULT_MAX_BATCH, DEFAULT_MAX_FILES, DEFAULT_MAX_WAIT_MS,
@@ -27,7 +27,7 @@ from .names import BACKENDS
 @model_option()
 @click.option("--backend", type=click.Choice(BACKENDS, case_sensitive=False), default="auto",
               show_default=True, help="Runtime; auto = the fastest that works for the model here.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
+@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 @top_k_option("Classes listed per image when a request has no ?top_k= (and in the demo page's "
               "chart).")
 @click.option("--max-batch", type=click.IntRange(1, 1024), default=DEFAULT_MAX_BATCH,

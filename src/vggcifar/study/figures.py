@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..training.report import pyplot, save_figure
+from ..plotting import pyplot, save_figure
 from .analysis import pct
 from .presets import REFERENCE
 

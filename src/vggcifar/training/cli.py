@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from ..cli_common import QUIET_HELP, command, json_option, user_errors
+from ..cli_common import DEVICE_HELP, QUIET_HELP, command, json_option, user_errors
 from .config import LOADERS, RESUME_OPTIONS, SCHEDULES, TrainConfig
 
 D = TrainConfig()
@@ -67,7 +67,7 @@ def train_options(fn):
                help="device = whole split on the device, batched augmentation; classic = "
                     "torchvision DataLoader with PIL transforms (baseline)."),
         _field("--workers", type=int, help="DataLoader workers for --loader classic."),
-        _field("--device", help="auto, cpu or cuda[:N]."),
+        _field("--device", help=DEVICE_HELP),
         click.option("--amp/--no-amp", default=None,
                      help="bf16 autocast. Default: on for CUDA and for a CPU that runs bf16 "
                           "natively (oneDNN's check; AVX512-BF16/AMX), off elsewhere. "

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING
 
 from ..errors import VggCifarError
+from ..runtime.devices import cpu_flags as _cpu_flags  # a module name, so tests can stub it
 
 if TYPE_CHECKING:
     import torch
@@ -148,18 +149,6 @@ class TrainConfig:
             raise VggCifarError(f"ema must be a decay in [0, 1) (0 = off), got {self.ema}")
         if not 0 <= self.warmup < 1:
             raise VggCifarError(f"warmup must be a fraction in [0, 1), got {self.warmup}")
-
-
-def _cpu_flags() -> set[str] | None:
-    """The x86 CPU feature flags of ``/proc/cpuinfo``; None where there are none to read."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return None
 
 
 def _mkldnn_bf16() -> bool | None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from ..io import atomic_write
+from ..plotting import pyplot, save_figure
 
 
 # The per-epoch table vgg-train prints: column, format.
@@ -34,17 +35,6 @@ def table_row(row: dict) -> str:
                     else fmt.format(row[name]) for name, fmt in TABLE_COLS)
 
 
-def pyplot():
-    """``matplotlib.pyplot`` on the non-interactive Agg backend (imported on first use: only the
-    figure writers need it)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def write_csv(path: Path, rows: list[dict]) -> None:
     """Atomically write dict rows (columns: the union of keys, in first-seen order)."""
     cols: list[str] = []
@@ -56,12 +46,6 @@ def write_csv(path: Path, rows: list[dict]) -> None:
     for r in rows:
         w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in cols})
     atomic_write(path, lambda tmp: Path(tmp).write_text(buf.getvalue()))
-
-
-def save_figure(fig, path: Path) -> None:
-    """Atomically write ``fig`` as a PNG and close it."""
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
-    pyplot().close(fig)
 
 
 def plot_curves(rows: list[dict], path: Path) -> None:

@@ -101,7 +101,7 @@ def train_step(model: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor],
 
 
 def first_compiled_step(step, compiled, eager, device: torch.device, log):
-    """The first step of a ``torch.compile``\ d model, falling back to the eager one.
+    """The first step of a model compiled with ``torch.compile``, falling back to eager.
 
     torch.compile fails lazily: in the first forward (graph capture, code generation) or in the
     first backward (the backward graph is compiled then). Either way the step is redone on the

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import make_checkpoint, read_checkpoint, save_checkpoint, unwrap_model
+from ..checkpoint import make_checkpoint, save_checkpoint, unwrap_model
+from ..checkpoint_file import read_checkpoint
 from ..data import DeviceLoader, classic_loader, load_cifar10, stratified_split
 from ..errors import VggCifarError
 from ..io import atomic_write, check_writable, remove_empty_dirs

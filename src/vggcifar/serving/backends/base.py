@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import VggCifarError
-from ...preprocessing import Preprocessing
+from ...preprocessing import Preprocessing, uint8_to_unit
 from ...calibration import softmax
 from ...runtime.contract import REQUIRED_METADATA, ModelFileError, decode_metadata
 from ..names import check_tta, tta_label
@@ -110,7 +110,7 @@ class Backend:
 
     def run(self, pixels: np.ndarray) -> np.ndarray:
         """``[N, 3, S, S]`` uint8 RGB -> ``[N, num_classes]`` float32 probabilities."""
-        return self.outputs(to_unit(pixels))[1]
+        return self.outputs(uint8_to_unit(pixels))[1]
 
     def describe(self) -> str:
         return f"{self.name} ({self.device})"
@@ -189,9 +189,3 @@ def check_outputs(y: np.ndarray, num_classes: int, path) -> np.ndarray:
         raise ModelFileError(f"{path} gave {y.shape[1:]} outputs per image, but its "
                              f"metadata names {num_classes} classes")
     return y.astype(np.float32, copy=False)
-
-
-def to_unit(pixels: np.ndarray) -> np.ndarray:
-    """``[N, 3, S, S]`` uint8 -> float32 in [0, 1], the exported graphs' input (they normalise
-    inside)."""
-    return pixels.astype(np.float32) * np.float32(1.0 / 255.0)
