@@ -18,6 +18,7 @@ import httpx
 import pytest
 from PIL import Image
 
+from test_demo import call_raw
 from vggcifar.errors import VggCifarError
 from vggcifar.serving.received import REFUSED
 
@@ -122,15 +123,9 @@ def healthz_seconds(url: str) -> float:
 
 
 def call_predict(url: str, value, timeout: float = 30) -> tuple[str, str]:
-    """``POST /gradio_api/call/predict`` as any HTTP client can: the final ``(event, data)``."""
-    r = httpx.post(f"{url}/gradio_api/call/predict", json={"data": [value, "squash", False]},
-                   timeout=timeout)
-    assert r.status_code == 200, r.text[:200]
-    text = httpx.get(f"{url}/gradio_api/call/predict/{r.json()['event_id']}",
-                     timeout=timeout).text
-    events = [ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("event:")]
-    data = [ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("data:")]
-    return events[-1], data[-1]
+    """``POST /gradio_api/call/predict`` as any HTTP client can: the final ``(event, data)``
+    (test_demo's raw call, on a server URL without the trailing slash)."""
+    return call_raw(url + "/", value, timeout)
 
 
 def test_mounted_demo_reads_no_server_file(server, tmp_path):
@@ -213,9 +208,9 @@ def test_uploads_are_served_back_as_attachments(server):
     assert httpx.get(f"{url}/healthz").headers["x-content-type-options"] == "nosniff"
 
 
-def _metric_sum(text: str, status: str) -> float:
+def _metric_sum(text: str, status: str, name: str = "vggcifar_requests_total") -> float:
     return sum(float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines()
-               if ln.startswith("vggcifar_requests_total") and f'status="{status}"' in ln)
+               if ln.startswith(name) and f'status="{status}"' in ln)
 
 
 def test_client_hang_up_is_no_server_error(server):
@@ -232,6 +227,27 @@ def test_client_hang_up_is_no_server_error(server):
     after = httpx.get(url + "/metrics").text
     assert _metric_sum(after, "500") == _metric_sum(before, "500")
     assert _metric_sum(after, "499") == _metric_sum(before, "499") + 3
+
+
+def test_client_hang_up_on_v2_infer_is_no_server_error(server, tiny_checkpoint):
+    """Finding 7 on the Open Inference Protocol route: a hang-up mid-body is a client event."""
+    from vggcifar.export.triton import triton_model_name
+
+    url, _ = server
+    host, port = url.removeprefix("http://").split(":")
+    name = triton_model_name(tiny_checkpoint)
+    assert httpx.get(f"{url}/v2/models/{name}/ready").status_code == 200
+    metric = "vggcifar_infer_requests_total"
+    before = httpx.get(url + "/metrics").text
+    with socket.create_connection((host, int(port))) as s:
+        s.sendall(f"POST /v2/models/{name}/infer HTTP/1.1\r\nHost: x\r\n".encode()
+                  + b"Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n"
+                  + b'{"inputs": [')
+        time.sleep(0.2)
+    time.sleep(0.5)
+    after = httpx.get(url + "/metrics").text
+    assert _metric_sum(after, "500", metric) == _metric_sum(before, "500", metric)
+    assert _metric_sum(after, "499", metric) == _metric_sum(before, "499", metric) + 1
 
 
 # ---- formats, memory and time of decoding -----------------------------------------------------

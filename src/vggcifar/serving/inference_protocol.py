@@ -240,12 +240,18 @@ async def _read_body(request, cap: int) -> bytes:
     if declared and declared.isascii() and declared.isdigit() and int(declared) > cap:
         raise ProtocolError(413, f"request body of {int(declared):,} bytes over the limit of "
                                  f"{cap:,} bytes")
+    from starlette.requests import ClientDisconnect
+
     chunks, total = [], 0
-    async for chunk in request.stream():
-        total += len(chunk)
-        if total > cap:
-            raise ProtocolError(413, f"request body over the limit of {cap:,} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            total += len(chunk)
+            if total > cap:
+                raise ProtocolError(413, f"request body over the limit of {cap:,} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:  # the client hung up mid-body: its event, not a server error
+        raise ProtocolError(499, "client closed the connection before the body was "
+                                 "read") from None
     return b"".join(chunks)
 
 
