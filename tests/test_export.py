@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -13,12 +14,16 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from vggcifar.checkpoint import file_sha256, load_checkpoint
+from vggcifar.checkpoint import load_checkpoint
 from vggcifar.export import (INPUT_NAME, METADATA_KEYS, OUTPUT_NAMES, export_checkpoint,
                              read_metadata)
 from vggcifar.export import parity as P
 from vggcifar.export.cli import main
 from vggcifar.preprocessing import normalize
+
+
+def file_sha256(path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 @pytest.fixture(scope="module")

@@ -267,7 +267,7 @@ def edit_manifest(manifest: Path, fn) -> Path:
 def test_manifest_parts_must_be_plain_names_in_its_folder(shipped_copy, name):
     import hashlib
 
-    from vggcifar.shipped import read_shipped
+    from vggcifar import load_checkpoint
 
     outside = shipped_copy.parent.parent / "outside.part"
     first = shipped_copy.parent / json.loads(shipped_copy.read_text())["parts"][0]["file"]
@@ -278,7 +278,7 @@ def test_manifest_parts_must_be_plain_names_in_its_folder(shipped_copy, name):
 
     edit_manifest(shipped_copy, point_outside)
     with pytest.raises(VggCifarError, match="not a plain file name"):
-        read_shipped(shipped_copy)
+        load_checkpoint(shipped_copy)
 
 
 @pytest.mark.parametrize("breakage", [
@@ -288,17 +288,18 @@ def test_manifest_parts_must_be_plain_names_in_its_folder(shipped_copy, name):
     lambda m: m.update(bytes=2**40),
 ])
 def test_malformed_manifest_is_a_clear_error(shipped_copy, breakage):
-    from vggcifar.shipped import read_shipped
+    from vggcifar import load_checkpoint
 
     edit_manifest(shipped_copy, breakage)
     with pytest.raises(VggCifarError, match="manifest"):
-        read_shipped(shipped_copy)
+        load_checkpoint(shipped_copy)
 
 
 def test_part_that_is_not_a_checkpoint_is_a_clear_error(tmp_path):
     import hashlib
 
-    from vggcifar.shipped import SHIPPED_FORMAT, read_shipped
+    from vggcifar import load_checkpoint
+    from vggcifar.shipped import SHIPPED_FORMAT
 
     # Every digest matches, but torch.load refuses the bytes.
     blob = b"\x80\x02garbage that torch cannot load"
@@ -309,7 +310,7 @@ def test_part_that_is_not_a_checkpoint_is_a_clear_error(tmp_path):
                                     "parts": [{"file": "m.pt.part00", "bytes": len(blob),
                                                "sha256": sha}]}))
     with pytest.raises(VggCifarError, match="not a readable checkpoint") as e:
-        read_shipped(manifest)
+        load_checkpoint(manifest)
     assert "weights_only" not in str(e.value)
 
 

@@ -101,3 +101,59 @@ def test_ship_model_records_the_figures_vgg_eval_measures(tiny_checkpoint, cifar
     assert (ev["accuracy"], ev["accuracy_tta"]) == (measured["accuracy"], measured["accuracy_tta"])
     assert ship.main([str(tmp_path / "missing.pt"), "--data", str(cifar_batches), "--out",
                       str(out)]) == 2
+
+
+@pytest.mark.parametrize("backend", ["onnx", "torch", "auto"])
+def test_each_digest_is_checked_once_per_load(tiny_checkpoint, tmp_path, monkeypatch, backend):
+    """create_backend resolves the model once: a shipped model's parts are joined and verified
+    once, on a cache miss (export) as on a hit, and a .pt is hashed once."""
+    import hashlib
+
+    import vggcifar.source as source
+    from vggcifar.serving.backends import create_backend
+
+    monkeypatch.setenv("VGGCIFAR_CACHE", str(tmp_path / "cache"))
+    manifest = pack_shipped(tiny_checkpoint, tmp_path / "w", part_bytes=64 * 1024)
+    joins, hashes = [], []
+    real_join, real_sha = source.join_parts, hashlib.sha256
+
+    def counted_join(*a):
+        joins.append(a[0])
+        return real_join(*a)
+
+    class CountedHashlib:
+        @staticmethod
+        def sha256(data=b""):
+            hashes.append(len(data))
+            return real_sha(data)
+
+    monkeypatch.setattr(source, "join_parts", counted_join)
+    monkeypatch.setattr(source, "hashlib", CountedHashlib)
+    for load in ("miss", "hit"):
+        joins.clear()
+        b = create_backend(manifest, backend, "cpu")
+        assert len(joins) == 1, (load, joins)
+        assert b.info.format == "shipped" and b.info.path == str(manifest)
+    hashes.clear()
+    b = create_backend(tiny_checkpoint, backend, "cpu")
+    assert hashes == [tiny_checkpoint.stat().st_size] and b.info.format == "checkpoint"
+
+
+def test_model_source_is_resolved_once_and_loads_the_hashed_bytes(tiny_checkpoint, tmp_path):
+    """The bytes that were hashed are the ones loaded: replacing the file after resolving it
+    changes nothing."""
+    import hashlib
+    import shutil
+
+    from vggcifar.source import resolve_source
+
+    pt = shutil.copy(tiny_checkpoint, tmp_path / "m.pt")
+    src = resolve_source(pt)
+    assert src.kind == "checkpoint" and src.sha256 == hashlib.sha256(pt.read_bytes()).hexdigest()
+    pt.write_bytes(b"replaced")
+    model, meta = vggcifar.load_checkpoint(src)
+    assert meta["arch"] and resolve_source(src) is src
+    onnx = tmp_path / "x.onnx"
+    onnx.write_bytes(b"")
+    with pytest.raises(VggCifarError, match="an ONNX model, not a checkpoint"):
+        vggcifar.load_checkpoint(onnx)

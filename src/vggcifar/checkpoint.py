@@ -20,19 +20,16 @@ version 2; version-1 files still load, see :mod:`vggcifar.checkpoint_file`):
 
 from __future__ import annotations
 
-import hashlib
 import os
-from pathlib import Path
 
 import torch
 
-from .checkpoint_file import FORMAT, FORMAT_VERSION, model_spec, read_checkpoint, temperature_of
+from .checkpoint_file import FORMAT, FORMAT_VERSION, model_spec, temperature_of
 from .errors import VggCifarError
 from .io import atomic_write
 from .models import create_model, is_finite_number, list_models, model_entry, show_value
 from .preprocessing import INPUT_SIZE, Preprocessing
-from .runtime.contract import model_kind
-from .shipped import read_shipped
+from .source import ModelSource, resolve_source
 
 META_KEYS = ("arch", "model_kwargs", "num_classes", "preprocessing", "config", "metrics",
              "epoch", "test_accuracy", "test_accuracy_one_view", "versions", "created",
@@ -206,8 +203,9 @@ def model_from_checkpoint(ckpt: dict, where="checkpoint") -> torch.nn.Module:
     return model.eval()
 
 
-def load_checkpoint(path: str | os.PathLike, map_location="cpu"):
-    """Load a checkpoint and return ``(model, meta)``.
+def load_checkpoint(path: str | os.PathLike | ModelSource, map_location="cpu"):
+    """Load a checkpoint (a path, or a :class:`~vggcifar.source.ModelSource` already resolved,
+    whose verified bytes are used as they are) and return ``(model, meta)``.
 
     ``model`` is in eval mode, on ``map_location``, expecting ``[N, 3, 32, 32]`` normalised input
     and returning ``[N, num_classes]`` logits. ``meta`` holds everything else in the checkpoint
@@ -218,8 +216,9 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu"):
     format version 1, for readers not yet using ``model_kwargs``. A shipped model's ``.json``
     manifest (see :mod:`vggcifar.shipped`) loads the model stored in its parts.
     """
-    path = Path(path)
-    ckpt = read_shipped(path) if model_kind(path) == "shipped" else read_checkpoint(path)
+    source = resolve_source(path)
+    path = source.path
+    ckpt = source.checkpoint()
     model = model_from_checkpoint(ckpt, path).to(map_location)
     meta = {k: ckpt.get(k) for k in META_KEYS}
     for k, v in model_spec(ckpt)[1].items():
@@ -228,12 +227,3 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu"):
     meta["path"] = str(path)
     meta["preproc"] = Preprocessing.from_dict(ckpt["preprocessing"])
     return model, meta
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

@@ -2,9 +2,9 @@
 ``weights/`` folder (package data, so every wheel carries it) with a JSON manifest carrying sha256
 digests, and the rule that picks the default model for the CLIs.
 
-This module reads and writes the files only; building the model from them is
-:func:`vggcifar.checkpoint.load_checkpoint` (which reads ``.json`` manifests through
-:func:`read_shipped`), and :func:`vggcifar.pretrained.load_pretrained` is the shipped model
+This module reads and writes the files only: :func:`vggcifar.source.resolve_source` joins
+and verifies the parts of a ``.json`` manifest once per load, building the model from them is
+:func:`vggcifar.checkpoint.load_checkpoint`, and :func:`vggcifar.pretrained.load_pretrained` is the shipped model
 ready to use.
 
 The manifest also carries the model's ``temperature`` (temperature scaling,
@@ -21,8 +21,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint_file import (check_format, read_checkpoint, temperature_of, torch_load_reason,
-                              upgrade)
+from .checkpoint_file import read_checkpoint, temperature_of
 from .errors import VggCifarError
 from .io import atomic_write
 
@@ -156,17 +155,17 @@ def _is_sha256(v) -> bool:
     return isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v)
 
 
-def read_shipped_bytes(manifest_path: str | os.PathLike) -> tuple[bytes, str]:
+def join_parts(manifest_path: str | os.PathLike, manifest: dict) -> tuple[bytes, str]:
     """Join a shipped model's parts, verifying each part's size and sha256 and the whole's
-    sha256 against the manifest. Returns ``(checkpoint bytes, sha256)``; the bytes are those of a
-    ``torch.save`` file.
+    sha256 against ``manifest`` (as :func:`read_manifest` returned it). Returns ``(checkpoint
+    bytes, sha256)``; the bytes are those of a ``torch.save`` file. The one place the parts are
+    verified: :func:`vggcifar.source.resolve_source` calls it once per load.
 
     Raises:
-        VggCifarError: a malformed manifest, a missing part, or any size or sha256 mismatch (the
-            files were changed or damaged).
+        VggCifarError: a missing part, or any size or sha256 mismatch (the files were changed
+            or damaged).
     """
     path = Path(manifest_path)
-    manifest = read_manifest(path)
     chunks = []
     for part in manifest["parts"]:
         f = path.parent / part["file"]
@@ -186,35 +185,12 @@ def read_shipped_bytes(manifest_path: str | os.PathLike) -> tuple[bytes, str]:
     return blob, manifest["sha256"]
 
 
-def read_shipped(manifest_path: str | os.PathLike) -> dict:
-    """Join and verify a shipped model's parts (:func:`read_shipped_bytes`); return the
-    checkpoint dict, loaded weights-only, in the current format version's form
-    (:func:`vggcifar.checkpoint_file.upgrade`), with its ``sha256`` added and the manifest's
-    ``temperature`` (when it has one) in place of the parts' own.
-
-    Raises:
-        VggCifarError: a malformed manifest, a missing part, any sha256 mismatch, or verified
-            bytes that are not a vggcifar checkpoint.
-    """
-    blob, sha = read_shipped_bytes(manifest_path)
-    try:
-        ckpt = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for bad files
-        raise VggCifarError(f"the model described by {manifest_path} is not a readable "
-                            f"checkpoint ({torch_load_reason(e)}); reinstall vggcifar") from e
-    check_format(ckpt, manifest_path)
-    ckpt = upgrade(ckpt)
-    ckpt["sha256"] = sha
-    manifest = read_manifest(manifest_path)
-    if manifest.get("temperature") is not None:
-        ckpt["temperature"] = temperature_of(manifest, manifest_path)
-    return ckpt
-
-
-def shipped_temperature(manifest_path: str | os.PathLike) -> float:
-    """The temperature a shipped manifest records (1.0 when it records none), read without the
-    parts: the ONNX cache keys on it, as the parts' digest does not cover the manifest."""
-    return temperature_of(read_manifest(manifest_path), manifest_path)
+def manifest_temperature(manifest: dict, manifest_path) -> float | None:
+    """The temperature a checked manifest records (it applies over the one in the parts), or
+    ``None`` when it records none (the parts' own, or 1, then applies)."""
+    if manifest.get("temperature") is None:
+        return None
+    return temperature_of(manifest, manifest_path)
 
 
 def default_model(runs_dir: str | os.PathLike = "runs") -> tuple[Path, str]:

@@ -33,22 +33,20 @@ CACHE_REVISION = 3
 STALE_BUILD_S = 3600  # a build folder older than this was left by a killed process
 
 
-def onnx_from_checkpoint(path, out_dir, sha256: str | None = None) -> Path:
+def onnx_from_checkpoint(source, out_dir) -> Path:
     """Export a checkpoint (or shipped manifest) to an fp32 ONNX file ``<out_dir>/<stem>.onnx``,
-    metadata included, so onnxruntime can run it.
-
-    Args:
-        sha256: :func:`~vggcifar.export.onnx_export.checkpoint_sha256` of ``path`` when the
-            caller has it (recorded as the export's ``source_sha256``).
-    """
+    metadata included (the source's verified sha256 as ``source_sha256``), so onnxruntime can
+    run it. ``source``: a path or a :class:`~vggcifar.source.ModelSource` already resolved."""
     from ..checkpoint import load_checkpoint
     from ..runtime.contract import build_metadata
-    from .onnx_export import checkpoint_sha256, export_onnx
+    from ..source import resolve_source
+    from .onnx_export import export_onnx
 
-    model, meta = load_checkpoint(path)
+    source = resolve_source(source)
+    model, meta = load_checkpoint(source)
     metadata = build_metadata(meta, precision="fp32", exporter="torchscript",
-                              source_sha256=sha256 or checkpoint_sha256(path))
-    out = Path(out_dir) / (Path(path).stem + ONNX_SUFFIX)
+                              source_sha256=source.sha256)
+    out = Path(out_dir) / (source.path.stem + ONNX_SUFFIX)
     return export_onnx(model, meta["preproc"], out, metadata=metadata)
 
 
@@ -61,19 +59,6 @@ def cache_sidecar(cached) -> Path:
     """The record written after a cached export: ``<export>.json`` holding the format, the
     source's and the export's sha256."""
     return Path(f"{cached}.json")
-
-
-def source_temperature(path) -> float:
-    """The temperature a source declares outside its weights' digest: a shipped manifest's
-    (:func:`vggcifar.shipped.shipped_temperature`). A ``.pt`` checkpoint's lies inside the file,
-    which its sha256 covers: 1.0 here."""
-    from ..runtime.contract import model_kind
-
-    if model_kind(path) != "shipped":
-        return 1.0
-    from ..shipped import shipped_temperature
-
-    return shipped_temperature(path)
 
 
 def _read_verified(cached: Path, sha: str, temperature: float) -> bytes | None:
@@ -115,28 +100,26 @@ def _cache_key(sha: str, temperature: float = 1.0) -> str:
             f"-r{CACHE_REVISION}")
 
 
-def cached_onnx(path, sha: str | None = None, rebuild: bool = False) -> tuple[Path, bytes]:
+def cached_onnx(source, rebuild: bool = False) -> tuple[Path, bytes]:
     """The ONNX export of a checkpoint or shipped manifest, made once and kept in
     :func:`onnx_cache_dir`: ``(file, its bytes)``, the bytes verified.
 
-    A cached file is used only when its sidecar (:func:`cache_sidecar`, written after the
-    export, atomically) records this source's sha256 and temperature and the file's own
-    digest; anything else at that name (a truncated file, one dropped there by someone else) is
+    ``source``: a path or a :class:`~vggcifar.source.ModelSource` already resolved (its
+    verified ``sha256`` and the temperature outside it are the cache key). A cached file is
+    used only when its sidecar (:func:`cache_sidecar`, written after the export, atomically)
+    records this source's sha256 and temperature and the file's own digest; anything else at that name (a truncated file, one dropped there by someone else) is
     rebuilt, as with ``rebuild=True``. The caller also checks the ``source_sha256`` in the graph's metadata. A
     cache folder others can write to is not used: the export is then made afresh each time.
 
-    Args:
-        sha: :func:`~vggcifar.export.onnx_export.checkpoint_sha256` of ``path`` when the caller
-            has it.
     Raises:
         VggCifarError: damaged source weights; the export failed.
     """
-    from .onnx_export import checkpoint_sha256
+    from ..source import resolve_source
 
-    sha = sha or checkpoint_sha256(path)
-    temperature = source_temperature(path)
+    source = resolve_source(source)
+    sha, temperature = source.sha256, source.export_temperature()
     folder = onnx_cache_dir()
-    cached = folder / f"{Path(path).stem}-{_cache_key(sha, temperature)}{ONNX_SUFFIX}"
+    cached = folder / f"{source.path.stem}-{_cache_key(sha, temperature)}{ONNX_SUFFIX}"
     try:
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         usable = private_dir(folder)
@@ -150,9 +133,9 @@ def cached_onnx(path, sha: str | None = None, rebuild: bool = False) -> tuple[Pa
         _sweep_stale_builds(folder)
     with tempfile.TemporaryDirectory(prefix=".build-", dir=folder if usable else None) as tmp:
         try:
-            fresh = onnx_from_checkpoint(path, tmp, sha256=sha)
+            fresh = onnx_from_checkpoint(source, tmp)
         except RuntimeError as e:  # the exporter's own failure, named by export_onnx
-            raise VggCifarError(f"cannot export {path} to ONNX ({e})") from e
+            raise VggCifarError(f"cannot export {source.path} to ONNX ({e})") from e
         data = fresh.read_bytes()
         if not usable:
             log.debug("ONNX cache %s not private or not writable: export not cached", folder)
@@ -161,7 +144,7 @@ def cached_onnx(path, sha: str | None = None, rebuild: bool = False) -> tuple[Pa
             atomic_write(cached, lambda t: os.replace(fresh, t))
             side = {"format": CACHE_FORMAT, "source_sha256": sha, "temperature": temperature,
                     "bytes": len(data),
-                    "onnx_sha256": hashlib.sha256(data).hexdigest(), "source": str(path)}
+                    "onnx_sha256": hashlib.sha256(data).hexdigest(), "source": str(source.path)}
             atomic_write(cache_sidecar(cached), lambda t: Path(t).write_text(json.dumps(side)))
         except OSError:  # full disk: use the fresh export once, uncached
             return fresh, data

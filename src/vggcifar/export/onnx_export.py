@@ -22,7 +22,7 @@ import torch
 
 from ..errors import VggCifarError
 from ..preprocessing import Normalize, Preprocessing
-from ..runtime.contract import INPUT_NAME, OUTPUT_NAMES, model_kind, set_metadata
+from ..runtime.contract import INPUT_NAME, OUTPUT_NAMES, set_metadata
 from .options import DEFAULT_OPSET, EXPORTERS
 
 
@@ -154,19 +154,13 @@ def check_onnx(path: str | os.PathLike) -> None:
 
 def checkpoint_sha256(path: str | os.PathLike) -> str:
     """sha256 identifying a checkpoint's weights, verified: of the file for a ``.pt``; for a
-    shipped manifest, of the joined parts, every part checked against the manifest first (so
-    damaged parts are refused here, whatever then uses the digest).
+    shipped manifest, of the joined parts, every part checked against the manifest first
+    (:func:`vggcifar.source.resolve_source`; a caller that also loads the model resolves the
+    source once and reads ``source.sha256`` instead).
 
     Raises:
         VggCifarError: a missing, damaged or modified shipped part; an unreadable file.
     """
-    from ..checkpoint import file_sha256
+    from ..source import resolve_source
 
-    if model_kind(path) == "shipped":
-        from ..shipped import read_shipped_bytes
-
-        return read_shipped_bytes(path)[1]
-    try:
-        return file_sha256(path)
-    except OSError as e:
-        raise VggCifarError(f"cannot read {path} ({e.strerror or e})") from e
+    return resolve_source(path).sha256

@@ -23,9 +23,9 @@ from ..errors import VggCifarError
 from ..io import atomic_write, check_writable, make_shared
 from ..preprocessing import uint8_to_unit
 from ..runtime.contract import engine_sidecar, model_kind
+from ..source import resolve_source
 from . import parity
 from .formats import FORMAT_KEYS, FORMATS, ExportJob
-from .onnx_export import checkpoint_sha256
 from .options import (CALIB_IMAGES, DEFAULT_OPSET, EXPORTERS, MAX_BATCH, PARITY_IMAGES,
                       RANDOM_IMAGES)
 
@@ -205,8 +205,9 @@ def export_checkpoint(checkpoint: str | os.PathLike, formats=("onnx",), *,
     log = log or (lambda msg: None)
     req = _validate(checkpoint, formats, exporter=exporter, data=data, max_batch=max_batch,
                     triton_dir=triton_dir, triton_name=triton_name)
-    model, meta = load_checkpoint(checkpoint)
-    sha = checkpoint_sha256(checkpoint)
+    source = resolve_source(checkpoint)  # read and verified once: the model and its digest
+    model, meta = load_checkpoint(source)
+    sha = source.sha256
     out = Path(out) if out is not None else default_out_dir(checkpoint)
     created = _prepare_out(out)
     stage = Path(tempfile.mkdtemp(prefix=".vgg-export-", dir=out))

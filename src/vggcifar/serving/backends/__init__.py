@@ -21,10 +21,11 @@ from pathlib import Path
 from typing import Callable
 
 from ...errors import VggCifarError
-from ...runtime.contract import KIND_TEXT, ModelFileError, model_kind
+from ...runtime.contract import KIND_TEXT, ModelFileError
 from ...runtime.onnx import onnxruntime_status
 from ...runtime.openvino import openvino_status
 from ...runtime.tensorrt import tensorrt_status
+from ...source import CHECKPOINT_KINDS, resolve_source
 from ..names import BACKENDS
 from .base import Backend, ModelInfo, display_name, info_from_export_metadata, served_accuracy
 from .onnx_backend import OnnxBackend, onnx_backend_for_checkpoint
@@ -46,7 +47,7 @@ class BackendRow:
 
     ``name``: the ``--backend`` value; ``kinds``: the model kinds it opens; ``available()``:
     ``(usable here, reason)``; ``needs``: what to install, for messages; ``cls``: the
-    :class:`Backend` (its ``open(path, kind, device)`` makes one); ``auto(kind, device)``:
+    :class:`Backend` (its ``open(source, device)`` makes one); ``auto(kind, device)``:
     whether ``--backend auto`` tries this row for that kind on that device (``device`` is the
     resolved torch device for checkpoints, else the user's string).
     """
@@ -59,8 +60,6 @@ class BackendRow:
     auto: Callable[[str, str | None], bool] = lambda kind, device: True
 
 
-# Checkpoints (and the shipped manifest) are what PyTorch loads; the other runtimes need exports.
-CHECKPOINT_KINDS = ("checkpoint", "shipped")
 
 
 def _on_cpu(device: str | None) -> bool:
@@ -102,13 +101,6 @@ ROWS = {row.name: row for row in BACKEND_TABLE}
 assert set(BACKENDS) == {"auto", *ROWS}, "serving.names.BACKENDS must name the table's rows"
 
 
-def _check_file(path: Path) -> None:
-    if not path.exists():
-        raise VggCifarError(f"model {path} does not exist")
-    if path.is_dir():
-        raise VggCifarError(f"model {path} is a folder; pass the model file inside it")
-
-
 def _unavailable(row: BackendRow, reason: str) -> VggCifarError:
     return VggCifarError(f"the {row.name} backend needs {row.needs}: {reason}")
 
@@ -142,9 +134,10 @@ def create_backend(path, backend: str = "auto", device: str | None = None) -> Ba
     backend = (backend or "auto").lower()
     if backend not in BACKENDS:
         raise VggCifarError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
-    path = Path(path)
-    _check_file(path)
-    kind = model_kind(path)
+    # Resolved once (kind, verified bytes, digest) and passed down: no row reads or hashes the
+    # file again, and each digest is checked once per load.
+    source = resolve_source(path)
+    path, kind = source.path, source.kind
     if backend != "auto":
         row = ROWS[backend]
         if kind not in row.kinds:
@@ -152,7 +145,7 @@ def create_backend(path, backend: str = "auto", device: str | None = None) -> Ba
         ok, reason = row.available()
         if not ok:
             raise _unavailable(row, reason)
-        return row.cls.open(path, kind, device)
+        return row.cls.open(source, device)
     if kind in CHECKPOINT_KINDS:
         # Settles "auto" now (and refuses an unusable --device cuda) so each row sees the same.
         device = str(resolve_device(device))
@@ -166,7 +159,7 @@ def create_backend(path, backend: str = "auto", device: str | None = None) -> Ba
             log.debug("auto backend: %s not available (%s)", row.name, reason)
             continue
         try:
-            return row.cls.open(path, kind, device)
+            return row.cls.open(source, device)
         except Exception as e:  # noqa: BLE001 - an optimisation failed: the next row decides
             if last:
                 raise

@@ -13,6 +13,7 @@ from ...errors import VggCifarError
 from ...preprocessing import Preprocessing, uint8_to_unit
 from ...calibration import softmax
 from ...runtime.contract import REQUIRED_METADATA, ModelFileError, decode_metadata
+from ...source import ModelSource
 from ..names import check_tta, tta_label
 
 
@@ -92,10 +93,10 @@ class Backend:
     info: ModelInfo
 
     @classmethod
-    def open(cls, path: Path, kind: str, device: str | None) -> "Backend":
-        """Open ``path``, a file of ``kind`` (one the backend's table row lists), on ``device``
-        (``None``/``auto``, ``cpu``, ``cuda[:N]``)."""
-        return cls(path, device)
+    def open(cls, source: ModelSource, device: str | None) -> "Backend":
+        """Open ``source``, a model file resolved once by :func:`create_backend` (of a kind the
+        backend's table row lists), on ``device`` (``None``/``auto``, ``cpu``, ``cuda[:N]``)."""
+        return cls(source.path, device)
 
     def logits(self, x: np.ndarray) -> np.ndarray:
         """``[N, 3, S, S]`` float32 RGB in [0, 1] -> ``[N, num_classes]`` float32 logits (before

@@ -16,6 +16,7 @@ import numpy as np
 
 from ...runtime.contract import INPUT_NAME, LOGITS, PROBABILITIES, ModelFileError, decode_metadata
 from ...runtime.onnx import CUDA, device_session
+from ...source import ModelSource, resolve_source
 from .base import Backend, ModelInfo, check_outputs, info_from_export_metadata
 
 log = logging.getLogger(__name__)
@@ -59,10 +60,10 @@ class OnnxBackend(Backend):
         self.fixed_batch = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else None
 
     @classmethod
-    def open(cls, path: Path, kind: str, device: str | None) -> "OnnxBackend":
-        if kind == "onnx":
-            return cls(path, device)
-        return from_cached_export(path, lambda f, data: cls(f, device, model_bytes=data))
+    def open(cls, source: ModelSource, device: str | None) -> "OnnxBackend":
+        if source.kind == "onnx":
+            return cls(source.path, device)
+        return from_cached_export(source, lambda f, data: cls(f, device, model_bytes=data))
 
     def _check_interface(self, inputs, outputs) -> None:
         """The graph must take one float ``[N, 3, S, S]`` input (``S`` from the metadata) and give
@@ -119,15 +120,17 @@ class OnnxBackend(Backend):
 def onnx_backend_for_checkpoint(path, device: str | None = None) -> OnnxBackend:
     """onnxruntime on the cached ONNX export of a checkpoint or shipped manifest, presented as
     that checkpoint (see :func:`from_cached_export`)."""
-    return OnnxBackend.open(Path(path), "checkpoint", device)
+    return OnnxBackend.open(resolve_source(path), device)
 
 
-def from_cached_export(path, open_export: Callable[[Path, bytes], OnnxBackend]) -> OnnxBackend:
+def from_cached_export(source: ModelSource,
+                       open_export: Callable[[Path, bytes], OnnxBackend]) -> OnnxBackend:
     """A backend on the cached ONNX export of a checkpoint or shipped manifest, presented as
     that checkpoint: the one way every ONNX runtime serves a checkpoint.
 
-    ``open_export(file, its verified bytes)`` makes the backend. The source weights are verified
-    first (shipped parts on every load). The cached export is used only if it verifies
+    ``open_export(file, its verified bytes)`` makes the backend. ``source`` was resolved once
+    (:func:`vggcifar.source.resolve_source`): its weights are verified already (shipped parts
+    on every load), and its digest is not computed again here. The cached export is used only if it verifies
     (:func:`vggcifar.export.cache.cached_onnx`) and its metadata's ``source_sha256`` is this
     source's; a file that fails either check, or fails to load, is rebuilt once.
 
@@ -137,20 +140,17 @@ def from_cached_export(path, open_export: Callable[[Path, bytes], OnnxBackend]) 
     # The one place serving uses export: making the graph. Imported here so that serving an
     # .onnx file or an engine never loads the exporter.
     from ...export import cache
-    from ...export.onnx_export import checkpoint_sha256
-    from ...runtime.contract import model_kind
 
-    sha = checkpoint_sha256(path)
     for rebuild in (False, True):
-        cached, data = cache.cached_onnx(path, sha, rebuild=rebuild)
+        cached, data = cache.cached_onnx(source, rebuild=rebuild)
         try:
             b = open_export(cached, data)
-            if b.metadata.get("source_sha256") != sha:
-                raise ModelFileError(f"{cached} is not an export of {path}")
+            if b.metadata.get("source_sha256") != source.sha256:
+                raise ModelFileError(f"{cached} is not an export of {source.path}")
             break
         except ModelFileError as e:
             if rebuild:
                 raise
             log.info("cached ONNX export unusable (%s); rebuilding it", e)
-    b.info.present_as(path, model_kind(path))
+    b.info.present_as(source.path, source.kind)
     return b

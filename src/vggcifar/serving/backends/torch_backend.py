@@ -6,8 +6,8 @@ import numpy as np
 import torch
 
 from ...preprocessing import Preprocessing, normalize
-from ...runtime.contract import model_kind
 from ...runtime.devices import resolve_device
+from ...source import ModelSource, resolve_source
 from .base import (SHIPPED_PRECISION, Backend, ModelInfo, display_name, flip_shift_accuracy,
                    served_accuracy)
 
@@ -18,17 +18,20 @@ class TorchBackend(Backend):
 
     name = "torch"
 
-    def __init__(self, path, device: str | None = None):
+    def __init__(self, source, device: str | None = None):
+        """``source``: a checkpoint or shipped manifest, as a path or a
+        :class:`~vggcifar.source.ModelSource` already resolved (its verified bytes are loaded)."""
         from ...checkpoint import load_checkpoint
 
+        source = resolve_source(source)
         dev = resolve_device(device)
-        model, meta = load_checkpoint(path, map_location=dev)
+        model, meta = load_checkpoint(source, map_location=dev)
         # channels_last is what training used and is faster for these convolutions on CPU and GPU.
         self.model = model.to(memory_format=torch.channels_last).eval()
         self.torch_device = dev
         self.device = str(dev)
         self.preproc: Preprocessing = meta["preproc"]
-        kind = model_kind(path)
+        kind, path = source.kind, source.path
         one, tta = served_accuracy(meta)
         self.info = ModelInfo(
             name=display_name(path), path=str(path), format=kind, preproc=self.preproc,
@@ -36,6 +39,10 @@ class TorchBackend(Backend):
             test_accuracy_flip_shift=flip_shift_accuracy(meta),
             precision=SHIPPED_PRECISION if kind == "shipped" else None,
             temperature=meta["temperature"])  # checked by load_checkpoint
+
+    @classmethod
+    def open(cls, source: ModelSource, device: str | None) -> "TorchBackend":
+        return cls(source, device)
 
     def logits(self, x: np.ndarray) -> np.ndarray:
         """``[N, 3, S, S]`` float32 in [0, 1] -> ``[N, C]`` float32 logits."""
