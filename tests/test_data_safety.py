@@ -24,7 +24,7 @@ from PIL import Image
 
 from vggcifar.data import load_cifar10
 from vggcifar.errors import VggCifarError
-from vggcifar.images import open_image, pil_to_uint8, read_image
+from vggcifar.images import pil_to_uint8, read_image
 from vggcifar.testing import write_batches_py, write_image_folder
 
 CORPUS = Path(__file__).parent / "corpus" / "decoder"

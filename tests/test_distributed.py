@@ -42,8 +42,6 @@ def _worker(rank, world, port, cfg_kwargs, report_dir, die_rank):
     for mod in (ck, pl, rp, tr):
         mod.atomic_write = spy
     if die_rank == rank:
-        real_epoch = tr._Run.train_epoch
-
         def die(self, epoch):
             os._exit(3)
 
