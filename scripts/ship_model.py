@@ -6,8 +6,8 @@
 1. packs the checkpoint (fp16 parts + manifest, :func:`vggcifar.shipped.pack_shipped`) into a
    scratch folder;
 2. measures that packed model on the data's test set exactly as ``vgg-eval`` does (same
-   Predictor, same default backend and device), one view and flip TTA;
-3. packs it again into ``--out`` with those two figures in the checkpoint and the manifest, and
+   Predictor, same default backend and device), one view, flip TTA and flip+shift TTA;
+3. packs it again into ``--out`` with those three figures in the checkpoint and the manifest, and
    removes parts a previous, bigger model left there;
 4. measures the files in ``--out`` again and fails unless the figures are identical, so the model
    card, the manifest, the demo header and ``vgg-eval`` quote one figure per context.
@@ -65,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
             old = {p["file"] for p in read_manifest(out / f"{args.name}.json")["parts"]}
         manifest = pack_shipped(args.checkpoint, out, name=args.name,
                                 accuracy={"one_view": first["accuracy"],
-                                          "tta": first["accuracy_tta"]})
+                                          "tta": first["accuracy_tta"],
+                                          "flip_shift": first["accuracy_flip_shift"]})
         m = read_manifest(manifest)
         for stale in old - {p["file"] for p in m["parts"]}:
             (out / stale).unlink(missing_ok=True)
@@ -73,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     except VggCifarError as e:
         print(f"ship_model: error: {e}", file=sys.stderr)
         return 2
-    if (again["accuracy"], again["accuracy_tta"]) != (first["accuracy"], first["accuracy_tta"]):
+    keys = ("accuracy", "accuracy_tta", "accuracy_flip_shift")
+    if [again[k] for k in keys] != [first[k] for k in keys]:
         print(f"ship_model: error: the shipped files measure {again['accuracy']:.4%} / "
               f"{again['accuracy_tta']:.4%}, the scratch pack {first['accuracy']:.4%} / "
               f"{first['accuracy_tta']:.4%}", file=sys.stderr)
@@ -84,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=2))
     print(f"shipped {m.get('arch')} to {manifest}: {again['n']:,} test images, "
-          f"{again['accuracy']:.2%} one view, {again['accuracy_tta']:.2%} flip TTA "
+          f"{again['accuracy']:.2%} one view, {again['accuracy_tta']:.2%} flip TTA, "
+          f"{again['accuracy_flip_shift']:.2%} flip+shift TTA "
           f"({again['backend']} backend)")
     print("\n| class | one view | flip TTA |\n| --- | ---: | ---: |")
     for c in again["per_class"]:

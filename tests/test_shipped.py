@@ -157,3 +157,20 @@ def test_model_source_is_resolved_once_and_loads_the_hashed_bytes(tiny_checkpoin
     onnx.write_bytes(b"")
     with pytest.raises(VggCifarError, match="an ONNX model, not a checkpoint"):
         vggcifar.load_checkpoint(onnx)
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_shipped_figures_of_every_tta_mode_reach_the_model_line(tiny_checkpoint, tmp_path,
+                                                                backend, monkeypatch):
+    """ship_model.py records one view, flip and flip+shift figures; every backend shows each
+    mode's own (the ONNX export carries the flip+shift one in its metadata)."""
+    from vggcifar.serving.predictor import Predictor
+
+    monkeypatch.setenv("VGGCIFAR_CACHE", str(tmp_path / "cache"))
+    manifest = pack_shipped(tiny_checkpoint, tmp_path / "w",
+                            accuracy={"one_view": 0.5, "tta": 0.52, "flip_shift": 0.53})
+    assert json.loads(manifest.read_text())["test_accuracy_flip_shift"] == 0.53
+    info = Predictor(manifest, backend=backend, device="cpu").info
+    assert (info.accuracy("none"), info.accuracy("flip"), info.accuracy("flip-shift")) == \
+        (0.5, 0.52, 0.53)
+    assert "53.00% (flip+shift" in info.describe("flip-shift")

@@ -12,6 +12,8 @@ version 2; version-1 files still load, see :mod:`vggcifar.checkpoint_file`):
     config                       the resolved training options (JSON-able)
     metrics                      one dict per epoch
     epoch, test_accuracy, test_accuracy_one_view, versions, created
+    test_accuracy_flip_shift     (optional) with 6-view flip+shift TTA: the shipped model's,
+                                 measured by vgg-eval (scripts/ship_model.py)
     temperature                  temperature scaling: probabilities = softmax(logits / T), fitted
                                  on held-out images (absent in older files: T = 1)
     calibration                  how T was chosen (images, NLL/ECE before and after, or why 1)
@@ -32,8 +34,8 @@ from .preprocessing import INPUT_SIZE, Preprocessing
 from .source import ModelSource, resolve_source
 
 META_KEYS = ("arch", "model_kwargs", "num_classes", "preprocessing", "config", "metrics",
-             "epoch", "test_accuracy", "test_accuracy_one_view", "versions", "created",
-             "format_version", "calibration")
+             "epoch", "test_accuracy", "test_accuracy_one_view", "test_accuracy_flip_shift",
+             "versions", "created", "format_version", "calibration")
 # Bound on what a checkpoint may ask us to build, checked before anything is allocated (each
 # architecture bounds its own options through its registry validator).
 MAX_CLASSES = 1000

@@ -61,7 +61,8 @@ def pack_shipped(checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
     state, split into parts of at most ``part_bytes``, plus ``<name>.json`` with the sha256 of
     every part and of the whole. Returns the manifest path.
 
-    ``accuracy``: ``{"one_view": fraction, "tta": fraction}`` measured on the packed weights
+    ``accuracy``: ``{"one_view": fraction, "tta": fraction}`` (and optionally ``"flip_shift"``,
+    6-view TTA) measured on the packed weights
     (``scripts/ship_model.py`` does that with ``vgg-eval``'s code); it replaces the training
     run's figures in the checkpoint and the manifest, so the card, the manifest and the demo
     quote the figure ``vgg-eval`` gives for these very files. The checkpoint's ``temperature``
@@ -73,6 +74,8 @@ def pack_shipped(checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
         ckpt["config"] = {**(ckpt.get("config") or {}), "tta": True}
         ckpt["test_accuracy"] = float(accuracy["tta"])
         ckpt["test_accuracy_one_view"] = float(accuracy["one_view"])
+        if accuracy.get("flip_shift") is not None:
+            ckpt["test_accuracy_flip_shift"] = float(accuracy["flip_shift"])
     ckpt["state_dict"] = {
         k: (v.half() if v.is_floating_point() and "running_" not in k else v)
         for k, v in ckpt["state_dict"].items()}
@@ -90,7 +93,8 @@ def pack_shipped(checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
     manifest = {"format": SHIPPED_FORMAT, "sha256": hashlib.sha256(blob).hexdigest(),
                 "bytes": len(blob), "parts": parts, "arch": ckpt["arch"],
                 "test_accuracy": ckpt.get("test_accuracy"),
-                "test_accuracy_one_view": ckpt.get("test_accuracy_one_view"), "dtype": "float16",
+                "test_accuracy_one_view": ckpt.get("test_accuracy_one_view"),
+                "test_accuracy_flip_shift": ckpt.get("test_accuracy_flip_shift"), "dtype": "float16",
                 "temperature": temperature_of(ckpt, checkpoint)}
     path = out_dir / f"{name}.json"
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=2)))

@@ -28,8 +28,8 @@ log = logging.getLogger(__name__)
 CACHE_FORMAT = "vggcifar-onnx-cache"  # the sidecar of a cached export: see cached_onnx
 # Part of a cached export's name: bump it when exports gain metadata that serving reads, so older
 # cached exports (without it) are rebuilt rather than reused. 2: test_accuracy_with_tta.
-# 3: temperature (in the graph and the metadata).
-CACHE_REVISION = 3
+# 3: temperature (in the graph and the metadata). 4: test_accuracy_flip_shift.
+CACHE_REVISION = 4
 STALE_BUILD_S = 3600  # a build folder older than this was left by a killed process
 
 

@@ -41,8 +41,8 @@ KIND_TEXT = {"checkpoint": "a vggcifar checkpoint", "shipped": "a shipped-model 
 METADATA_KEYS = ("class_names", "mean", "std", "input_size", "input_description", "arch",
                  "model_kwargs", "head", "width", "num_classes", "source_checkpoint",
                  "source_sha256", "test_accuracy", "test_accuracy_one_view",
-                 "test_accuracy_with_tta", "vggcifar_version", "precision", "exporter", "outputs",
-                 "temperature")
+                 "test_accuracy_with_tta", "test_accuracy_flip_shift", "vggcifar_version",
+                 "precision", "exporter", "outputs", "temperature")
 REQUIRED_METADATA = ("class_names", "mean", "std")
 PRECISIONS = ("fp32", "fp16", "int8")
 INPUT_DESCRIPTION = ("RGB float32 in [0, 1], NCHW [N, 3, {s}, {s}], N dynamic; resize to {s}x{s} "
@@ -93,6 +93,7 @@ def build_metadata(meta: dict, *, precision: str, exporter: str,
     pre = meta["preproc"]
     kwargs = meta.get("model_kwargs") or {}  # the architecture's options (checkpoint format 2)
     acc, one = meta.get("test_accuracy"), meta.get("test_accuracy_one_view")
+    fs = meta.get("test_accuracy_flip_shift")
     return {
         "class_names": json.dumps(list(pre.class_names)),
         "mean": json.dumps(list(pre.mean)),
@@ -111,6 +112,8 @@ def build_metadata(meta: dict, *, precision: str, exporter: str,
         "test_accuracy_one_view": json.dumps(None if one is None else float(one)),
         # Whether test_accuracy is the run's flip-TTA figure (as config.tta in the checkpoint).
         "test_accuracy_with_tta": json.dumps(bool((meta.get("config") or {}).get("tta"))),
+        # With the 6 views of flip+shift TTA, where measured (the shipped model's, by vgg-eval).
+        "test_accuracy_flip_shift": json.dumps(None if fs is None else float(fs)),
         "vggcifar_version": __version__,
         "precision": precision,
         "exporter": exporter,
