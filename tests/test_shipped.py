@@ -174,3 +174,16 @@ def test_shipped_figures_of_every_tta_mode_reach_the_model_line(tiny_checkpoint,
     assert (info.accuracy("none"), info.accuracy("flip"), info.accuracy("flip-shift")) == \
         (0.5, 0.52, 0.53)
     assert "53.00% (flip+shift" in info.describe("flip-shift")
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".json", ".onnx"])
+def test_a_device_as_the_model_is_refused_at_once(tmp_path, suffix):
+    """A link to /dev/zero named like a model must not be read (it never ends)."""
+    from vggcifar.serving.backends import create_backend
+
+    link = tmp_path / f"model{suffix}"
+    link.symlink_to("/dev/zero")
+    with pytest.raises(VggCifarError, match="not a regular file"):
+        create_backend(link, "auto", "cpu")
+    with pytest.raises(VggCifarError, match="not a regular file"):
+        vggcifar.load_checkpoint(link)

@@ -89,12 +89,14 @@ class ModelSource:
 def resolve_source(path: str | os.PathLike | ModelSource) -> ModelSource:
     """Resolve a model file once (a :class:`ModelSource` is returned as it is).
 
-    A ``.pt`` is read whole and hashed; a shipped manifest is read and checked, and its parts
-    joined and verified against it (:func:`vggcifar.shipped.join_parts`).
+    A ``.pt`` is read whole (as many bytes as its size when opened) and hashed; a shipped
+    manifest is read and checked, and its parts joined and verified against it
+    (:func:`vggcifar.shipped.join_parts`).
 
     Raises:
-        VggCifarError: a missing file, a folder, an unreadable file, a malformed manifest, or a
-            missing or damaged shipped part.
+        VggCifarError: a missing file, a folder, a device or anything else that is not a
+            regular file, an unreadable file, a malformed manifest, or a missing or damaged
+            shipped part.
     """
     if isinstance(path, ModelSource):
         return path
@@ -103,6 +105,8 @@ def resolve_source(path: str | os.PathLike | ModelSource) -> ModelSource:
         raise VggCifarError(f"model {path} does not exist")
     if path.is_dir():
         raise VggCifarError(f"model {path} is a folder; pass the model file inside it")
+    if not path.is_file():  # a device, FIFO or socket: reading it could block or never end
+        raise VggCifarError(f"model {path} is not a regular file")
     kind = model_kind(path)
     if kind == "shipped":
         manifest = read_manifest(path)
@@ -110,8 +114,12 @@ def resolve_source(path: str | os.PathLike | ModelSource) -> ModelSource:
         return ModelSource(path, kind, sha, manifest_temperature(manifest, path), data)
     if kind == "checkpoint":
         try:
-            data = path.read_bytes()
+            with open(path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                data = f.read(size + 1)  # bounded by the size seen at open
         except OSError as e:
             raise VggCifarError(f"cannot read {path} ({e.strerror or e})") from e
+        if len(data) != size:
+            raise VggCifarError(f"{path} changed while it was read; try again")
         return ModelSource(path, kind, hashlib.sha256(data).hexdigest(), None, data)
     return ModelSource(path, kind)
