@@ -307,3 +307,75 @@ def test_ema_and_nesterov_can_be_switched_when_resuming(cifar_batches, tmp_path)
     assert ckpt["training_state"]["ema"]["updates"] == ckpt["training_state"]["step"] // 2
     bad = CliRunner().invoke(train_cli, ["--ema", "1.5", "--data", "x"])
     assert bad.exit_code == 2 and "--ema" in bad.output
+
+
+# ---- recipe candidates of issue 20: Cutout, linear decay, no decay on norm/bias weights -------
+def test_cutout_mask_is_a_clipped_square():
+    from vggcifar.data.loader import cutout_mask
+
+    m = cutout_mask(torch.tensor([16, 0, 31]), torch.tensor([16, 0, 5]), 8, 32)
+    assert m.shape == (3, 1, 32, 32) and m.dtype == torch.bool
+    holes = (~m).sum((1, 2, 3)).tolist()
+    assert holes == [64, 16, 5 * 8]  # inside; corner (4x4 left); bottom edge (rows 27-31)
+    assert not m[0, 0, 12:20, 12:20].any() and m[0, 0, 11].all() and m[0, 0, :, 20].all()
+
+
+def test_cutout_masks_a_square_and_keeps_the_rest_of_the_stream(cifar_batches):
+    from vggcifar.data import DeviceLoader, load_cifar10
+    from vggcifar.preprocessing import CIFAR10_MEAN, CIFAR10_STD
+
+    d = load_cifar10(cifar_batches, download=False)
+    kw = dict(train=True, mean=CIFAR10_MEAN, std=CIFAR10_STD, seed=3)
+    plain = DeviceLoader(d.train_x[:256], d.train_y[:256], 64, **kw)
+    cut = DeviceLoader(d.train_x[:256], d.train_y[:256], 64, cutout=8, **kw)
+    for (xa, ya), (xb, yb) in zip(plain, cut):
+        assert torch.equal(ya, yb)  # same order, crops and flips: only the square differs
+        zero = (xb == 0).all(1)  # [B, H, W]: pixels set to the mean colour
+        changed = (xa != xb).any(1)
+        assert (changed <= zero).all()  # every change is a masked pixel
+        per_image = zero.sum((1, 2))
+        assert ((per_image >= 16) & (per_image <= 64 + 8)).all()  # clipped square (+ stray zeros)
+    # evaluation never masks
+    ev = DeviceLoader(d.test_x[:64], d.test_y[:64], 64, train=False, mean=CIFAR10_MEAN,
+                      std=CIFAR10_STD, cutout=8)
+    assert ev.cutout == 0
+
+
+def test_linear_schedule_and_param_groups():
+    from vggcifar.models import create_model
+    from vggcifar.training.step import param_groups
+
+    assert lr_factor(20, 100, "linear") == pytest.approx(1.0)
+    assert lr_factor(60, 100, "linear") == pytest.approx(0.5)
+    assert lr_factor(100, 100, "linear") == pytest.approx(0.0)
+    m = create_model("vgg11", width=0.125, head="linear")
+    one = param_groups(m, 5e-4)
+    assert len(one) == 1 and len(one[0]["params"]) == len(list(m.parameters()))
+    decay, free = param_groups(m, 5e-4, norm_and_bias=False)
+    assert decay["weight_decay"] == 5e-4 and free["weight_decay"] == 0.0
+    assert all(p.ndim == 4 or p.ndim == 2 for p in decay["params"])
+    bn = [mod for mod in m.modules() if isinstance(mod, torch.nn.BatchNorm2d)][0]
+    assert any(p is bn.weight for p in free["params"])
+    assert len(decay["params"]) + len(free["params"]) == len(list(m.parameters()))
+
+
+def test_recipe_candidates_train_and_resume(cifar_batches, tmp_path):
+    opts = dict(cutout=8, wd_norm_bias=False, schedule="linear", epochs=2)
+    full = train(tiny(cifar_batches, tmp_path, name="full", **opts))
+    cfg = tiny(cifar_batches, tmp_path, name="part", **opts)
+    train_interrupted(cfg, after_epochs=1)
+    resumed = train(TrainConfig(resume=str(tmp_path / "part" / "last.pt"), progress=False,
+                                device="cpu"))
+    assert resumed["test_accuracy"] == pytest.approx(full["test_accuracy"])
+    saved = json.loads((tmp_path / "part" / "config.json").read_text())
+    assert (saved["cutout"], saved["wd_norm_bias"], saved["schedule"]) == (8, False, "linear")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--cutout", "40"], "Invalid value for '--cutout'"),
+    (["--cutout", "8", "--loader", "classic"], "--cutout needs the device loader"),
+])
+def test_recipe_candidate_options_refuse_what_cannot_run(args, message, tmp_path, cifar_batches):
+    r = CliRunner().invoke(train_cli, ["--data", str(cifar_batches), "--out",
+                                       str(tmp_path / "runs"), "--quiet"] + args)
+    assert r.exit_code == 2 and message in r.stderr and "Traceback" not in r.output

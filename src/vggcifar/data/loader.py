@@ -59,6 +59,17 @@ def gather_augmented(both: torch.Tensor, idx: torch.Tensor, dy: torch.Tensor, dx
     return torch.index_select(windows, 0, start).permute(0, 3, 1, 2)
 
 
+def cutout_mask(cy: torch.Tensor, cx: torch.Tensor, side: int, size: int) -> torch.Tensor:
+    """``[B, 1, size, size]`` mask, 0 inside a ``side`` x ``side`` square centred at
+    ``(cy[i], cx[i])`` (clipped at the border) and 1 elsewhere: multiplying a normalised batch by
+    it sets the square to the mean colour (Cutout, DeVries & Taylor 2017)."""
+    r = torch.arange(size, device=cy.device)
+    lo_y, lo_x = (cy - side // 2).view(-1, 1), (cx - side // 2).view(-1, 1)
+    in_y = (r >= lo_y) & (r < lo_y + side)  # [B, size]
+    in_x = (r >= lo_x) & (r < lo_x + side)
+    return ~(in_y[:, None, :, None] & in_x[:, None, None, :])
+
+
 def random_flip(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mirror left-right the images where ``mask`` (``[B]`` bool) is true; ``[B, C, H, W]``."""
     return torch.where(mask.view(-1, 1, 1, 1), x.flip(3), x)
@@ -82,6 +93,8 @@ class DeviceLoader:
         dtype, channels_last: form of the produced input batch.
         seed: shuffling and augmentation depend only on ``(seed, epoch)``, so a resumed run sees
             the same batches as an uninterrupted one.
+        cutout: training only: a square of this many pixels per image set to the mean colour
+            (:func:`cutout_mask`), after the crop and flip; 0 = off.
     Yields:
         ``x``: ``[b, 3, 32, 32]`` normalised, ``y``: ``[b]`` int64, both on ``device``.
     """
@@ -94,8 +107,10 @@ class DeviceLoader:
     CHUNK_BYTES = 8 << 20
 
     def __init__(self, images, labels, batch_size, *, train, mean, std, device="cpu",
-                 dtype=torch.float32, channels_last=False, seed=0, rank=0, world_size=1):
+                 dtype=torch.float32, channels_last=False, seed=0, rank=0, world_size=1,
+                 cutout=0):
         self.device = torch.device(device)
+        self.cutout = int(cutout) if train else 0
         self.pad = PAD if train else 0
         self.channels, self.size = images.shape[1], images.shape[-1]
         if train:
@@ -161,6 +176,9 @@ class DeviceLoader:
             dy = torch.randint(0, span, (n,), generator=g).to(self.device)
             dx = torch.randint(0, span, (n,), generator=g).to(self.device)
             flips = (torch.rand(n, generator=g) < 0.5).to(self.device)
+            if self.cutout:  # drawn after the others: runs without Cutout keep their stream
+                cy = torch.randint(0, self.size, (n,), generator=g).to(self.device)
+                cx = torch.randint(0, self.size, (n,), generator=g).to(self.device)
         else:
             order = torch.arange(n, device=self.device)
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
@@ -174,6 +192,8 @@ class DeviceLoader:
             else:
                 x = torch.index_select(self.images, 0, idx)
             x = normalize_(x.to(self.dtype).contiguous(memory_format=fmt), self.mean, self.std)
+            if self.cutout:
+                x.mul_(cutout_mask(cy[pos], cx[pos], self.cutout, self.size).to(x.dtype))
             y = self.labels[idx]
             start = 0
             for r in chunk:

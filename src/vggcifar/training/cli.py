@@ -55,8 +55,16 @@ def train_options(fn):
         _field("--weight-decay", type=float, help="L2 weight decay."),
         _field("--schedule", type=click.Choice(SCHEDULES),
                help="Learning-rate schedule, stepped every batch."),
-        _field("--warmup", type=float, help="Warm-up fraction of the onecycle schedule."),
+        _field("--warmup", type=float,
+               help="Warm-up fraction of the onecycle and linear schedules (linear: warm-up, "
+                    "then a straight line to 0)."),
         _field("--label-smoothing", type=float, help="Label smoothing of the cross-entropy loss."),
+        _field("--cutout", type=click.IntRange(0, 32), metavar="PX",
+               help="Cutout: set a PX x PX square (anywhere, clipped at the border) of each "
+                    "training image to the mean colour; 0 = off (device loader only)."),
+        _field("--wd-norm-bias/--no-wd-norm-bias",
+               help="Apply weight decay to BatchNorm weights and biases too (off: only to the "
+                    "convolution and linear weights)."),
         _field("--tta/--no-tta", help="Average predictions with the mirrored image at test time."),
         _field("--data", metavar="DIR", type=click.Path(file_okay=False),
                help="CIFAR-10 folder: cifar-10-batches-py or train/<class>/, test/<class>/ "

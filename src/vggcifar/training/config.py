@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 # torch, the data and the model registry are imported inside the functions that use them: the
 # command-line tools read this module's defaults and choices for `--help` without torch.
 
-SCHEDULES = ("onecycle", "cosine", "step")
+SCHEDULES = ("onecycle", "cosine", "step", "linear")
 # Model options with their own TrainConfig fields (and vgg-train options); they go to the
 # architectures whose builder takes them. Other options go in ``TrainConfig.model_kwargs``.
 COMMON_MODEL_OPTIONS = ("head", "width", "dropout")
@@ -61,6 +61,11 @@ class TrainConfig:
     schedule: str = "onecycle"
     warmup: float = 0.2
     label_smoothing: float = 0.1
+    # Recipe candidates of issue 20 (off by default until the proxies show they beat the noise):
+    # Cutout (a square of this many pixels set to the mean colour, anywhere in each training
+    # image, DeVries & Taylor 2017; 0 = off) and weight decay on BatchNorm weights and biases.
+    cutout: int = 0
+    wd_norm_bias: bool = True
     tta: bool = True
     data: str = "data/cifar10"
     download: bool = True
@@ -147,6 +152,11 @@ class TrainConfig:
                                 f"{', '.join(RESUME_OPTIONS)})")
         if not 0 <= self.ema < 1:
             raise VggCifarError(f"ema must be a decay in [0, 1) (0 = off), got {self.ema}")
+        if not 0 <= self.cutout <= 32:
+            raise VggCifarError(f"cutout must be a size in pixels in [0, 32] (0 = off), got "
+                                f"{self.cutout}")
+        if self.cutout and self.loader != "device":
+            raise VggCifarError("--cutout needs the device loader (--loader device, the default)")
         if not 0 <= self.warmup < 1:
             raise VggCifarError(f"warmup must be a fraction in [0, 1), got {self.warmup}")
 

@@ -52,6 +52,17 @@ class Precision:
         return torch.autocast(self.device_type, dtype=self.amp_dtype)
 
 
+def param_groups(model: torch.nn.Module, weight_decay: float, norm_and_bias: bool = True):
+    """The optimizer's parameters: all of them with ``weight_decay`` (one group, as before this
+    option existed, so old ``last.pt`` files resume), or, with ``norm_and_bias=False``, the
+    1-dimensional ones (BatchNorm weights and every bias) in a second group without decay."""
+    if norm_and_bias:
+        return [{"params": list(model.parameters()), "weight_decay": weight_decay}]
+    params = list(model.parameters())
+    return [{"params": [p for p in params if p.ndim > 1], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
+
+
 def sgd(params, lr: float, momentum: float = 0.9, nesterov: bool = False,
         weight_decay: float = 0.0) -> torch.optim.SGD:
     """The runs' SGD, fused: one pass over the weights instead of the foreach kernels' five. On

@@ -34,7 +34,7 @@ from .plan import RunPlan, plan_run
 from .report import (plot_confusion, plot_curves, plot_samples, table_header, table_row,
                      write_csv)
 from .schedule import lr_factor
-from .step import Precision, first_compiled_step, sgd, train_step
+from .step import Precision, first_compiled_step, param_groups, sgd, train_step
 from .temperature import fit_run_temperature
 
 def train(config: TrainConfig) -> dict:
@@ -130,7 +130,7 @@ class _Run:
         if cfg.loader == "device":
             self.train_loader = DeviceLoader(data.train_x[train_idx], data.train_y[train_idx],
                                              per_rank, train=True, seed=cfg.seed, dtype=in_dtype,
-                                             **common)
+                                             cutout=cfg.cutout, **common)
         else:
             if self.info.enabled:
                 raise VggCifarError("--loader classic does not support distributed training; "
@@ -157,8 +157,8 @@ class _Run:
             model = torch.nn.parallel.DistributedDataParallel(
                 model, device_ids=[dev.index] if dev.type == "cuda" else None)
         self.model = model
-        self.opt = sgd(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                       nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
+        self.opt = sgd(param_groups(model, cfg.weight_decay, cfg.wd_norm_bias), lr=cfg.lr,
+                       momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
         total = self.total_steps
         self.sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt, lambda s: lr_factor(s, total, cfg.schedule, cfg.warmup))
