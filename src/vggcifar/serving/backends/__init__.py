@@ -79,7 +79,7 @@ BACKEND_TABLE: tuple[BackendRow, ...] = (
                "the tensorrt package (pip install 'vggcifar[tensorrt]') and an NVIDIA GPU",
                TensorRTBackend),
     # On a CPU, OpenVINO (bf16 where the CPU has AMX or AVX512-BF16, else fp32) is the fastest
-    # runtime whose one-view accuracy is within 0.1 point of fp32: on the shipped VGG16, vgg-eval
+    # runtime whose one-view accuracy is within 0.1 point of fp32: on the 2026-11-30 VGG16, vgg-eval
     # gives 90.44% one view / 91.32% flip TTA in bf16 vs onnxruntime fp32's 90.42% / 91.29% on
     # the 10,000 test images, with 3.7x onnxruntime fp32's batch-64 throughput and 0.43x its CPU
     # time in a paired run on the 2-core Xeon with AMX (docs/benchmarks.md, "Inference
