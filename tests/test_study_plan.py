@@ -56,7 +56,7 @@ def test_paper_preset_fits_the_budget(paper_plan):
     # At today's measured speed it takes longer, and says so.
     assert est["seconds"] > est["budget_seconds"]
     lines = E.estimate_lines(plan, est, speed, budget, "vgg16")
-    assert "290 training" in lines[0] and "measured" in lines[0]
+    assert "412 training" in lines[0] and "measured" in lines[0]
     assert any("split 0.8: 40,000 training images (batch 128), 95 epochs" in x for x in lines)
     assert any(x.strip().startswith("total:") and "at the 500 training images/s" in x
                for x in lines)
