@@ -82,7 +82,7 @@ def _md_table(md: str, first_header: str, nth: int = 0) -> list[dict]:
 
 
 def _num(cell: str) -> float:
-    return float(re.sub(r"[%,*† ]", "", cell))
+    return float(re.sub(r"[%,*†≈ ]", "", cell))
 
 
 def _close(cell: str, value: float, decimals: int, scale: float = 1.0) -> bool:

@@ -16,6 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from vggcifar.study import read_manifest
+from vggcifar.study.collect import read_metrics
 from vggcifar.study.cli import main
 from vggcifar.training import trainer
 
@@ -119,6 +120,9 @@ def test_killed_study_resumes_to_the_same_report(tmp_path, cifar_batches, monkey
     assert rows[1.0]["epochs"] == 3  # the epoch before the kill and the two after it
     metrics = (killed / "split-1" / "metrics.csv").read_text().splitlines()
     assert len(metrics) == 1 + 3
+    # The resumed split's time adds up both segments (all 3 epochs), and is no estimate.
+    epoch_times = sum(m["epoch_time_s"] for m in read_metrics(killed / "split-1" / "metrics.csv"))
+    assert rows[1.0]["total_time_s"] >= epoch_times and not rows[1.0]["total_time_estimated"]
 
     # Each start and each resume, with its time and command.
     start, resume = got["study"]["sessions"]
@@ -134,3 +138,18 @@ def test_killed_study_resumes_to_the_same_report(tmp_path, cifar_batches, monkey
     assert list(left) == ["1"] and (left["1"]["epochs_done"], left["1"]["epochs"]) == (1, 3)
     md = (killed / "report.md").read_text()
     assert "stopped during split 100%" in md and "Session resumed" in md
+    assert "total time adds up its sessions" in md and "≈" not in md
+
+    # A resumed split whose summary came from a trainer that timed only its last segment:
+    # the report rebuilds its time from the epochs and marks it as an estimate.
+    summary_path = killed / "split-1" / "summary.json"
+    summary = json.loads(summary_path.read_text())
+    del summary["resumed_after_epochs"]
+    summary["total_time_s"] = 0.001
+    summary_path.write_text(json.dumps(summary))
+    r = CliRunner().invoke(main, ["--out", str(killed), "--report-only"])
+    assert r.exit_code == 0, r.output
+    row = next(r for r in json.loads((killed / "report.json").read_text())["splits"]
+               if r["split"] == 1.0)
+    assert row["total_time_estimated"] and row["total_time_s"] == pytest.approx(epoch_times)
+    assert "≈ " in (killed / "report.md").read_text()

@@ -124,6 +124,27 @@ def test_resume_gives_the_same_final_weights(cifar_batches, tmp_path):
     assert resumed["test_accuracy"] == pytest.approx(full["test_accuracy"])
     rows = (tmp_path / "part" / "metrics.csv").read_text().splitlines()
     assert len(rows) == 4
+    # The run's time spans both segments: at least every epoch's own time, not the last 2 only.
+    epochs = sum(r["epoch_time_s"] for r in read_checkpoint(last)["metrics"])
+    assert resumed["resumed_after_epochs"] == [1]
+    assert resumed["total_time_s"] >= epochs
+    assert read_checkpoint(last)["training_state"]["run_time_s"] >= epochs
+
+
+def test_resume_from_a_last_pt_without_run_time_counts_its_epochs(cifar_batches, tmp_path):
+    cfg = tiny(cifar_batches, tmp_path, name="old", epochs=2)
+    train_interrupted(cfg, after_epochs=1)
+    last = tmp_path / "old" / "last.pt"
+    ckpt = read_checkpoint(last)
+    for key in ("run_time_s", "resumed_after_epochs"):  # as a last.pt from before they existed
+        del ckpt["training_state"][key]
+    first = ckpt["metrics"][0]["epoch_time_s"]
+    # The first segment took a long time (an hour): the resumed run's total must include it.
+    ckpt["metrics"][0]["epoch_time_s"] = first + 3600.0
+    torch.save(ckpt, last)
+    resumed = train(TrainConfig(resume=str(last), progress=False, device="cpu"))
+    assert resumed["resumed_after_epochs"] == [1]
+    assert 3600 < resumed["total_time_s"] < 3600 + 600
 
 
 def test_split_one_has_no_validation_and_uses_last(cifar_batches, tmp_path):

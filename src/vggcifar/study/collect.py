@@ -72,6 +72,23 @@ def _sessions(split: float, manifest: dict, cuda: bool) -> dict:
     }
 
 
+def _total_time(summary: dict, metrics: list[dict], manifest: dict, split: float) -> dict:
+    """The split's run time over all its segments.
+
+    Since the trainer records ``resumed_after_epochs`` its ``total_time_s`` spans every segment
+    of a resumed run. A resumed run's summary from before that counted only its last segment,
+    so for those the row takes the sum of the epochs' own times instead (start-up and the final
+    test evaluation not counted) and says it is an estimate.
+    """
+    resumed = any(s.get("resumed") for s in
+                  manifest.get("runs", {}).get(f"{split:g}", {}).get("sessions", []))
+    if "resumed_after_epochs" in summary or not resumed:
+        return {"total_time_s": summary["total_time_s"], "total_time_estimated": False}
+    epochs = sum(float(r.get("epoch_time_s") or 0.0) for r in metrics)
+    return {"total_time_s": max(epochs, float(summary["total_time_s"])),
+            "total_time_estimated": True}
+
+
 def _split_row(split: float, run_dir: Path, manifest: dict) -> dict:
     summary = json.loads((run_dir / "summary.json").read_text())
     config = json.loads((run_dir / "config.json").read_text())
@@ -101,7 +118,8 @@ def _split_row(split: float, run_dir: Path, manifest: dict) -> dict:
         "peak_memory_mb": summary.get("peak_memory_mb"),
         "peak_reserved_mb": summary.get("peak_reserved_mb") if cuda else None,
         "memory_kind": "gpu" if cuda else "rss",
-        "total_time_s": summary["total_time_s"], "train_time_s": summary.get("train_time_s"),
+        **_total_time(summary, metrics, manifest, split),
+        "train_time_s": summary.get("train_time_s"),
         "params": summary.get("params"), "device": summary.get("device"),
         "versions": summary.get("versions", {}), "data_format": resolved.get("data_format"),
         "data_source": resolved.get("data_source"),

@@ -68,7 +68,7 @@ def main_table(rows: list[dict], kind: str) -> tuple[list[str], list[list[str]]]
             _fmt_acc(r.get("test_accuracy_one_view")),
             f"{r['train_epoch_time_s']:.1f}" + ("*" if r["train_epoch_time_estimated"] else ""),
             f"{r['mean_epoch_time_s']:.1f}", f"{r['images_per_s']:.0f}", mem,
-            f"{r['total_time_s']:.1f}"])
+            ("≈ " if r.get("total_time_estimated") else "") + f"{r['total_time_s']:.1f}"])
     return header, body
 
 
@@ -127,7 +127,11 @@ def _results(rep: dict, rows: list[dict]) -> list[str]:
         notes.append("\\* no full epoch was trained (a --steps budget shorter than an epoch): "
                      "estimated as images per epoch / measured throughput.")
     if any(r["resumed"] for r in rows):
-        notes.append("† resumed after an interruption: total time counts the last session only.")
+        notes.append("† resumed after an interruption: total time adds up its sessions (an "
+                     "epoch cut short by the interruption is lost and not counted).")
+    if any(r.get("total_time_estimated") for r in rows):
+        notes.append("≈ resumed by a trainer that recorded only its last session's time: the sum "
+                     "of the epochs' own times (start-up and the test evaluation not counted).")
     lines += [f"- {n}" for n in notes]
     classes = list(rows[0]["per_class_accuracy"])
     lines += ["", "### Per-class test accuracy\n",
@@ -215,9 +219,12 @@ def _reproduce(rep: dict, rows: list[dict]) -> list[str]:
                  f"({st.get('data_format') or '?'})")
     where = "in its own process" if st["isolated"] else "in one shared process"
     n = len(st["sessions"])
-    lines.append(f"- Each split ran {where}; study wall time {_duration(st['wall_time_s'])} over "
-                 f"{n} session{'s' if n != 1 else ''} (sum of the splits' run times "
-                 f"{_duration(st['sum_split_time_s'])}).")
+    stopped = sum(1 for s in st["sessions"] if not s.get("finished"))
+    lines.append(f"- Each split ran {where}; the splits' run times add up to "
+                 f"{_duration(st['sum_split_time_s'])} over {n} session{'s' if n != 1 else ''} "
+                 f"(the sessions' own wall time: {_duration(st['wall_time_s'])}"
+                 + (", where a session stopped during a split counts only up to that split's "
+                    "start" if stopped and n > 1 else "") + ").")
     loads = [(r["split"], r["load_avg_1min_at_start"][-1]) for r in rows
              if r["load_avg_1min_at_start"] and r["load_avg_1min_at_start"][-1] is not None]
     if loads:

@@ -8,6 +8,7 @@ compile code paths on a CPU in seconds.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -171,6 +172,9 @@ class _Run:
         self.start_epoch, self.step, self.best_acc, self.best_epoch = 0, 0, -1.0, None
         self.metrics: list[dict] = []
         self.train_time = 0.0
+        # The run's time before this process (earlier segments of a resumed run) and the epochs
+        # after which it was resumed: total_time_s is the whole run's, however often it stopped.
+        self.time_before, self.resumed_after_epochs = 0.0, []
         self.ema = WeightEMA(unwrap_model(model), cfg.ema) if cfg.ema else None
         if self.resume_ckpt is not None:
             self._restore(self.resume_ckpt)
@@ -201,6 +205,17 @@ class _Run:
         self.best_acc, self.best_epoch = float(ts["best_acc"]), ts.get("best_epoch")
         self.train_time = float(ts.get("train_time_s", 0.0))
         self.metrics = list(ckpt.get("metrics") or [])
+        # last.pt files from before run_time_s was recorded: their epochs' own time (what the
+        # earlier segments spent starting up is not known, so not counted).
+        before = ts.get("run_time_s")
+        if isinstance(before, (int, float)) and math.isfinite(before) and before >= 0:
+            self.time_before = float(before)
+        else:
+            self.time_before = sum(float(r.get("epoch_time_s") or 0.0) for r in self.metrics)
+        earlier = ts.get("resumed_after_epochs")
+        self.resumed_after_epochs = [int(e) for e in earlier if isinstance(e, int)] if isinstance(
+            earlier, list) else []
+        self.resumed_after_epochs.append(self.start_epoch)
         self.log(f"resuming {self.run_dir} after epoch {self.start_epoch} (step {self.step})")
 
     def checkpoint(self, epoch: int, training_state: dict | None = None,
@@ -353,7 +368,13 @@ class _Run:
                 "rng_cpu": torch.get_rng_state(),
                 "rng_cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
                 "step": self.step, "best_acc": self.best_acc, "best_epoch": self.best_epoch,
-                "train_time_s": self.train_time}
+                "train_time_s": self.train_time, "run_time_s": self.run_time_s(),
+                "resumed_after_epochs": self.resumed_after_epochs}
+
+    def run_time_s(self) -> float:
+        """Wall time of the whole run so far: this process's plus its earlier segments' (an
+        epoch cut short by an interruption is lost, so not counted)."""
+        return self.time_before + time.perf_counter() - self.t_start
 
     # ------------------------------------------------------------------ final evaluation
     def finish(self) -> dict:
@@ -389,7 +410,8 @@ class _Run:
             "epochs": final_epoch, "steps": self.step, "params": self.params,
             "train_images": self.n_train, "val_images": self.n_val,
             "test_images": test["n"], "batch_size": cfg.batch_size, "lr": cfg.lr, "tta": cfg.tta,
-            "total_time_s": time.perf_counter() - self.t_start,
+            "total_time_s": self.run_time_s(),
+            "resumed_after_epochs": self.resumed_after_epochs,
             "train_time_s": self.train_time,
             "mean_epoch_time_s": (sum(r["epoch_time_s"] for r in self.metrics) / len(self.metrics)
                                   if self.metrics else None),
