@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 from vggcifar.errors import VggCifarError
 from vggcifar.study import analysis, apply_preset, parse_splits, read_manifest, run_name
+from vggcifar.study.presets import PAPER_SPLIT_EPOCHS
 from vggcifar.study.cli import main
 from vggcifar.training import trainer
 
@@ -348,7 +349,7 @@ def test_preset_defaults_yield_to_explicit_options(monkeypatch, tmp_path):
     assert got["config"].arch == "vgg16" and got["splits"] == "0.01,0.1,0.5,0.8"
     # The paper preset runs on a CPU (issue 24): no GPU warning; its epochs are set per split.
     assert r.exit_code == 0 and "GPU" not in r.output
-    assert got["split_epochs"] == "0.01:300,0.1:150,0.5:140,0.8:95"
+    assert got["split_epochs"] == PAPER_SPLIT_EPOCHS == "0.01:200,0.1:100,0.5:140,0.8:95"
 
 
 def test_apply_preset_length_rule():

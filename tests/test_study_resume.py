@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -90,7 +91,22 @@ def _same(a, b, path="") -> None:
 
 
 def _trained(rep: dict) -> list[dict]:
-    return [{k: v for k, v in r.items() if k not in TIMING} for r in rep["splits"]]
+    return [{k: v for k, v in r.items() if k not in TIMING | {"machine"}} for r in rep["splits"]]
+
+
+def _invoke(*args) -> str:
+    r = CliRunner().invoke(main, [str(a) for a in args])
+    assert r.exit_code == 0, r.output
+    return r.output
+
+
+def _resume_and_run_whole(resumed: Path, whole: Path, data: Path) -> tuple[dict, dict]:
+    """Resume the study in ``resumed``, run the same study uninterrupted into ``whole``; both
+    reports."""
+    _invoke("--out", resumed, "--resume", "--no-isolate", "--quiet")
+    _invoke(*STUDY, "--data", data, "--out", whole, "--no-isolate")
+    return (json.loads((resumed / "report.json").read_text()),
+            json.loads((whole / "report.json").read_text()))
 
 
 def test_killed_study_resumes_to_the_same_report(tmp_path, cifar_batches, monkeypatch,
@@ -103,14 +119,18 @@ def test_killed_study_resumes_to_the_same_report(tmp_path, cifar_batches, monkey
     assert not (killed / "report.json").exists()
 
     _skip_run_figures(monkeypatch)
-    r = CliRunner().invoke(main, ["--out", str(killed), "--resume", "--no-isolate", "--quiet"])
-    assert r.exit_code == 0, r.output
-    r = CliRunner().invoke(main, [*STUDY, "--data", str(cifar_batches), "--out", str(whole),
-                                  "--no-isolate"])
-    assert r.exit_code == 0, r.output
+    # Before resuming: keep the results without checkpoints (what gets committed), as if the
+    # machine were about to go away.
+    kept = tmp_path / "kept"
+    assert "finished splits: split-0.5" in _invoke("--out", killed, "--report-only",
+                                                   "--copy-results", kept)
+    files = sorted(str(p.relative_to(kept)) for p in kept.rglob("*") if p.is_file())
+    assert "study.json" in files and "split-0.5/summary.json" in files
+    assert "split-0.5/metrics.csv" in files and "report.json" in files
+    assert not any(f.endswith(".pt") or f.startswith("split-1/") for f in files), files
+    assert sum((kept / f).stat().st_size for f in files) < 2 * 2**20
 
-    got = json.loads((killed / "report.json").read_text())
-    want = json.loads((whole / "report.json").read_text())
+    got, want = _resume_and_run_whole(killed, whole, cifar_batches)
     _same(_trained(got), _trained(want))
     for part in ("accuracy", "reference"):
         _same(got["analysis"][part], want["analysis"][part])
@@ -153,3 +173,70 @@ def test_killed_study_resumes_to_the_same_report(tmp_path, cifar_batches, monkey
                if r["split"] == 1.0)
     assert row["total_time_estimated"] and row["total_time_s"] == pytest.approx(epoch_times)
     assert "≈ " in (killed / "report.md").read_text()
+
+
+def test_kept_results_resume_on_another_machine(tmp_path, cifar_batches, monkeypatch, one_thread):
+    """A study's results copied without checkpoints (--copy-results) continue elsewhere: a copy
+    of them resumed on a machine with another CPU keeps the finished split, trains the rest to
+    the same result as a study that never moved, and the report says which split ran where."""
+    from vggcifar.study import runner
+
+    _skip_run_figures(monkeypatch)
+    first, kept, moved, whole = (tmp_path / n for n in ("first", "kept", "moved", "whole"))
+    _invoke(*STUDY[:1], "0.5", *STUDY[2:], "--data", cifar_batches, "--out", first,
+            "--no-isolate")
+    # The first machine's study folder, with split 1 added to its plan as not yet trained.
+    manifest = json.loads((first / "study.json").read_text())
+    manifest["splits"] = [0.5, 1.0]
+    (first / "study.json").write_text(json.dumps(manifest))
+    _invoke("--out", first, "--report-only", "--copy-results", kept)
+    shutil.copytree(kept, moved)
+    monkeypatch.setattr(runner, "cpu_model", lambda: "Other CPU 9000")
+    got, want = _resume_and_run_whole(moved, whole, cifar_batches)
+    _same(_trained(got), _trained(want))
+    rows = {r["split"]: r for r in got["splits"]}
+    assert rows[1.0]["machine"] == "Other CPU 9000" != rows[0.5]["machine"]
+    assert got["study"]["sessions"][-1]["skipped"] == [0.5]
+    assert "Other CPU 9000 for 100%" in got["study"]["device_description"]
+    assert "ran on different machines" in " ".join(got["analysis"]["time"]["text"])
+    md = (moved / "report.md").read_text()
+    assert "| machine |" in md and "Other CPU 9000" in md
+
+    # The copy refuses what would mix studies or copy a study into itself.
+    r = CliRunner().invoke(main, ["--out", str(whole), "--report-only", "--copy-results",
+                                  str(moved)])
+    assert r.exit_code != 0 and "holds another study" in r.output
+    r = CliRunner().invoke(main, ["--out", str(whole), "--report-only", "--copy-results",
+                                  str(whole / "inside")])
+    assert r.exit_code != 0 and "outside the study folder" in r.output
+
+
+def test_copy_results_skips_links_checkpoints_and_unfinished_splits(tmp_path):
+    """The copy is meant for committing: a link planted in a study folder (to a secret, say) is
+    not followed, checkpoints and oversized files stay behind, unfinished splits are left out."""
+    from vggcifar.study.layout import MAX_RESULT_BYTES, copy_results
+
+    secret = tmp_path / "secret.txt"
+    secret.write_text("password")
+    study, dest = tmp_path / "study", tmp_path / "dest"
+    done, partial = study / "split-0.5", study / "split-1"
+    for d in (done, partial, study / "figures"):
+        d.mkdir(parents=True)
+    (study / "study.json").write_text(json.dumps({"created": "x", "splits": [0.5, 1.0]}))
+    (done / "summary.json").write_text("{}")
+    (done / "config.json").write_text("{}")
+    (done / "metrics.csv").symlink_to(secret)
+    (done / "curves.png").symlink_to(secret)
+    (done / "best.pt").write_bytes(b"weights")
+    (done / "big.png").write_bytes(b"0" * (MAX_RESULT_BYTES + 1))
+    (partial / "last.pt").write_bytes(b"weights")
+    (partial / "metrics.csv").write_text("epoch\n1\n")
+    (study / "figures" / "accuracy.png").write_bytes(b"png")
+    (study / "report.md").symlink_to(secret)
+
+    copied = copy_results(study, dest)
+    assert sorted(copied) == ["figures/accuracy.png", "split-0.5/config.json",
+                              "split-0.5/summary.json", "study.json"]
+    on_disk = sorted(str(p.relative_to(dest)) for p in dest.rglob("*"))
+    assert "password" not in "".join(p.read_text() for p in dest.rglob("*") if p.is_file())
+    assert not any(p.endswith(".pt") or p.startswith("split-1") for p in on_disk)

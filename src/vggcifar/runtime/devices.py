@@ -48,3 +48,27 @@ def cpu_flags() -> set[str] | None:
     except OSError:
         pass
     return None
+
+
+def cpu_model() -> str | None:
+    """The CPU's model name from ``/proc/cpuinfo`` (e.g. ``"AMD EPYC"``); None where there is
+    none to read."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip() or None
+    except OSError:
+        pass
+    return None
+
+
+def cpu_kind(flags: set[str] | None) -> str:
+    """What a CPU's bf16 training speed depends on, from its ``/proc/cpuinfo`` flags: ``"amx"``
+    (AMX tiles, ``amx_bf16``), ``"avx512_bf16"`` (bf16 dot products only) or ``"other"``. The
+    project's two 2-core machines, one of each of the first two kinds, differ 2.3 times in VGG16
+    training speed."""
+    flags = flags or set()
+    if "amx_bf16" in flags:
+        return "amx"
+    return "avx512_bf16" if "avx512_bf16" in flags else "other"

@@ -25,6 +25,16 @@ def pct(f: float) -> str:
     return f"{100 * f:g}%"
 
 
+def mixed_machines(rows: list[dict]) -> dict[str, list[float]]:
+    """``{machine: [splits]}`` when the splits ran on more than one machine (a study resumed
+    elsewhere), else ``{}``. Rows without a recorded machine are left out."""
+    by: dict[str, list[float]] = {}
+    for r in rows:
+        if r.get("machine"):
+            by.setdefault(r["machine"], []).append(r["split"])
+    return by if len(by) > 1 else {}
+
+
 def linear_fit(xs: list[float], ys: list[float]) -> dict | None:
     """Least-squares ``y = a + b x``: ``{"slope", "intercept", "r2"}`` (None for < 2 distinct x)."""
     n = len(xs)
@@ -143,6 +153,14 @@ def _saturation(gains: list[dict], largest: float, out: dict) -> str:
 
 def time_findings(rows: list[dict], cpus: int | None = None) -> dict:
     out: dict = {"text": []}
+    machines = mixed_machines(rows)
+    if machines:
+        out["machines"] = {m: [f"{s:g}" for s in splits] for m, splits in machines.items()}
+        out["text"].append(
+            "The splits ran on different machines (" + "; ".join(
+                f"{', '.join(pct(s) for s in splits)} on {m}" for m, splits in machines.items())
+            + "), so their epoch times compare across splits only within one machine; the fit "
+              "below mixes them.")
     pts = [(r["train_images"], r["train_epoch_time_s"]) for r in rows
            if r.get("train_epoch_time_s")]
     if not pts:

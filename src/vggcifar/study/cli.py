@@ -18,7 +18,7 @@ from ..training.cli import check_model_options, config_from_options, train_optio
 from .presets import DEFAULT_SPLITS, PRESETS, apply_preset
 
 STUDY_ONLY = ("splits", "preset", "min_steps", "split_epochs", "out", "resume", "isolate", "note",
-              "report_only", "as_json")
+              "report_only", "copy_results", "as_json")
 
 
 class _RecordArgs(Command):
@@ -60,6 +60,12 @@ def _preset_help() -> str:
               help="A line shown at the top of the report (with --report-only: replaces it).")
 @click.option("--report-only", is_flag=True,
               help="Only rewrite report.md/report.json/figures of the study in --out.")
+@click.option("--copy-results", default=None, metavar="DIR", type=click.Path(file_okay=False),
+              help="After the report: copy the study's results without checkpoints into DIR "
+                   "(study.json, the report and figures, and each finished split's config.json, "
+                   "summary.json, metrics.csv and figures; a few hundred kB, fit to commit). A "
+                   "copy of DIR continues with --resume --out on any machine: finished splits "
+                   "are kept. Works with --report-only, e.g. while the study still runs.")
 @json_option("Print the report's summary as one JSON object (study_dir, report, test_accuracy "
              "and test_accuracy_one_view per split, wall_time_s) instead of lines of text.")
 @user_errors
@@ -79,7 +85,7 @@ def main(**kw):
     command = shlex.join(["vgg-study"] + ctx.meta.get("vggcifar.args", []))
     out = kw["out"]
     if kw["report_only"]:
-        _report_only(out, kw["note"], kw["as_json"])
+        _report_only(out, kw["note"], kw["as_json"], kw["copy_results"])
         return
     if kw["resume"]:
         preset = _saved_options(kw, explicit)
@@ -95,12 +101,17 @@ def main(**kw):
                            split_epochs=study["split_epochs"], preset=preset,
                            resume=study["resume"], isolate=study["isolate"], command=command,
                            note=study["note"])
-    _echo_result({"study_dir": out, "report": f"{out}/report.md", **_accuracies(rep),
-                  "wall_time_s": rep["study"]["wall_time_s"]}, study["as_json"])
+    result = {"study_dir": out, "report": f"{out}/report.md", **_accuracies(rep),
+              "wall_time_s": rep["study"]["wall_time_s"]}
+    if study["copy_results"]:
+        result["copied"] = _copy(out, study["copy_results"])
+    _echo_result(result, study["as_json"])
 
 
-def _report_only(out: str | None, note: str | None, as_json: bool) -> None:
-    """``--report-only``: rewrite the report of the study in ``out`` (with a new note)."""
+def _report_only(out: str | None, note: str | None, as_json: bool,
+                 copy_to: str | None = None) -> None:
+    """``--report-only``: rewrite the report of the study in ``out`` (with a new note), and copy
+    its results to ``copy_to``."""
     from .layout import set_note
     from .report import write_report
 
@@ -108,7 +119,19 @@ def _report_only(out: str | None, note: str | None, as_json: bool) -> None:
         raise VggCifarError("--report-only needs --out: the study folder to report on")
     if note is not None:
         set_note(out, note)
-    _echo_result({"report": f"{out}/report.md", **_accuracies(write_report(out))}, as_json)
+    result = {"report": f"{out}/report.md", **_accuracies(write_report(out))}
+    if copy_to:
+        result["copied"] = _copy(out, copy_to)
+    _echo_result(result, as_json)
+
+
+def _copy(out: str, dest: str) -> dict:
+    """``--copy-results``: the study's results without checkpoints into ``dest``."""
+    from .layout import copy_results
+
+    files = copy_results(out, dest)
+    return {"to": dest, "files": len(files),
+            "splits": sorted({f.split("/")[0] for f in files if f.startswith("split-")})}
 
 
 def _saved_options(kw: dict, explicit: set[str]) -> str | None:
@@ -154,6 +177,10 @@ def _echo_result(result: dict, as_json: bool) -> None:
     wall = (f" after {result['wall_time_s']:.0f} s" if result.get("wall_time_s") is not None
             else "")
     click.echo(f"report: {result['report']}{wall}")
+    if result.get("copied"):
+        c = result["copied"]
+        click.echo(f"copied {c['files']} files (no checkpoints; finished splits: "
+                   f"{', '.join(c['splits']) or 'none'}) to {c['to']}")
 
 
 if __name__ == "__main__":

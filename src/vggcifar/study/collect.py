@@ -72,6 +72,22 @@ def _sessions(split: float, manifest: dict, cuda: bool) -> dict:
     }
 
 
+def _machine(split: float, manifest: dict, summary: dict, cuda: bool) -> str | None:
+    """What the split was trained on: the GPU, or the CPU model of its last run record, else of
+    the session that trained it, else what the run itself recorded. A study resumed on another
+    machine (a folder copied with ``--copy-results``) has splits from different CPUs."""
+    versions = summary.get("versions") or {}
+    if cuda:
+        return versions.get("gpu")
+    for rec in reversed(manifest.get("runs", {}).get(f"{split:g}", {}).get("sessions", [])):
+        if rec.get("cpu"):
+            return rec["cpu"]
+    for sess in reversed(manifest.get("sessions", [])):
+        if split in (sess.get("trained") or []) and (sess.get("hardware") or {}).get("cpu"):
+            return sess["hardware"]["cpu"]
+    return versions.get("cpu")
+
+
 def _total_time(summary: dict, metrics: list[dict], manifest: dict, split: float) -> dict:
     """The split's run time over all its segments.
 
@@ -121,6 +137,7 @@ def _split_row(split: float, run_dir: Path, manifest: dict) -> dict:
         **_total_time(summary, metrics, manifest, split),
         "train_time_s": summary.get("train_time_s"),
         "params": summary.get("params"), "device": summary.get("device"),
+        "machine": _machine(split, manifest, summary, cuda),
         "versions": summary.get("versions", {}), "data_format": resolved.get("data_format"),
         "data_source": resolved.get("data_source"),
         **_sessions(split, manifest, cuda),

@@ -16,12 +16,14 @@ from .presets import MEASURED_SPEEDS, Budget, Speed
 SPLIT_OVERHEAD_S = 60.0
 
 
-def measured_speed(config: dict, device_type: str, amp: bool) -> Speed | None:
-    """The measured speed for a study's options (a ``TrainConfig`` dict), or None where nothing
-    was measured: another architecture, width, device or precision."""
+def measured_speed(config: dict, device_type: str, amp: bool, cpu: str = "other"
+                   ) -> Speed | None:
+    """The measured speed for a study's options (a ``TrainConfig`` dict) on this kind of machine
+    (``cpu``: :func:`vggcifar.study.presets.cpu_kind`, used for the CPU device), or None where
+    nothing was measured: another architecture, width, device, precision or kind of CPU."""
     if not amp or config.get("width", 1) != 1 or config.get("model_kwargs"):
         return None
-    return MEASURED_SPEEDS.get((config["arch"], device_type))
+    return MEASURED_SPEEDS.get((config["arch"], device_type, cpu if device_type == "cpu" else ""))
 
 
 def split_work(p: dict, test_images: int, tta: bool, epochs_done: int = 0) -> dict:
@@ -88,8 +90,8 @@ def estimate_lines(plan: dict, est: dict, speed: Speed | None, budget: Budget | 
         return ["every split has finished: nothing left to train"]
     lines = [f"estimate at the measured speed ({speed.train_images_per_s:g} training, "
              f"{speed.eval_images_per_s:g} evaluation images/s; {speed.measured}):"
-             if speed else f"no measured speed for {arch} on this device: images and epochs "
-                           "only, no hours:"]
+             if speed else f"no measured speed for {arch} on this device and kind of CPU: "
+                           "images and epochs only, no hours:"]
     for s, row in est["splits"].items():
         p = plan[s]
         left = (f", epochs {row['epochs_done'] + 1}-{row['epochs']} left"

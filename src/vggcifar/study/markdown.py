@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from .analysis import pct
+from .analysis import mixed_machines, pct
 from .presets import REFERENCE
 
 CAPTIONS = {
@@ -69,6 +69,10 @@ def main_table(rows: list[dict], kind: str) -> tuple[list[str], list[list[str]]]
             f"{r['train_epoch_time_s']:.1f}" + ("*" if r["train_epoch_time_estimated"] else ""),
             f"{r['mean_epoch_time_s']:.1f}", f"{r['images_per_s']:.0f}", mem,
             ("≈ " if r.get("total_time_estimated") else "") + f"{r['total_time_s']:.1f}"])
+    if mixed_machines(rows):  # times compare only within a machine: say which row ran where
+        header.append("machine")
+        for line, r in zip(body, rows):
+            line.append(r.get("machine") or "?")
     return header, body
 
 

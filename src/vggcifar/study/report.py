@@ -16,6 +16,7 @@ from pathlib import Path
 from ..errors import VggCifarError
 from ..io import atomic_write
 from . import analysis
+from .analysis import mixed_machines, pct
 from .collect import collect, explicit_command
 from .figures import plot_all
 from .markdown import markdown
@@ -31,8 +32,13 @@ def _device_description(rows: list[dict], hw: dict) -> str:
     v = rows[0]["versions"] if rows else {}
     if str(dev).startswith("cuda"):
         return f"{dev} ({v.get('gpu') or ', '.join(hw.get('gpus', [])) or 'GPU'})"
-    cpu = hw.get("cpu") or v.get("cpu") or "CPU"
     threads = v.get("threads") or hw.get("torch_threads")
+    machines = mixed_machines(rows)
+    if machines:
+        cpu = "; ".join(f"{m} for {', '.join(pct(s) for s in splits)}"
+                        for m, splits in machines.items())
+    else:
+        cpu = (rows[0].get("machine") if rows else None) or hw.get("cpu") or v.get("cpu") or "CPU"
     return (f"CPU ({cpu}, {hw.get('logical_cpus', '?')} logical CPUs, {threads} PyTorch threads"
             f"{', no GPU' if not hw.get('gpus') else ''})")
 

@@ -18,7 +18,7 @@ from typing import Callable
 from ..data.splits import check_fraction
 from ..errors import VggCifarError
 from ..io import check_writable
-from ..runtime.devices import resolve_device
+from ..runtime.devices import cpu_flags, cpu_kind, cpu_model, resolve_device
 from ..training.config import TrainConfig
 from ..training.distributed import DistInfo
 from ..training.plan import plan_run
@@ -69,15 +69,9 @@ def hardware() -> dict:
     import torch
 
     hw = {"machine": platform.machine(), "system": platform.platform(),
-          "logical_cpus": os.cpu_count(), "torch_threads": torch.get_num_threads()}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                hw["cpu"] = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    hw.setdefault("cpu", platform.processor() or platform.machine())
+          "logical_cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+          "cpu": cpu_model() or platform.processor() or platform.machine(),
+          "cpu_kind": cpu_kind(cpu_flags())}
     if torch.cuda.is_available():
         hw["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     return hw
@@ -358,7 +352,8 @@ def _announce(st: _Study, plan: dict, dataset: dict, config: TrainConfig,
     """Log what this session will train and how long it should take; record the estimate."""
     done = {s: _epochs_done(st.dir, s) for s in plan}
     amp = all(p["amp"] for p in plan.values())
-    speed = estimate.measured_speed(st.manifest["config"], dataset["device"], amp)
+    speed = estimate.measured_speed(st.manifest["config"], dataset["device"], amp,
+                                    cpu_kind(cpu_flags()))
     budget = PRESETS[preset].budget if preset in PRESETS else None
     est = estimate.estimate(plan, dataset["test_images"], config.tta, speed, budget, done)
     st.session["estimate"] = {
@@ -387,6 +382,7 @@ def _run_split(st: _Study, s: float, pos: str, p: dict, config: TrainConfig) -> 
         st.log(f"split {s:g} ({pos}): {p['train_images']:,} training images, {p['epochs']} "
                f"epochs ({p['steps']} steps of batch {p['batch_size']})")
     record = {"started": _now(), "resumed": state == "partial", "isolated": st.isolate,
+              "cpu": st.session["hardware"].get("cpu"),
               "load_avg_1min_at_start": os.getloadavg()[0] if hasattr(os, "getloadavg")
               else None}
     st.manifest["runs"].setdefault(f"{s:g}", {"sessions": []})["sessions"].append(record)

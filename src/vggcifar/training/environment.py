@@ -8,6 +8,7 @@ import resource
 import torch
 
 from .. import __version__
+from ..runtime.devices import cpu_flags, cpu_kind, cpu_model
 
 
 def versions(device: torch.device) -> dict:
@@ -23,7 +24,8 @@ def versions(device: torch.device) -> dict:
         v["gpu"] = torch.cuda.get_device_name(device)
         v["cuda"] = str(torch.version.cuda)
     else:
-        v["cpu"] = platform.processor() or platform.machine()
+        v["cpu"] = cpu_model() or platform.processor() or platform.machine()
+        v["cpu_kind"] = cpu_kind(cpu_flags())
         v["threads"] = torch.get_num_threads()
     return v
 
