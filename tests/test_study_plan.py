@@ -81,7 +81,7 @@ def test_estimate_counts_only_the_work_left(paper_plan):
 
 
 def test_speed_is_looked_up_for_the_kind_of_cpu(paper_plan):
-    """The AMX Xeon trains 2.3 times faster than the AVX512-BF16 EPYC: each estimate uses its
+    """The AMX Xeon trains 2.1 times faster than the AVX512-BF16 EPYC: each estimate uses its
     own CPU's speed, and a CPU with neither has none (no hours are guessed)."""
     from vggcifar.runtime.devices import cpu_kind
 
@@ -98,7 +98,7 @@ def test_speed_is_looked_up_for_the_kind_of_cpu(paper_plan):
     budget = PRESETS["paper"].budget
     hours = {k: E.estimate(paper_plan, 10000, True, E.measured_speed(cfg, "cpu", True, cpu=k),
                            budget)["seconds"] / 3600 for k in ("amx", "avx512_bf16")}
-    assert hours["avx512_bf16"] > 2 * hours["amx"]
+    assert hours["avx512_bf16"] > 1.8 * hours["amx"]
     est = E.estimate(paper_plan, 10000, True, None, budget)
     lines = E.estimate_lines(paper_plan, est, None, budget, "vgg16")
     assert "no measured speed for vgg16 on this device and kind of CPU" in lines[0]

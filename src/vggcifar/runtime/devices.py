@@ -66,7 +66,7 @@ def cpu_model() -> str | None:
 def cpu_kind(flags: set[str] | None) -> str:
     """What a CPU's bf16 training speed depends on, from its ``/proc/cpuinfo`` flags: ``"amx"``
     (AMX tiles, ``amx_bf16``), ``"avx512_bf16"`` (bf16 dot products only) or ``"other"``. The
-    project's two 2-core machines, one of each of the first two kinds, differ 2.3 times in VGG16
+    project's two 2-core machines, one of each of the first two kinds, differ 2.1 times in VGG16
     training speed."""
     flags = flags or set()
     if "amx_bf16" in flags:
