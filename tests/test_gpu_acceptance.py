@@ -80,7 +80,8 @@ def test_gpu_acceptance_dry_run(tmp_path):
     assert all(r_["images_per_s"] > 0 and r_["cpu_only"] for r_ in rows[:2])
     # 1. headline
     h = s["headline"]
-    assert h["finished"] and 0 <= h["test_accuracy"] <= 1 and h["epochs"] == 2
+    # The tiny model learns the synthetic images, so the export parity below is meaningful.
+    assert h["finished"] and 0.5 < h["test_accuracy"] <= 1 and h["epochs"] == 8
     assert h["process_wall_s"] >= h["train_time_s"] > 0 and h["compile"] == "compiled"
     # 2. export, parity, inference
     e = s["export"]

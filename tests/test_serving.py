@@ -199,15 +199,19 @@ def test_tiny_checkpoint_every_kind_in_one_batch(tiny_checkpoint, tmp_path):
 
     _, meta = load_checkpoint(tiny_checkpoint)
     p = Predictor(tiny_checkpoint)
-    assert p.info.arch == "vgg11" and p.info.test_accuracy == meta["test_accuracy"]
+    # Served accuracy is the one-view figure (the run's test_accuracy is its flip-TTA figure).
+    assert p.info.arch == "vgg11" and p.info.test_accuracy == meta["test_accuracy_one_view"]
+    assert p.info.test_accuracy_tta == meta["test_accuracy"]
     assert p.class_names == list(meta["preproc"].class_names)
     files = [write_kind(k, tmp_path) for k in KINDS]
     preds = list(p.predict_files(files, top_k=5, batch_size=4))
     assert all(x.ok for x in preds) and [x.source for x in preds] == [str(f) for f in files]
     onnx = list(Predictor(tiny_checkpoint, backend="onnx").predict_files(files, top_k=5))
+    # auto picks OpenVINO in bf16 on a CPU with native bf16 (8 mantissa bits against fp32's 23)
+    atol = 3e-3 if "bf16" in p.backend_name else 1e-4
     for a, b in zip(preds, onnx):
-        np.testing.assert_allclose(a.probability, b.probability, atol=1e-4)
-        if a.top_k[0][1] - a.top_k[1][1] > 1e-3:  # a briefly trained model can have near-ties
+        np.testing.assert_allclose(a.probability, b.probability, atol=atol)
+        if a.top_k[0][1] - a.top_k[1][1] > 3 * atol:  # a briefly trained model can have near-ties
             assert a.label == b.label
 
 
