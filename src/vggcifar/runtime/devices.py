@@ -37,30 +37,29 @@ def resolve_device(name: str | None) -> torch.device:
     return dev
 
 
-def cpu_flags() -> set[str] | None:
-    """The x86 CPU feature flags of ``/proc/cpuinfo`` (the project's one reader of it); None where
-    there are none to read."""
+def _cpuinfo(field: str) -> str | None:
+    """The value of the first ``field`` line of ``/proc/cpuinfo`` (the project's one reader of
+    it); None where there is none to read."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
+                if line.lower().startswith(field):
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
     return None
+
+
+def cpu_flags() -> set[str] | None:
+    """The x86 CPU feature flags of ``/proc/cpuinfo``; None where there are none to read."""
+    flags = _cpuinfo("flags")
+    return None if flags is None else set(flags.split())
 
 
 def cpu_model() -> str | None:
     """The CPU's model name from ``/proc/cpuinfo`` (e.g. ``"AMD EPYC"``); None where there is
     none to read."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip() or None
-    except OSError:
-        pass
-    return None
+    return _cpuinfo("model name") or None
 
 
 def cpu_kind(flags: set[str] | None) -> str:

@@ -19,7 +19,7 @@ SPLIT_OVERHEAD_S = 60.0
 def measured_speed(config: dict, device_type: str, amp: bool, cpu: str = "other"
                    ) -> Speed | None:
     """The measured speed for a study's options (a ``TrainConfig`` dict) on this kind of machine
-    (``cpu``: :func:`vggcifar.study.presets.cpu_kind`, used for the CPU device), or None where
+    (``cpu``: :func:`vggcifar.runtime.devices.cpu_kind`, used for the CPU device), or None where
     nothing was measured: another architecture, width, device, precision or kind of CPU."""
     if not amp or config.get("width", 1) != 1 or config.get("model_kwargs"):
         return None

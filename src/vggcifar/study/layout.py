@@ -120,7 +120,7 @@ def copy_results(study_dir: str | os.PathLike, dest: str | os.PathLike) -> list[
             raise VggCifarError(f"--copy-results {dest} holds another study (created "
                                 f"{other.get('created')}, this one {manifest.get('created')}); "
                                 "choose an empty folder")
-    names = [n for n in STUDY_RESULT_FILES]
+    names = list(STUDY_RESULT_FILES)
     figures = src / "figures"
     if figures.is_dir() and not figures.is_symlink():
         names += sorted(f"figures/{p.name}" for p in figures.iterdir()
