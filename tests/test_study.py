@@ -238,10 +238,25 @@ def test_interrupted_study_continues_where_it_stopped(tmp_path, cifar_batches, m
     spy_train.clear()
     r = invoke("--out", out, "--resume", "--no-isolate", "--quiet", "--steps", "2")
     assert r.exit_code == 2 and "--steps 2" in r.output  # a resumed study keeps its options
+    # A new length only for a split that has not started: the finished 0.2 and the
+    # interrupted 0.5 (its one-cycle schedule is fixed) keep theirs.
+    for started in ("0.2:3", "0.5:3", "1:3,0.5:3"):
+        r = invoke("--out", out, "--resume", "--no-isolate", "--quiet", "--split-epochs", started)
+        assert r.exit_code == 2 and "already started or finished" in r.output, r.output
+        assert "split 1 " not in r.output
+    assert spy_train == [] and "split_epochs_changed" not in str(read_manifest(out))
     with one_thread():
-        r = invoke("--out", out, "--resume", "--no-isolate", "--quiet")
+        r = invoke("--out", out, "--resume", "--no-isolate", "--split-epochs", "1:3")
     assert r.exit_code == 0, r.output
+    assert "split 1: 3 epochs instead of 2 (not started yet" in r.output
     assert [c.split for c in spy_train] == [0.5, 1.0]  # 0.2 finished: not trained again
+    assert [c.epochs for c in spy_train] == [2, 3]
+    saved = read_manifest(out)
+    assert saved["split_epochs"] == {"1": 3}
+    assert saved["sessions"][-1]["split_epochs_changed"] == {"1": [None, 3]}
+    assert len((out / "split-1" / "metrics.csv").read_text().splitlines()) == 1 + 3
+    assert "split 100% set to 3 epochs before it started (was the study's default length)" in (
+        out / "report.md").read_text()
     assert spy_train[0].resume == str(out / "split-0.5" / "last.pt")
     assert spy_train[1].resume is None
     assert (out / "split-0.2" / "summary.json").stat().st_mtime_ns == first

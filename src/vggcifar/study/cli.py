@@ -45,7 +45,9 @@ def _preset_help() -> str:
                    "(small splits get more epochs; 0 = off). Ignored with --steps.")
 @click.option("--split-epochs", default=None, metavar="SPLIT:EPOCHS,...",
               help="Epochs of particular splits, e.g. 0.01:300,0.8:95; they replace --epochs "
-                   "and --min-steps for the splits named.")
+                   "and --min-steps for the splits named. With --resume: new lengths for splits "
+                   "not started yet (e.g. to finish on a slower machine), recorded in the "
+                   "report; a started or finished split keeps its own.")
 @click.option("--out", default=None, metavar="DIR", type=click.Path(file_okay=False),
               help="Study folder written (default: studies/<preset or arch>-<timestamp>). "
                    "Each split is a run folder inside it.")
@@ -153,8 +155,11 @@ def _saved_options(kw: dict, explicit: set[str]) -> str | None:
         kw["splits"] = ",".join(f"{s:g}" for s in saved["splits"])
     if "min_steps" not in explicit:
         kw["min_steps"] = saved.get("min_steps", 0)
+    kept = ",".join(f"{k}:{v}" for k, v in (saved.get("split_epochs") or {}).items())
     if "split_epochs" not in explicit:
-        kw["split_epochs"] = saved.get("split_epochs") or None
+        kw["split_epochs"] = kept or None
+    elif kept and kw["split_epochs"]:  # given lengths replace the saved ones of those splits
+        kw["split_epochs"] = f"{kept},{kw['split_epochs']}"
     return saved.get("preset")
 
 

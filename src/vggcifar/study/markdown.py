@@ -188,6 +188,10 @@ def _figures(rep: dict) -> list[str]:
     return lines
 
 
+def _epochs(n: int | None) -> str:
+    return "the study's default length" if n is None else f"{n} epochs"
+
+
 def _sessions(sessions: list[dict]) -> list[str]:
     """One line per start or resume of the study, with its command."""
     if len(sessions) == 1:
@@ -202,7 +206,10 @@ def _sessions(sessions: list[dict]) -> list[str]:
         else:
             end = ", stopped"
         cmd = f": `{s['command']}`" if s.get("command") else ""
-        lines.append(f"- Session {what} {s['started']}{end}{cmd}")
+        lengths = "".join(f"; split {pct(float(k))} set to {_epochs(now)} before it started "
+                          f"(was {_epochs(was)})"
+                          for k, (was, now) in (s.get("split_epochs_changed") or {}).items())
+        lines.append(f"- Session {what} {s['started']}{end}{cmd}{lengths}")
     return lines
 
 

@@ -24,7 +24,7 @@ from .presets import REFERENCE
 
 # Session fields shown in the report: the log of each start and resume of the study.
 SESSION_KEYS = ("kind", "started", "finished", "in_progress", "command", "wall_time_s",
-                "trained", "skipped", "isolate")
+                "trained", "skipped", "isolate", "split_epochs_changed")
 
 
 def _device_description(rows: list[dict], hw: dict) -> str:

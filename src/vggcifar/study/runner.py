@@ -147,20 +147,31 @@ def _check_options(config: TrainConfig, splits: list[float], min_steps: int,
 
 
 def _check_resume(saved: dict, splits: list[float], config: TrainConfig, min_steps: int,
-                  split_epochs: dict[float, int]) -> None:
-    """Raise when a resumed study is asked to change something its finished splits depend on."""
+                  split_epochs: dict[float, int], study_dir: Path) -> dict[str, list]:
+    """Raise when a resumed study is asked to change something its finished splits depend on.
+
+    A split that has not started yet may get a new length (``--split-epochs``): nothing trained
+    depends on it, and a study planned on a fast machine can then finish on a slower one.
+    Returns those changes, ``{"0.5": [old, new]}`` (``None``: the study's ``--epochs``).
+    """
     problems = []
     if [round(s, 12) for s in saved["splits"]] != [round(s, 12) for s in splits]:
         problems.append(f"--splits {','.join(f'{s:g}' for s in splits)} (the study has "
                         f"{','.join(f'{s:g}' for s in saved['splits'])})")
     if int(saved.get("min_steps", 0)) != int(min_steps):
         problems.append(f"--min-steps {min_steps} (the study has {saved.get('min_steps', 0)})")
-    old_se = saved.get("split_epochs") or {}
-    if old_se != _keyed(split_epochs):
-        def show(d):
-            return ",".join(f"{k}:{v}" for k, v in d.items()) or "none"
-        problems.append(f"--split-epochs {show(_keyed(split_epochs))} (the study has "
-                        f"{show(old_se)})")
+    old_se, new_se = saved.get("split_epochs") or {}, _keyed(split_epochs)
+    changed = {k: [old_se.get(k), new_se.get(k)] for k in sorted({*old_se, *new_se}, key=float)
+               if old_se.get(k) != new_se.get(k)}
+    started = [k for k in changed if split_state(study_dir, float(k)) != "new"]
+    if started:
+        def show(v):
+            return "the study's --epochs" if v is None else f"{v} epochs"
+        problems.append("--split-epochs changes the length of "
+                        + ", ".join(f"split {k} ({show(changed[k][0])} -> {show(changed[k][1])})"
+                                    for k in started)
+                        + ", which has already started or finished; only a split not yet "
+                          "started may get a new length")
     new = _shared_config(config)
     for k, old in saved["config"].items():
         if k in RESUME_MAY_CHANGE or k not in new:
@@ -171,6 +182,7 @@ def _check_resume(saved: dict, splits: list[float], config: TrainConfig, min_ste
         raise VggCifarError("--resume continues a study with its own options, but these differ: "
                             + "; ".join(problems) + ". Drop them, or start a new study in another "
                             "--out")
+    return changed
 
 
 def plan_epochs(config: TrainConfig, splits: list[float], min_steps: int,
@@ -287,8 +299,9 @@ def run_study(out: str | os.PathLike, splits, config: TrainConfig, *, min_steps:
         isolate = False
     study_dir = Path(out)
     saved = _saved_manifest(study_dir, resume)
+    changed = {}
     if saved is not None:
-        _check_resume(saved, splits, config, min_steps, split_epochs)
+        changed = _check_resume(saved, splits, config, min_steps, split_epochs, study_dir)
     if dist.is_main:
         check_writable(study_dir, "study folder")
     plan = plan_epochs(config, splits, min_steps, split_epochs)
@@ -304,6 +317,9 @@ def run_study(out: str | os.PathLike, splits, config: TrainConfig, *, min_steps:
         for k in RESUME_MAY_CHANGE:
             manifest["config"][k] = getattr(config, k)
         manifest["note"] = note or manifest.get("note")
+        if changed:  # new lengths of splits not yet started, and when they were set
+            manifest["split_epochs"] = _keyed(split_epochs)
+            session["split_epochs_changed"] = changed
     manifest["plan"] = {f"{s:g}": p for s, p in plan.items()}
     manifest["dataset"] = dataset
     manifest["sessions"].append(session)
@@ -362,6 +378,9 @@ def _announce(st: _Study, plan: dict, dataset: dict, config: TrainConfig,
         "splits": {f"{s:g}": r for s, r in est["splits"].items()}}
     st.log(f"{len(plan)} splits ({', '.join(f'{s:g}' for s in plan)}) of {config.arch} into "
            f"{st.dir}; each split {'in its own process' if st.isolate else 'in this process'}")
+    for k, (was, now) in st.session.get("split_epochs_changed", {}).items():
+        st.log(f"split {k}: {now or config.epochs} epochs instead of "
+               f"{was or config.epochs} (not started yet; recorded in {MANIFEST})")
     for line in estimate.estimate_lines(plan, est, speed, budget, config.arch):
         st.log(line)
 
