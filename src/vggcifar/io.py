@@ -130,3 +130,62 @@ def remove_empty_dirs(dirs) -> None:
             Path(d).rmdir()
         except OSError:
             break
+
+
+LOCK_NAME = ".lock"
+
+
+class FolderLock:
+    """An exclusive lock on a folder that one job writes (a run folder, a study folder), so that
+    a second job started on it (a ``--resume`` while the first still runs, or a process left
+    behind by a killed parent) is refused instead of interleaving its checkpoints with the
+    first's.
+
+    ``flock`` on ``folder/.lock``, which holds the owner's pid: the kernel releases it when the
+    process dies however it dies, so a stale lock never blocks. A planted link is not followed
+    (``O_NOFOLLOW``). Without ``fcntl`` (Windows) it does nothing.
+
+    Raises:
+        VggCifarError: another process holds the lock, or ``.lock`` is not a plain file.
+    """
+
+    def __init__(self, folder: str | os.PathLike, what: str):
+        self.path, self.fd = Path(folder) / LOCK_NAME, None
+        try:
+            import fcntl
+        except ImportError:  # Windows: no advisory locks; one job per folder is up to the user
+            return
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        except OSError as e:
+            raise VggCifarError(f"cannot lock the {what} {folder}: {self.path} "
+                                f"({e.strerror or e}); remove it if it is not a plain file")
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            owner = os.read(fd, 32).decode("ascii", "replace").strip()
+            os.close(fd)
+            raise VggCifarError(
+                f"another process{f' (pid {owner})' if owner.isdigit() else ''} is writing the "
+                f"{what} {folder}; wait for it to finish or stop it, then run this again"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self.fd = fd
+
+    def release(self) -> None:
+        """Remove the lock file and release the lock (idempotent)."""
+        if self.fd is None:
+            return
+        try:
+            self.path.unlink()
+        except OSError:
+            pass
+        os.close(self.fd)
+        self.fd = None
+
+    def __enter__(self) -> "FolderLock":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()

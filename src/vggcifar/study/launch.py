@@ -4,6 +4,8 @@ split's peak memory and CPU time are its own (``vgg-study --isolate``, the defau
 from __future__ import annotations
 
 import multiprocessing
+import os
+import signal
 import traceback
 
 from ..errors import VggCifarError
@@ -37,7 +39,7 @@ def train_split(cfg: TrainConfig, isolate: bool) -> dict:
         return trainer.train(cfg)
     ctx = multiprocessing.get_context("spawn")
     recv_conn, send_conn = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_worker, args=(cfg.to_dict(), send_conn),
+    proc = ctx.Process(target=_worker, args=(cfg.to_dict(), send_conn, os.getpid()),
                        name=f"vgg-study-{cfg.name}")
     proc.start()
     send_conn.close()
@@ -72,8 +74,27 @@ def train_split(cfg: TrainConfig, isolate: bool) -> dict:
     raise RuntimeError(f"training split {cfg.split:g} failed in its process:\n{payload}")
 
 
-def _worker(cfg_dict: dict, conn) -> None:
+def _die_with_parent(parent_pid: int) -> None:
+    """End this process when the study's process ends, however it ends (Linux: the kernel
+    sends SIGTERM). Otherwise a split whose study was killed trains on unseen, and a
+    ``--resume`` of the study would meet it writing the same run folder (the folder's lock
+    refuses that, but the study could not continue until the orphan finished)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux: no such call; the run folder's lock remains
+        return
+    if os.getppid() != parent_pid:  # the parent died before the call above took effect
+        os._exit(1)
+
+
+def _worker(cfg_dict: dict, conn, parent_pid: int | None = None) -> None:
     """Entry point of a split's own process (spawned): train and send back the summary."""
+    if parent_pid is not None:
+        _die_with_parent(parent_pid)
     try:
         summary = trainer.train(TrainConfig.from_dict(cfg_dict))
         conn.send(("ok", summary))

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import platform
@@ -17,7 +18,7 @@ from typing import Callable
 
 from ..data.splits import check_fraction
 from ..errors import VggCifarError
-from ..io import check_writable
+from ..io import FolderLock, check_writable
 from ..runtime.devices import cpu_flags, cpu_kind, cpu_model, resolve_device
 from ..training.config import TrainConfig
 from ..training.distributed import DistInfo
@@ -299,43 +300,45 @@ def run_study(out: str | os.PathLike, splits, config: TrainConfig, *, min_steps:
         isolate = False
     study_dir = Path(out)
     saved = _saved_manifest(study_dir, resume)
-    changed = {}
-    if saved is not None:
-        changed = _check_resume(saved, splits, config, min_steps, split_epochs, study_dir)
     if dist.is_main:
         check_writable(study_dir, "study folder")
-    plan = plan_epochs(config, splits, min_steps, split_epochs)
-    dataset = plan.pop("dataset")
-    session = {"kind": "resume" if resume else "start", "started": _now(), "command": command,
-               "isolate": isolate, "hardware": hardware(), "trained": [], "skipped": []}
-    manifest = saved or {"version": MANIFEST_VERSION, "created": session["started"],
-                         "splits": splits, "min_steps": int(min_steps),
-                         "split_epochs": _keyed(split_epochs), "preset": preset,
-                         "config": _shared_config(config), "note": note, "runs": {},
-                         "sessions": []}
-    if saved is not None:  # what may change on resume (data, device, verbosity): this call's
-        for k in RESUME_MAY_CHANGE:
-            manifest["config"][k] = getattr(config, k)
-        manifest["note"] = note or manifest.get("note")
-        if changed:  # new lengths of splits not yet started, and when they were set
-            manifest["split_epochs"] = _keyed(split_epochs)
-            session["split_epochs_changed"] = changed
-    manifest["plan"] = {f"{s:g}": p for s, p in plan.items()}
-    manifest["dataset"] = dataset
-    manifest["sessions"].append(session)
-    st = _Study(study_dir, manifest, session, isolate, dist.is_main,
-                _log_fn(config.progress and dist.is_main))
-    _announce(st, plan, dataset, config, preset)
-    st.save()
-    for i, s in enumerate(splits, 1):
-        _run_split(st, s, f"{i}/{len(splits)}", plan[s], config)
-    session["finished"] = _now()
-    st.save()
-    if not st.main:
-        return {"study_dir": str(study_dir)}
-    result = write_report(study_dir)
-    st.log(f"report: {study_dir / 'report.md'}")
-    return result
+    # One study process per folder: a second --resume while this one runs is refused.
+    with FolderLock(study_dir, "study folder") if dist.is_main else contextlib.nullcontext():
+        changed = {}
+        if saved is not None:
+            changed = _check_resume(saved, splits, config, min_steps, split_epochs, study_dir)
+        plan = plan_epochs(config, splits, min_steps, split_epochs)
+        dataset = plan.pop("dataset")
+        session = {"kind": "resume" if resume else "start", "started": _now(), "command": command,
+                   "isolate": isolate, "hardware": hardware(), "trained": [], "skipped": []}
+        manifest = saved or {"version": MANIFEST_VERSION, "created": session["started"],
+                             "splits": splits, "min_steps": int(min_steps),
+                             "split_epochs": _keyed(split_epochs), "preset": preset,
+                             "config": _shared_config(config), "note": note, "runs": {},
+                             "sessions": []}
+        if saved is not None:  # what may change on resume (data, device, verbosity): this call's
+            for k in RESUME_MAY_CHANGE:
+                manifest["config"][k] = getattr(config, k)
+            manifest["note"] = note or manifest.get("note")
+            if changed:  # new lengths of splits not yet started, and when they were set
+                manifest["split_epochs"] = _keyed(split_epochs)
+                session["split_epochs_changed"] = changed
+        manifest["plan"] = {f"{s:g}": p for s, p in plan.items()}
+        manifest["dataset"] = dataset
+        manifest["sessions"].append(session)
+        st = _Study(study_dir, manifest, session, isolate, dist.is_main,
+                    _log_fn(config.progress and dist.is_main))
+        _announce(st, plan, dataset, config, preset)
+        st.save()
+        for i, s in enumerate(splits, 1):
+            _run_split(st, s, f"{i}/{len(splits)}", plan[s], config)
+        session["finished"] = _now()
+        st.save()
+        if not st.main:
+            return {"study_dir": str(study_dir)}
+        result = write_report(study_dir)
+        st.log(f"report: {study_dir / 'report.md'}")
+        return result
 
 
 def _saved_manifest(study_dir: Path, resume: bool) -> dict | None:

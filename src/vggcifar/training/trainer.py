@@ -22,7 +22,7 @@ from ..checkpoint import make_checkpoint, save_checkpoint, unwrap_model
 from ..checkpoint_file import read_checkpoint
 from ..data import DeviceLoader, classic_loader, load_cifar10, stratified_split
 from ..errors import VggCifarError
-from ..io import atomic_write, check_writable, remove_empty_dirs
+from ..io import FolderLock, atomic_write, check_writable, remove_empty_dirs
 from ..models import create_model
 from ..preprocessing import CIFAR10_MEAN, CIFAR10_STD, Preprocessing
 from . import distributed
@@ -64,6 +64,7 @@ class _Run:
     # Temperature scaling of the chosen checkpoint, set by finish() (_fit_temperature).
     temperature: float = 1.0
     calibration: dict | None = None
+    lock: FolderLock | None = None
 
     def __init__(self, config: TrainConfig, device: torch.device, info: distributed.DistInfo):
         self.t_start = time.perf_counter()
@@ -103,6 +104,7 @@ class _Run:
             self.created_dirs = [d for d in (self.run_dir, *self.run_dir.parents)
                                  if not d.exists()]
             check_writable(self.run_dir, "run folder")
+            self.lock = FolderLock(self.run_dir, "run folder")
         torch.manual_seed(cfg.seed)
         # Built (and its options checked) first: a bad option fails before data is loaded.
         self.model_kwargs = cfg.model_options()
@@ -302,10 +304,22 @@ class _Run:
 
     def run(self) -> dict:
         try:
-            self.setup()
-        except BaseException:
-            remove_empty_dirs(self.created_dirs)
-            raise
+            try:
+                self.setup()
+            except BaseException:
+                self.release()
+                remove_empty_dirs(self.created_dirs)
+                raise
+            return self._train()
+        finally:
+            self.release()
+
+    def release(self) -> None:
+        """Release the run folder's lock (held from setup to the end, by the main rank)."""
+        if self.lock is not None:
+            self.lock.release()
+
+    def _train(self) -> dict:
         cfg = self.cfg
         if self.main:
             atomic_write(self.run_dir / "config.json", lambda t: Path(t).write_text(json.dumps(
