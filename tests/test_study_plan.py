@@ -88,7 +88,14 @@ def test_speed_is_looked_up_for_the_kind_of_cpu(paper_plan):
     cfg = TrainConfig(arch="vgg16").to_dict()
     assert cpu_kind({"avx512f", "amx_bf16", "avx512_bf16"}) == "amx"
     assert cpu_kind({"avx512f", "avx512_bf16"}) == "avx512_bf16"
-    assert cpu_kind({"avx2"}) == cpu_kind(None) == "other"
+    # Two EPYCs of the same name and flags: Zen 5 (family 26) runs AVX-512 twice as wide.
+    assert cpu_kind({"avx512f", "avx512_bf16"}, 26, "AuthenticAMD") == "zen5"
+    assert cpu_kind({"avx512f", "avx512_bf16"}, 25, "AuthenticAMD") == "avx512_bf16"
+    assert cpu_kind({"avx512f", "avx512_bf16"}, 26, "GenuineIntel") == "avx512_bf16"
+    assert cpu_kind({"avx2"}, 26, "AuthenticAMD") == cpu_kind({"avx2"}) == cpu_kind(None) == "other"
+    zen5 = E.measured_speed(cfg, "cpu", True, cpu="zen5")
+    assert 1.5 < zen5.train_images_per_s / E.measured_speed(
+        cfg, "cpu", True, cpu="avx512_bf16").train_images_per_s < 2.5
     amx = E.measured_speed(cfg, "cpu", True, cpu="amx")
     epyc = E.measured_speed(cfg, "cpu", True, cpu="avx512_bf16")
     assert amx.train_images_per_s > 2 * epyc.train_images_per_s
@@ -125,3 +132,20 @@ def test_study_options_refused_before_training(tmp_path, cifar_batches, args, me
     assert r.output.startswith("error: ") and message in r.output
     assert len(r.output.strip().splitlines()) == 1
     assert not (tmp_path / "s").exists()
+
+
+def test_cpu_model_names_the_family_of_a_generic_name(tmp_path, monkeypatch):
+    """A VM's generic "AMD EPYC" names two CPUs that differ twice in speed; the family and
+    model numbers tell them apart in run records and reports."""
+    import builtins
+
+    from vggcifar.runtime import devices
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 26\n"
+                    "model\t\t: 2\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx512f avx512_bf16\n")
+    real_open = builtins.open
+    monkeypatch.setattr(builtins, "open", lambda f, *a, **k: real_open(
+        info if f == "/proc/cpuinfo" else f, *a, **k))
+    assert devices.cpu_model() == "AMD EPYC (family 26, model 2)"
+    assert devices.cpu_family() == 26 and devices.local_cpu_kind() == "zen5"

@@ -19,7 +19,7 @@ from typing import Callable
 from ..data.splits import check_fraction
 from ..errors import VggCifarError
 from ..io import FolderLock, check_writable
-from ..runtime.devices import cpu_flags, cpu_kind, cpu_model, resolve_device
+from ..runtime.devices import cpu_model, local_cpu_kind, resolve_device
 from ..training.config import TrainConfig
 from ..training.distributed import DistInfo
 from ..training.plan import plan_run
@@ -72,7 +72,7 @@ def hardware() -> dict:
     hw = {"machine": platform.machine(), "system": platform.platform(),
           "logical_cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
           "cpu": cpu_model() or platform.processor() or platform.machine(),
-          "cpu_kind": cpu_kind(cpu_flags())}
+          "cpu_kind": local_cpu_kind()}
     if torch.cuda.is_available():
         hw["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     return hw
@@ -372,7 +372,7 @@ def _announce(st: _Study, plan: dict, dataset: dict, config: TrainConfig,
     done = {s: _epochs_done(st.dir, s) for s in plan}
     amp = all(p["amp"] for p in plan.values())
     speed = estimate.measured_speed(st.manifest["config"], dataset["device"], amp,
-                                    cpu_kind(cpu_flags()))
+                                    local_cpu_kind())
     budget = PRESETS[preset].budget if preset in PRESETS else None
     est = estimate.estimate(plan, dataset["test_images"], config.tta, speed, budget, done)
     st.session["estimate"] = {

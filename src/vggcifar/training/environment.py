@@ -8,7 +8,7 @@ import resource
 import torch
 
 from .. import __version__
-from ..runtime.devices import cpu_flags, cpu_kind, cpu_model
+from ..runtime.devices import cpu_model, local_cpu_kind
 
 
 def versions(device: torch.device) -> dict:
@@ -25,7 +25,7 @@ def versions(device: torch.device) -> dict:
         v["cuda"] = str(torch.version.cuda)
     else:
         v["cpu"] = cpu_model() or platform.processor() or platform.machine()
-        v["cpu_kind"] = cpu_kind(cpu_flags())
+        v["cpu_kind"] = local_cpu_kind()
         v["threads"] = torch.get_num_threads()
     return v
 
