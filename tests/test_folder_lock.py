@@ -38,6 +38,10 @@ def test_a_planted_lock_link_is_not_followed(tmp_path):
     with pytest.raises(VggCifarError, match="not a plain file"):
         FolderLock(folder, "run folder")
     assert secret.read_text() == "password"
+    (folder / LOCK_NAME).unlink()
+    os.mkfifo(folder / LOCK_NAME)  # would block an open for writing that waits for a reader
+    with pytest.raises(VggCifarError, match="is not a file"):
+        FolderLock(folder, "run folder")
 
 
 def test_vgg_train_refuses_a_run_folder_another_process_writes(tmp_path, cifar_batches):

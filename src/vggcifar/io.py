@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import stat
 import tempfile
 from pathlib import Path
 
@@ -155,11 +156,17 @@ class FolderLock:
             import fcntl
         except ImportError:  # Windows: no advisory locks; one job per folder is up to the user
             return
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        not_plain = "; remove it if it is not a plain file"
+        try:  # O_NONBLOCK: a planted FIFO must not hang the open
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK
+                         | getattr(os, "O_NOFOLLOW", 0), 0o644)
         except OSError as e:
             raise VggCifarError(f"cannot lock the {what} {folder}: {self.path} "
-                                f"({e.strerror or e}); remove it if it is not a plain file")
+                                f"({e.strerror or e}){not_plain}") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise VggCifarError(f"cannot lock the {what} {folder}: {self.path} is not a "
+                                f"file{not_plain}")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
