@@ -194,6 +194,26 @@ def test_explicit_command_parses_to_the_same_study(study):
     assert p["epochs"] == 2 and p["batch_size"] == 32 and p["min_steps"] == 10
 
 
+def test_a_damaged_length_change_record_does_not_break_the_report(study, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(study, copy)
+    manifest = read_manifest(copy)
+    manifest["sessions"][0]["split_epochs_changed"] = {"0.5": [2, 3], "x": [1, 2],
+                                                       "1": "rm -rf /", "0.2": [1, 2, 3]}
+    manifest["sessions"].append({**manifest["sessions"][0], "kind": "resume",
+                                 "split_epochs_changed": ["not", "a", "map"]})
+    (copy / "study.json").write_text(json.dumps(manifest))
+    r = invoke("--report-only", "--out", copy)
+    assert r.exit_code == 0, r.output
+    sessions = json.loads((copy / "report.json").read_text())["study"]["sessions"]
+    assert sessions[0]["split_epochs_changed"] == {"0.5": [2, 3]}
+    assert sessions[1]["split_epochs_changed"] is None
+    assert "split 50% set to 3 epochs before it started (was 2 epochs)" in (
+        copy / "report.md").read_text()
+
+
 def test_report_only_rebuilds_the_report(study):
     (study / "report.md").unlink()
     r = invoke("--report-only", "--out", study, "--note", "CPU shared with another job")

@@ -48,7 +48,28 @@ def _session(s: dict) -> dict:
     started the study, the others resumed it)."""
     out = {k: s.get(k) for k in SESSION_KEYS}
     out["estimate_s"] = (s.get("estimate") or {}).get("seconds")
+    out["split_epochs_changed"] = _length_changes(s.get("split_epochs_changed"))
     return out
+
+
+def _length_changes(v) -> dict | None:
+    """``split_epochs_changed`` (``{"0.5": [old, new]}``, None = the study's default length)
+    with only well-formed entries: a hand-edited or damaged ``study.json`` must not break the
+    report."""
+    def epochs(x):
+        return x is None or (type(x) is int and x > 0)
+
+    if not isinstance(v, dict):
+        return None
+    out = {}
+    for k, pair in v.items():
+        try:
+            float(k)
+        except (TypeError, ValueError):
+            continue
+        if isinstance(pair, list) and len(pair) == 2 and all(map(epochs, pair)):
+            out[k] = pair
+    return out or None
 
 
 def _study(study_dir: Path, manifest: dict, rows: list[dict], hw: dict,
