@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from .errors import VggCifarError
+from .io import open_regular
 
 FORMAT = "vggcifar-checkpoint"
 FORMAT_VERSION = 2
@@ -112,8 +113,8 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     and return it in the current version's form (:func:`upgrade`).
 
     Raises:
-        VggCifarError: missing file, unreadable/corrupt file, or a file that is not a vggcifar
-            checkpoint.
+        VggCifarError: missing file, anything but a regular file (a FIFO would block the read),
+            unreadable/corrupt file, or a file that is not a vggcifar checkpoint.
     """
     path = Path(path)
     if not path.exists():
@@ -121,7 +122,12 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     if path.is_dir():
         raise VggCifarError(f"checkpoint {path} is a folder; pass the .pt file inside it")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        f = open_regular(path)
+    except OSError as e:
+        raise VggCifarError(f"cannot read checkpoint {path} ({e.strerror or e})") from None
+    try:
+        with f:
+            ckpt = torch.load(f, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for bad files
         raise VggCifarError(
             f"{path} is not a readable vggcifar checkpoint ({torch_load_reason(e)}); "

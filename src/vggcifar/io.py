@@ -86,6 +86,36 @@ def check_writable(folder: str | os.PathLike, what: str = "output folder") -> Pa
     return folder
 
 
+def open_regular(path: str | os.PathLike):
+    """Open ``path`` for binary reading, refusing anything but a regular file (links are
+    followed): a FIFO, device or socket could block the open or a read forever.
+
+    Raises:
+        VggCifarError: not a regular file.
+        OSError: missing or unreadable.
+    """
+    # O_NONBLOCK: opening a FIFO must not wait for a writer; it changes nothing for a file.
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise VggCifarError(f"{path} is not a regular file")
+    return os.fdopen(fd, "rb")
+
+
+def read_regular(path: str | os.PathLike, max_bytes: int) -> bytes:
+    """The bytes of the regular file ``path`` (:func:`open_regular`), at most ``max_bytes``.
+
+    Raises:
+        VggCifarError: not a regular file, or larger than ``max_bytes``.
+        OSError: missing or unreadable.
+    """
+    with open_regular(path) as f:
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise VggCifarError(f"{path} is over {max_bytes / 2**20:g} MB: not a file vggcifar wrote")
+    return data
+
+
 def cache_dir(sub: str | None = None) -> Path:
     """``$VGGCIFAR_CACHE`` (default ``~/.cache/vggcifar``), or its subfolder ``sub``: decoded
     datasets live at the top, cached ONNX exports under ``onnx``. Not created here."""

@@ -166,7 +166,8 @@ class DeviceLoader:
 
     def __iter__(self):
         n = len(self.labels)
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        # Modulo 2**64, torch's own reading of a seed: any seed the run accepts stays in range.
+        g = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) % 2**64)
         batches = [r for r in (self._rank_slice(i, n) for i in range(len(self))) if len(r)]
         if self.train:
             # The epoch's order and augmentation parameters are drawn for every image in global

@@ -224,10 +224,15 @@ def _read_batches(root: Path):
 
 def _list_image_folder(root: Path):
     """Sorted class names and ``{split: [(path, label), ...]}``."""
-    classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
+    def class_dirs(split: str) -> list[str]:
+        # Hidden folders (.ipynb_checkpoints, .DS_Store's kin) are tools' leftovers, not classes.
+        return sorted(p.name for p in (root / split).iterdir()
+                      if p.is_dir() and not p.name.startswith("."))
+
+    classes = class_dirs("train")
     if not classes:
         raise VggCifarError(f"{root / 'train'} has no class folders")
-    test_classes = sorted(p.name for p in (root / "test").iterdir() if p.is_dir())
+    test_classes = class_dirs("test")
     if test_classes != classes:
         raise VggCifarError(f"{root}: train/ and test/ have different class folders")
     files = {}
@@ -330,6 +335,9 @@ def load_cifar10(path: str | os.PathLike, *, download: bool = True, cache: bool 
     cache_file = Path(cache_dir or default_cache_dir()) / f"cifar10-{fingerprint[:20]}.pt"
     if cache:
         c, reason = _load_cache(cache_file, fingerprint)
+        if c is not None and kind == "image-folder" and tuple(c["classes"]) != tuple(classes):
+            # Same image files, other classes: a cache made when hidden folders counted.
+            c, reason = None, "stale cache (class folders changed)"
         if c is not None:
             return CifarData(c["train_x"], c["train_y"], c["test_x"], c["test_y"],
                              tuple(c["classes"]), str(root), kind)

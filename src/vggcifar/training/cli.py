@@ -124,7 +124,8 @@ def run_folder_options(out: str | None, resume: str | None) -> dict:
     """vgg-train's ``--out`` (the run folder itself) as :class:`TrainConfig`'s ``out`` (parent)
     and ``name``; without it the trainer names the folder ``runs/ARCH-splitF-TIMESTAMP``."""
     if resume is not None:
-        if out is not None and Path(out).resolve() != Path(resume).resolve().parent:
+        # The folder holding the file named (a link included): where the trainer continues.
+        if out is not None and Path(out).resolve() != Path(resume).absolute().parent.resolve():
             click.echo(f"warning: --out {out} is ignored: --resume continues the run in its own "
                        f"folder ({Path(resume).parent})", err=True)
         return {"resume": resume}

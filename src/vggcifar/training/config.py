@@ -126,6 +126,12 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise :class:`VggCifarError` for an option no run could use."""
+        try:
+            self._validate()
+        except TypeError as e:  # a value of the wrong type, from a damaged file
+            raise VggCifarError(f"an option has a value of the wrong type ({e})") from None
+
+    def _validate(self) -> None:
         from ..data.splits import check_fraction
 
         self.model_options()
@@ -144,8 +150,23 @@ class TrainConfig:
         for name in ("batch_size", "val_size", "val_every", "workers"):
             if getattr(self, name) < 0:
                 raise VggCifarError(f"{name.replace('_', '-')} must be >= 0")
+        numbers = ("lr", "weight_decay", "momentum", "label_smoothing")
+        if not all(math.isfinite(getattr(self, n)) for n in numbers):  # NaN would train on NaN
+            raise VggCifarError("lr, weight decay, momentum and label smoothing must be finite "
+                                "numbers")
         if self.lr < 0 or self.weight_decay < 0 or not (0 <= self.label_smoothing < 1):
             raise VggCifarError("lr and weight decay must be >= 0 and label smoothing in [0, 1)")
+        # torch takes any momentum >= 0, but from 1 on the update never forgets a gradient.
+        if not 0 <= self.momentum < 1:
+            raise VggCifarError(f"momentum must be in [0, 1), got {self.momentum}")
+        if self.nesterov and self.momentum == 0:
+            raise VggCifarError("Nesterov momentum (on by default) needs a momentum > 0; pass "
+                                "--no-nesterov to train with momentum 0")
+        # What torch's generators take; vggcifar.data.loader folds its derived seeds into it.
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not (
+                -2**63 <= self.seed < 2**64):
+            raise VggCifarError(f"seed must be a whole number from -2**63 to 2**64 - 1, got "
+                                f"{str(self.seed)[:40]}")
         bad = [o for o in self.resume_overrides if o not in RESUME_OPTIONS]
         if bad:
             raise VggCifarError(f"--resume cannot change {', '.join(bad)} (only "

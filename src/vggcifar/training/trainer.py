@@ -18,12 +18,12 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import make_checkpoint, save_checkpoint, unwrap_model
+from ..checkpoint import check_architecture, make_checkpoint, save_checkpoint, unwrap_model
 from ..checkpoint_file import read_checkpoint
 from ..data import DeviceLoader, classic_loader, load_cifar10, stratified_split
 from ..errors import VggCifarError
-from ..io import FolderLock, atomic_write, check_writable, remove_empty_dirs
-from ..models import create_model
+from ..io import FolderLock, atomic_write, check_writable, open_regular, remove_empty_dirs
+from ..models import create_model, is_finite_number
 from ..preprocessing import CIFAR10_MEAN, CIFAR10_STD, Preprocessing
 from . import distributed
 from ..runtime.devices import resolve_device
@@ -38,21 +38,88 @@ from .schedule import lr_factor
 from .step import Precision, first_compiled_step, param_groups, sgd, train_step
 from .temperature import fit_run_temperature
 
-def train(config: TrainConfig) -> dict:
+def train(config: TrainConfig, *, restart: bool = False) -> dict:
     """Train, select on validation, evaluate on test, and write the run folder.
 
     Returns the summary dict also written to ``summary.json`` (plus ``run_dir``). Works in a
     single process and under torchrun (DistributedDataParallel). ``config`` is not changed: the
     automatic values are worked out by :func:`vggcifar.training.plan.plan_run` and recorded in
     the run folder (``config.json``, checkpoints).
+
+    A new run refuses a folder that holds a run (:func:`existing_run`); with ``restart`` (a
+    study's split that stopped before it could be continued) only a finished or resumable one.
     """
     config.validate()
     device = resolve_device(config.device)
     info, device = distributed.setup(device)
     try:
-        return _Run(config, device, info).run()
+        return _Run(config, device, info, restart=restart).run()
     finally:
         distributed.teardown(info)
+
+
+def existing_run(run_dir: Path, restart: bool = False) -> str | None:
+    """The file that shows ``run_dir`` holds a run a new one must not overwrite, or None.
+
+    Any of last.pt, summary.json, best.pt, or a metrics.csv with an epoch in it: a finished
+    run whose last.pt was deleted, or a ``--copy-results`` copy, has no last.pt. A start
+    stopped before its first epoch leaves only config.json (and maybe a header-only
+    metrics.csv), which is not a run. ``restart``: only last.pt and summary.json count.
+    """
+    names = ("last.pt", "summary.json") if restart else ("last.pt", "summary.json", "best.pt")
+    found = next((n for n in names if os.path.lexists(run_dir / n)), None)
+    if found or restart or not os.path.lexists(run_dir / "metrics.csv"):
+        return found
+    try:
+        with open_regular(run_dir / "metrics.csv") as f:
+            lines = f.read(1 << 16).splitlines()
+    except (OSError, VggCifarError):  # something planted under that name: keep away from it
+        return "metrics.csv"
+    return "metrics.csv" if len([ln for ln in lines if ln.strip()]) > 1 else None
+
+
+def _names(classes) -> str:
+    """The first few class names, for a message."""
+    return ", ".join(classes[:4]) + (", ..." if len(classes) > 4 else "")
+
+
+# What finish() reads of the checkpoint's per-epoch rows: numbers (validation ones may be empty).
+_METRIC_NUMBERS = ("epoch", "step", "train_loss", "train_acc", "lr", "epoch_time_s",
+                   "images_per_s", "peak_mem_mb")
+
+
+def _check_resume_state(ckpt: dict, where) -> None:
+    """Refuse a last.pt whose training state is not what this trainer wrote, before any work:
+    a bad value would otherwise surface as a traceback, some only after the training."""
+    def bad(what: str):
+        raise VggCifarError(f"{where} cannot be resumed: {what}; the file is damaged or was not "
+                            "written by vgg-train")
+
+    def count(v) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+    ts = ckpt["training_state"]
+    if not isinstance(ts, dict):
+        bad("its training state is not a dict")
+    if not count(ckpt.get("epoch")) or not count(ts.get("step")):
+        bad("its epoch or step is not a whole number")
+    if not is_finite_number(ts.get("best_acc")):
+        bad("its best validation accuracy is not a number")
+    if ts.get("best_epoch") is not None and not count(ts["best_epoch"]):
+        bad("its best epoch is not a whole number")
+    if not is_finite_number(ts.get("train_time_s", 0.0)):
+        bad("its training time is not a number")
+    metrics = ckpt.get("metrics") or []
+    if not (isinstance(metrics, list) and all(
+            isinstance(r, dict) and all(is_finite_number(r.get(k)) for k in _METRIC_NUMBERS)
+            and all(r.get(k) is None or is_finite_number(r[k]) for k in ("val_loss", "val_acc"))
+            for r in metrics)):
+        bad("its metrics are not a list of epoch records")
+    for key in ("optimizer", "scheduler"):
+        if not isinstance(ts.get(key), dict):
+            bad(f"its {key} state is not a dict")
+    if not isinstance(ts.get("rng_cpu"), torch.Tensor):
+        bad("its random-number state is not a tensor")
 
 
 class _Run:
@@ -66,26 +133,49 @@ class _Run:
     calibration: dict | None = None
     lock: FolderLock | None = None
 
-    def __init__(self, config: TrainConfig, device: torch.device, info: distributed.DistInfo):
+    def __init__(self, config: TrainConfig, device: torch.device, info: distributed.DistInfo,
+                 restart: bool = False):
         self.t_start = time.perf_counter()
         self.device, self.info = device, info
         self.resume_ckpt = None
         config = replace(config)
         if config.resume:
-            self.resume_ckpt = read_checkpoint(config.resume)
-            if "training_state" not in self.resume_ckpt:
-                raise VggCifarError(f"{config.resume} holds no training state; resume from the "
+            where = config.resume
+            self.resume_ckpt = ckpt = read_checkpoint(where)
+            if "training_state" not in ckpt:
+                raise VggCifarError(f"{where} holds no training state; resume from the "
                                     "run's last.pt")
-            config = config.resumed(self.resume_ckpt["config"])
-            self.run_dir = Path(config.resume).resolve().parent
+            if not isinstance(ckpt.get("config"), dict):
+                raise VggCifarError(f"{where} holds no training options; the file is damaged "
+                                    "or was not written by vgg-train")
+            try:
+                config = config.resumed(ckpt["config"])
+                config.validate()
+            except (VggCifarError, TypeError, ValueError) as e:
+                raise VggCifarError(f"{where} holds options no run can use ({e}); the file is "
+                                    "damaged or was not written by vgg-train") from None
+            check_architecture(ckpt, where)
+            _check_resume_state(ckpt, where)
+            # The folder of the file named, a link included: a run resumed through a link to
+            # another run's last.pt continues in the link's folder, never in the other run's.
+            self.run_dir = Path(where).absolute().parent
+            best_epoch = ckpt["training_state"].get("best_epoch")
+            if best_epoch is not None and not (self.run_dir / "best.pt").is_file():
+                raise VggCifarError(f"{self.run_dir} has no best.pt (the run's best epoch so "
+                                    f"far, {best_epoch}), which the run's end evaluates; put it "
+                                    "next to last.pt")
         else:
             name = config.name or (f"{config.arch}-split{config.split:g}-"
                                    f"{datetime.now().strftime('%Y%m%d-%H%M%S')}")
             config.name = name
             self.run_dir = Path(config.out) / name
-            if (self.run_dir / "last.pt").exists():
+            found = existing_run(self.run_dir, restart)
+            if found == "last.pt":
                 raise VggCifarError(f"run folder {self.run_dir} already holds a run; continue it "
                                     f"with --resume {self.run_dir / 'last.pt'} or pick another --out")
+            if found:
+                raise VggCifarError(f"run folder {self.run_dir} already holds a run ({found}; no "
+                                    "last.pt to continue it from); pick another --out")
         self.cfg = config
         self.main = info.is_main
         self.created_dirs: list[Path] = []
@@ -117,6 +207,13 @@ class _Run:
         self.data = data
         self.classes = data.classes
         self.num_classes = len(data.classes)
+        if self.resume_ckpt is not None:
+            trained = tuple(self.resume_ckpt["preprocessing"]["class_names"])
+            if trained != tuple(data.classes):
+                raise VggCifarError(
+                    f"--data {cfg.data} has {len(data.classes)} classes ({_names(data.classes)}) "
+                    f"but {cfg.resume} was trained on {len(trained)} ({_names(trained)}); resume "
+                    "with the run's own data")
         train_idx, val_idx = stratified_split(data.train_y, cfg.split, cfg.seed, cfg.val_size)
         self.n_train, self.n_val = len(train_idx), len(val_idx)
         plan = self.plan = plan_run(cfg, self.n_train, dev, self.info.world_size,
@@ -187,6 +284,15 @@ class _Run:
         return self.ema.module if self.ema is not None else self.model
 
     def _restore(self, ckpt: dict) -> None:
+        try:
+            self._load_state(ckpt)
+        except (TypeError, ValueError, KeyError, RuntimeError, IndexError,
+                AttributeError) as e:
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise VggCifarError(f"{self.cfg.resume} cannot be resumed: its training state does "
+                                f"not fit this run ({reason})") from None
+
+    def _load_state(self, ckpt: dict) -> None:
         ts = ckpt["training_state"]
         # With an EMA the checkpoint's state_dict is the average; the live weights ride along.
         unwrap_model(self.model).load_state_dict(ts.get("live_state_dict") or ckpt["state_dict"])
