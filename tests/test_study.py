@@ -35,9 +35,9 @@ def spy_train(monkeypatch):
     calls = []
     real = trainer.train
 
-    def spy(cfg):
+    def spy(cfg, **kw):
         calls.append(cfg)
-        return real(cfg)
+        return real(cfg, **kw)
 
     monkeypatch.setattr(trainer, "train", spy)
     return calls

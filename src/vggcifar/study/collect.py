@@ -4,16 +4,18 @@ the report shows, and the `vgg-study` command line that repeats the study's sett
 from __future__ import annotations
 
 import csv
-import json
+import io
 import os
 import shlex
 import statistics
 from dataclasses import replace
 from pathlib import Path
 
+from ..errors import VggCifarError
+from ..io import read_regular
 from ..training.config import TrainConfig
 from ..training.plan import plan_run
-from .layout import read_manifest, run_name
+from .layout import MAX_RESULT_BYTES, read_json, read_manifest, read_summary, run_name
 
 # TrainConfig fields without a `vgg-study` option (left at their defaults by the CLI).
 _NO_OPTION = {"eval_batch_size", "model_kwargs"}
@@ -24,14 +26,43 @@ def _num(v: str):
         return None
     try:
         f = float(v)
-    except ValueError:
+    except (TypeError, ValueError):  # text, or the list DictReader makes of surplus fields
         return v
     return int(f) if f.is_integer() and "." not in v and "e" not in v.lower() else f
 
 
 def read_metrics(path: Path) -> list[dict]:
-    with open(path, newline="") as f:
-        return [{k: _num(v) for k, v in row.items()} for row in csv.DictReader(f)]
+    """A run's ``metrics.csv`` rows, numbers converted.
+
+    Raises:
+        VggCifarError: missing, not a regular file, unreadable or not CSV text.
+    """
+    try:
+        text = read_regular(path, MAX_RESULT_BYTES).decode()
+        return [{k: _num(v) for k, v in row.items()}
+                for row in csv.DictReader(io.StringIO(text, newline=""))]
+    except OSError as e:
+        raise VggCifarError(f"cannot read {path} ({e.strerror or e})") from None
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise VggCifarError(f"{path} is damaged: not CSV text ({e})") from None
+
+
+# The columns of metrics.csv the report computes with.
+_METRIC_NUMBERS = ("step", "train_acc", "train_time_s", "epoch_time_s", "images_per_s")
+
+
+def _split_metrics(path: Path) -> list[dict]:
+    """A finished split's metrics.csv: at least one epoch, with numbers where the report needs
+    them."""
+    rows = read_metrics(path)
+    if not rows:
+        raise VggCifarError(f"{path} is damaged: it holds no epoch")
+    for i, r in enumerate(rows, 1):
+        bad = [k for k in _METRIC_NUMBERS if not isinstance(r.get(k), (int, float))]
+        if bad:
+            raise VggCifarError(f"{path} is damaged: row {i} has no number in "
+                                f"{', '.join(bad)}")
+    return rows
 
 
 def _epoch_times(metrics: list[dict], spe: int, images_per_epoch: int, summary: dict) -> dict:
@@ -106,9 +137,27 @@ def _total_time(summary: dict, metrics: list[dict], manifest: dict, split: float
 
 
 def _split_row(split: float, run_dir: Path, manifest: dict) -> dict:
-    summary = json.loads((run_dir / "summary.json").read_text())
-    config = json.loads((run_dir / "config.json").read_text())
-    metrics = read_metrics(run_dir / "metrics.csv")
+    """The report's row of a finished split.
+
+    Raises:
+        VggCifarError: one of its files is missing or damaged (named). A report without a
+            finished split would pass for a complete one, so it is not left out silently.
+    """
+    summary = read_summary(run_dir)
+    config = read_json(run_dir / "config.json")
+    if not isinstance(config, dict):
+        raise VggCifarError(f"{run_dir / 'config.json'} is damaged: not a JSON object")
+    metrics = _split_metrics(run_dir / "metrics.csv")
+    try:
+        return _row(split, run_dir, manifest, summary, config, metrics)
+    except (KeyError, TypeError, ValueError, AttributeError, ArithmeticError,
+            statistics.StatisticsError) as e:
+        raise VggCifarError(f"{run_dir}: its config.json, summary.json or metrics.csv is "
+                            f"damaged ({type(e).__name__}: {str(e)[:100]})") from None
+
+
+def _row(split: float, run_dir: Path, manifest: dict, summary: dict, config: dict,
+         metrics: list[dict]) -> dict:
     n, b = int(summary["train_images"]), int(summary["batch_size"])
     # The run's own plan, from its recorded (resolved) options: the epoch it trained.
     plan = plan_run(replace(TrainConfig.from_dict(config), batch_size=b), n,
@@ -152,7 +201,7 @@ def collect(study_dir: str | os.PathLike) -> dict:
     rows, unfinished = [], []
     for s in sorted(manifest["splits"]):
         d = study_dir / run_name(s)
-        if (d / "summary.json").is_file():
+        if os.path.lexists(d / "summary.json"):
             rows.append(_split_row(s, d, manifest))
         else:
             unfinished.append(s)

@@ -28,18 +28,19 @@ def threads() -> int:
     return max(1, torch.get_num_threads())
 
 
-def train_split(cfg: TrainConfig, isolate: bool) -> dict:
-    """Train one split by :func:`vggcifar.training.train` and return its summary.
+def train_split(cfg: TrainConfig, isolate: bool, restart: bool = False) -> dict:
+    """Train one split by :func:`vggcifar.training.train` and return its summary (``restart``:
+    as the trainer's, for a split that stopped before it could be continued).
 
     Raises:
         VggCifarError: the split's training refused an option, or its process died.
         KeyboardInterrupt: interrupted (in the child too).
     """
     if not isolate:
-        return trainer.train(cfg)
+        return trainer.train(cfg, restart=restart)
     ctx = multiprocessing.get_context("spawn")
     recv_conn, send_conn = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_worker, args=(cfg.to_dict(), send_conn, os.getpid()),
+    proc = ctx.Process(target=_worker, args=(cfg.to_dict(), send_conn, os.getpid(), restart),
                        name=f"vgg-study-{cfg.name}")
     proc.start()
     send_conn.close()
@@ -91,12 +92,12 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
-def _worker(cfg_dict: dict, conn, parent_pid: int | None = None) -> None:
+def _worker(cfg_dict: dict, conn, parent_pid: int | None = None, restart: bool = False) -> None:
     """Entry point of a split's own process (spawned): train and send back the summary."""
     if parent_pid is not None:
         _die_with_parent(parent_pid)
     try:
-        summary = trainer.train(TrainConfig.from_dict(cfg_dict))
+        summary = trainer.train(TrainConfig.from_dict(cfg_dict), restart=restart)
         conn.send(("ok", summary))
     except VggCifarError as e:
         conn.send(("user", str(e)))

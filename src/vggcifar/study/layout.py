@@ -18,13 +18,14 @@ study can go on on another machine from a copy of them.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import stat
 from pathlib import Path
 
 from ..errors import VggCifarError
-from ..io import atomic_write
+from ..io import atomic_write, read_regular
 
 MANIFEST = "study.json"
 MANIFEST_VERSION = 1
@@ -43,30 +44,102 @@ def run_name(split: float) -> str:
     return f"split-{split:g}"
 
 
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def read_json(path: str | os.PathLike):
+    """A study's JSON file, parsed.
+
+    Raises:
+        VggCifarError: missing, not a regular file (a FIFO would block the read), oversized,
+            unreadable or not JSON; the message names the file.
+    """
+    try:
+        return json.loads(read_regular(path, MAX_RESULT_BYTES))
+    except OSError as e:
+        raise VggCifarError(f"cannot read {path} ({e.strerror or e})") from None
+    except (ValueError, RecursionError) as e:
+        raise VggCifarError(f"{path} is damaged: not JSON ({str(e)[:100]})") from None
+
+
+# What the report needs of a finished split's summary.json: numbers, and the per-class dict.
+SUMMARY_NUMBERS = ("test_accuracy", "train_images", "batch_size", "epochs", "steps",
+                   "total_time_s")
+
+
+def read_summary(run_dir: str | os.PathLike) -> dict:
+    """A split's ``summary.json``, checked to hold what the report reads.
+
+    Raises:
+        VggCifarError: as :func:`read_json`, or a summary without those values.
+    """
+    p = Path(run_dir) / "summary.json"
+    summary = read_json(p)
+    if not isinstance(summary, dict):
+        raise VggCifarError(f"{p} is damaged: not a JSON object")
+    bad = [k for k in SUMMARY_NUMBERS if not _number(summary.get(k))]
+    if not isinstance(summary.get("per_class_accuracy"), dict):
+        bad.append("per_class_accuracy")
+    if bad:
+        raise VggCifarError(f"{p} is damaged: no valid {', '.join(bad)}")
+    return summary
+
+
 def split_state(study_dir: str | os.PathLike, split: float) -> str:
-    """``"done"`` (summary.json present), ``"partial"`` (last.pt but no summary) or ``"new"``."""
+    """``"done"`` (a valid summary.json), ``"partial"`` (last.pt but no valid summary) or
+    ``"new"``."""
     d = Path(study_dir) / run_name(split)
-    if (d / "summary.json").is_file():
+    try:
+        read_summary(d)
         return "done"
+    except VggCifarError:
+        pass
     if (d / "last.pt").is_file():
         return "partial"
     return "new"
 
 
+# Manifest entries the code indexes, with the JSON type each must have when present.
+_MANIFEST_TYPES = {"runs": dict, "sessions": list, "split_epochs": dict, "min_steps": int}
+
+
 def read_manifest(study_dir: str | os.PathLike) -> dict:
-    """The study's ``study.json`` as a dict.
+    """The study's ``study.json`` as a dict, checked to have the shape the study's code reads
+    (a list of split fractions, a dict of options, ...).
 
     Raises:
-        VggCifarError: missing or unreadable.
+        VggCifarError: missing, unreadable or damaged.
     """
     p = Path(study_dir) / MANIFEST
-    try:
-        return json.loads(p.read_text())
-    except FileNotFoundError:
+    if not os.path.lexists(p):
         raise VggCifarError(f"{study_dir} holds no study ({MANIFEST} is missing); start one "
-                            "without --resume") from None
-    except (OSError, ValueError) as e:
-        raise VggCifarError(f"cannot read {p}: {e}") from None
+                            "without --resume")
+    manifest = read_json(p)
+    if not isinstance(manifest, dict):
+        problem = "not a JSON object"
+    elif not (isinstance(manifest.get("splits"), list) and manifest["splits"]
+              and all(_number(s) for s in manifest["splits"])):
+        problem = "'splits' is not a list of fractions"
+    elif not isinstance(manifest.get("config"), dict):
+        problem = "'config' is not a dict of options"
+    else:
+        problem = next((f"'{k}' is not a {t.__name__}" for k, t in _MANIFEST_TYPES.items()
+                        if manifest.get(k) is not None and (not isinstance(manifest[k], t)
+                                                            or isinstance(manifest[k], bool))),
+                       None)
+        sessions = manifest.get("sessions") or []
+        runs = manifest.get("runs") or {}
+        if problem is None and not (
+                all(isinstance(x, dict) for x in sessions)
+                and all(isinstance(r, dict) and isinstance(r.get("sessions", []), list)
+                        and all(isinstance(x, dict) for x in r.get("sessions", []))
+                        for r in runs.values())):
+            problem = "a session record is not a JSON object"
+    if problem:
+        raise VggCifarError(f"{p} is damaged ({problem}); restore it, e.g. from a "
+                            "--copy-results copy")
+    return manifest
 
 
 def write_manifest(study_dir: str | os.PathLike, manifest: dict) -> None:

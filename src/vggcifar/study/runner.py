@@ -18,14 +18,15 @@ from typing import Callable
 
 from ..data.splits import check_fraction
 from ..errors import VggCifarError
-from ..io import FolderLock, check_writable
+from ..io import FolderLock, check_writable, read_regular
 from ..runtime.devices import cpu_model, local_cpu_kind, resolve_device
+from ..training import trainer
 from ..training.config import TrainConfig
 from ..training.distributed import DistInfo
 from ..training.plan import plan_run
 from . import estimate, launch
-from .layout import (MANIFEST, MANIFEST_VERSION, read_manifest, run_name, split_state,
-                     write_manifest)
+from .layout import (MANIFEST, MANIFEST_VERSION, MAX_RESULT_BYTES, read_manifest, read_summary,
+                     run_name, split_state, write_manifest)
 from .presets import PRESETS
 from .report import write_report
 
@@ -307,6 +308,7 @@ def run_study(out: str | os.PathLike, splits, config: TrainConfig, *, min_steps:
         changed = {}
         if saved is not None:
             changed = _check_resume(saved, splits, config, min_steps, split_epochs, study_dir)
+        _check_startable(study_dir, splits, resume)
         plan = plan_epochs(config, splits, min_steps, split_epochs)
         dataset = plan.pop("dataset")
         session = {"kind": "resume" if resume else "start", "started": _now(), "command": command,
@@ -317,6 +319,8 @@ def run_study(out: str | os.PathLike, splits, config: TrainConfig, *, min_steps:
                              "config": _shared_config(config), "note": note, "runs": {},
                              "sessions": []}
         if saved is not None:  # what may change on resume (data, device, verbosity): this call's
+            manifest.setdefault("runs", {})
+            manifest.setdefault("sessions", [])
             for k in RESUME_MAY_CHANGE:
                 manifest["config"][k] = getattr(config, k)
             manifest["note"] = note or manifest.get("note")
@@ -354,14 +358,36 @@ def _saved_manifest(study_dir: Path, resume: bool) -> dict | None:
     return None
 
 
+def _check_startable(study_dir: Path, splits: list[float], resume: bool) -> None:
+    """Refuse, before any split trains, a split to be trained afresh whose folder holds what the
+    trainer would refuse to overwrite (:func:`vggcifar.training.trainer.existing_run`; in a
+    resumed study, a split stopped before its first last.pt restarts over what it left)."""
+    for s in splits:
+        run_dir = study_dir / run_name(s)
+        found = split_state(study_dir, s) == "new" and trainer.existing_run(run_dir, resume)
+        if not found:
+            continue
+        why = f"it holds {found} of a run this study cannot continue"
+        if found == "last.pt":
+            why = f"{run_dir / found} is not a file"
+        elif found == "summary.json":  # a valid one would make the split finished
+            try:
+                read_summary(run_dir)
+            except VggCifarError as e:
+                why = str(e)
+        raise VggCifarError(f"split {s:g} can neither be kept nor continued: {why}; restore "
+                            f"it, or remove {run_dir / found} to train the split again")
+
+
 def _epochs_done(study_dir: Path, split: float) -> int | str:
     """``"all"`` for a finished split, else the epochs its metrics.csv records (0 if none)."""
     state = split_state(study_dir, split)
     if state == "done":
         return "all"
     try:
-        lines = (study_dir / run_name(split) / "metrics.csv").read_text().splitlines()
-    except OSError:
+        lines = read_regular(study_dir / run_name(split) / "metrics.csv",
+                             MAX_RESULT_BYTES).splitlines()
+    except (OSError, VggCifarError):  # missing, or not a file (a FIFO would block the read)
         return 0
     return max(0, len(lines) - 1) if state == "partial" else 0
 
@@ -411,7 +437,10 @@ def _run_split(st: _Study, s: float, pos: str, p: dict, config: TrainConfig) -> 
     st.session["in_progress"] = s  # still there if the study is stopped during this split
     st.save()
     cpu0, wall0 = launch.cpu_seconds(st.isolate), time.perf_counter()
-    summary = launch.train_split(cfg, st.isolate)
+    # A resumed study's split stopped before it could be continued (no last.pt) trains afresh
+    # over what it left.
+    restart = state == "new" and st.session["kind"] == "resume"
+    summary = launch.train_split(cfg, st.isolate, restart=restart)
     cpu, wall = launch.cpu_seconds(st.isolate) - cpu0, time.perf_counter() - wall0
     record.update({
         "finished": _now(), "total_time_s": summary.get("total_time_s"), "wall_time_s": wall,
