@@ -128,7 +128,7 @@ def read_manifest(manifest_path: str | os.PathLike) -> dict:
         if len(raw) > MAX_MANIFEST_BYTES:
             raise ValueError(f"over {MAX_MANIFEST_BYTES} bytes")
         manifest = json.loads(raw)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:  # RecursionError: "[" * 200000
         raise VggCifarError(f"{path} is not a readable shipped-model manifest ({e})") from e
     if not isinstance(manifest, dict) or manifest.get("format") != SHIPPED_FORMAT:
         raise VggCifarError(f"{path} is not a vggcifar shipped-model manifest")
