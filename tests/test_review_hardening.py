@@ -215,6 +215,20 @@ def test_deep_json_is_a_clear_error_never_a_recursion_error(tmp_path):
         read_engine_sidecar(tmp_path / "m.engine")
 
 
+def test_manifest_fifo_is_refused_not_waited_on_and_a_link_is_followed(tmp_path):
+    from vggcifar.shipped import read_manifest
+
+    os.mkfifo(fifo := tmp_path / "model.json")
+    t0 = time.monotonic()
+    with pytest.raises(VggCifarError, match="not a readable shipped-model manifest"):
+        read_manifest(fifo)  # before the fix: open() blocked forever waiting for a writer
+    assert time.monotonic() - t0 < 5
+    (real := tmp_path / "real.json").write_text(json.dumps({"format": "something else"}))
+    (tmp_path / "link.json").symlink_to(real)
+    with pytest.raises(VggCifarError, match="is not a vggcifar shipped-model manifest"):
+        read_manifest(tmp_path / "link.json")  # read through the user's link, then judged
+
+
 # ---- 6: model metadata of the wrong type ----------------------------------------------------------
 
 def test_metadata_of_the_wrong_type_is_treated_as_absent(ckpt, tmp_path):

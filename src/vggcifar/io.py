@@ -133,16 +133,18 @@ def make_shared(paths) -> None:
             os.chmod(p, 0o666 & ~umask, **nofollow)
 
 
-def read_plain_file(path: str | os.PathLike, max_bytes: int) -> bytes:
+def read_plain_file(path: str | os.PathLike, max_bytes: int, follow_links: bool = False) -> bytes:
     """At most ``max_bytes + 1`` bytes of ``path`` (more than ``max_bytes``: the file is over
     the caller's limit), which must be a regular file, so a planted FIFO, device or link costs
-    nothing: the link is not followed (``O_NOFOLLOW``), opening a FIFO does not wait
-    (``O_NONBLOCK``), and anything but a regular file is refused before it is read.
+    nothing: the link is not followed (``O_NOFOLLOW``, unless ``follow_links``: a path the user
+    named may be a link), opening a FIFO does not wait (``O_NONBLOCK``), and anything but a
+    regular file is refused before it is read.
 
     Raises:
         OSError: missing, unreadable, a link, or not a regular file.
     """
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    nofollow = 0 if follow_links else getattr(os, "O_NOFOLLOW", 0)
+    fd = os.open(path, os.O_RDONLY | nofollow | getattr(os, "O_NONBLOCK", 0)
                  | getattr(os, "O_BINARY", 0))
     with os.fdopen(fd, "rb") as f:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
