@@ -97,17 +97,27 @@ def _decoding(label: str):
 def _to_8bit(img: Image.Image) -> Image.Image:
     """16/32-bit integer and float greyscale -> 8-bit 'L' by scaling the full range, not clipping.
 
+    Values in 0..65535 are read as 8- or 16-bit data (0..255 or 0..65535 -> 0..255); 32-bit
+    integers outside that, and floats, are scaled from their own minimum to their maximum.
     Integer data is scaled with integer arithmetic (round half up, the same bytes as the float
     formula): a float64 copy would be 4-8x the decoded image.
+
+    Raises:
+        ValueError: float pixels that are NaN or infinite (no range to scale them by).
     """
     if img.mode == "F":
         arr = np.asarray(img, dtype=np.float64)
+        if not np.isfinite(arr).all():  # one would turn the whole image black, then classified
+            raise ValueError("NaN or infinite pixel values")
         lo, hi = float(arr.min()), float(arr.max())
         arr = np.clip((arr - lo) / (hi - lo if hi > lo else 1.0) * 255.0 + 0.5, 0, 255)
     else:  # "I" or "I;16*"
         arr = np.asarray(img).astype(np.int64)
-        hi = 65535 if arr.max() > 255 else 255
-        arr = (np.clip(arr, 0, hi) * 255 + hi // 2) // hi
+        lo, hi = int(arr.min()), int(arr.max())
+        if lo >= 0 and hi <= 65535:
+            lo, hi = 0, (65535 if hi > 255 else 255)
+        # Clipping 32-bit values to 16 bits made every bright pixel 255: scale the range held.
+        arr = ((arr - lo) * 255 + max(hi - lo, 1) // 2) // max(hi - lo, 1)
     return Image.fromarray(arr.astype(np.uint8), mode="L")
 
 

@@ -1,9 +1,10 @@
 """Files and folders: durable writes (a crash or power cut never leaves a half-written file under
-its name), the one write-probe for output folders, the one ``$VGGCIFAR_CACHE`` lookup, and the
-permissions of what is published or trusted."""
+its name), the one write-probe for output folders, the one ``$VGGCIFAR_CACHE`` lookup, bounded
+reads of plain files, and the permissions of what is published or trusted."""
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 import stat
@@ -140,17 +141,45 @@ def private_dir(folder: Path) -> bool:
 def make_shared(paths) -> None:
     """Give published files and folders the usual permissions (0o666/0o777 minus the umask):
     staged files (``mkstemp``, ``mkdtemp``) are owner-only, but exports are meant to be read by
-    serving code running as another user. Missing paths are skipped.
+    serving code running as another user. Missing paths, links and anything else that is not
+    a plain file or folder are skipped.
 
     Reads the umask by setting it, which is process-wide: call this from one thread at a time.
     """
     umask = os.umask(0)
     os.umask(umask)
-    for p in map(Path, paths):
-        if p.is_dir():
-            p.chmod(0o777 & ~umask)
-        elif p.is_file():
-            p.chmod(0o666 & ~umask)
+    # Links are never followed: one planted at a published name (an engine's sidecar name next
+    # to an .onnx file) made any file of ours world-readable. lstat skips them; where chmod can
+    # refuse to follow one (not Linux), a link planted after the lstat is not followed either.
+    nofollow = {"follow_symlinks": False} if os.chmod in os.supports_follow_symlinks else {}
+    for p in paths:
+        try:
+            mode = os.lstat(p).st_mode
+        except FileNotFoundError:
+            continue
+        if stat.S_ISDIR(mode):
+            os.chmod(p, 0o777 & ~umask, **nofollow)
+        elif stat.S_ISREG(mode):
+            os.chmod(p, 0o666 & ~umask, **nofollow)
+
+
+def read_plain_file(path: str | os.PathLike, max_bytes: int, follow_links: bool = False) -> bytes:
+    """At most ``max_bytes + 1`` bytes of ``path`` (more than ``max_bytes``: the file is over
+    the caller's limit), which must be a regular file, so a planted FIFO, device or link costs
+    nothing: the link is not followed (``O_NOFOLLOW``, unless ``follow_links``: a path the user
+    named may be a link), opening a FIFO does not wait (``O_NONBLOCK``), and anything but a
+    regular file is refused before it is read.
+
+    Raises:
+        OSError: missing, unreadable, a link, or not a regular file.
+    """
+    nofollow = 0 if follow_links else getattr(os, "O_NOFOLLOW", 0)
+    fd = os.open(path, os.O_RDONLY | nofollow | getattr(os, "O_NONBLOCK", 0)
+                 | getattr(os, "O_BINARY", 0))
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", os.fspath(path))
+        return f.read(max_bytes + 1)
 
 
 def remove_empty_dirs(dirs) -> None:

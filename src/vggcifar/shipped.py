@@ -23,7 +23,7 @@ import torch
 
 from .checkpoint_file import read_checkpoint, temperature_of
 from .errors import VggCifarError
-from .io import atomic_write
+from .io import atomic_write, read_plain_file
 
 SHIPPED_FORMAT = "vggcifar-shipped"
 MANIFEST_NAME = "vggcifar-default.json"
@@ -123,12 +123,12 @@ def read_manifest(manifest_path: str | os.PathLike) -> dict:
     """
     path = Path(manifest_path)
     try:
-        with open(path, "rb") as f:
-            raw = f.read(MAX_MANIFEST_BYTES + 1)
+        # The user's path may be a link; a FIFO or device is refused, never waited on.
+        raw = read_plain_file(path, MAX_MANIFEST_BYTES, follow_links=True)
         if len(raw) > MAX_MANIFEST_BYTES:
             raise ValueError(f"over {MAX_MANIFEST_BYTES} bytes")
         manifest = json.loads(raw)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:  # RecursionError: "[" * 200000
         raise VggCifarError(f"{path} is not a readable shipped-model manifest ({e})") from e
     if not isinstance(manifest, dict) or manifest.get("format") != SHIPPED_FORMAT:
         raise VggCifarError(f"{path} is not a vggcifar shipped-model manifest")

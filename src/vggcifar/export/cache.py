@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from ..errors import VggCifarError
-from ..io import atomic_write, cache_dir, private_dir
+from ..io import atomic_write, cache_dir, private_dir, read_plain_file
 from ..runtime.contract import ONNX_SUFFIX
 
 log = logging.getLogger(__name__)
@@ -31,6 +31,7 @@ CACHE_FORMAT = "vggcifar-onnx-cache"  # the sidecar of a cached export: see cach
 # 3: temperature (in the graph and the metadata). 4: test_accuracy_flip_shift.
 CACHE_REVISION = 4
 STALE_BUILD_S = 3600  # a build folder older than this was left by a killed process
+MAX_SIDECAR_BYTES = 64 * 1024  # a cache sidecar is ~300 bytes
 
 
 def onnx_from_checkpoint(source, out_dir) -> Path:
@@ -66,13 +67,16 @@ def _read_verified(cached: Path, sha: str, temperature: float) -> bytes | None:
     ``sha`` and the source's ``temperature``, and the bytes hash to the sidecar's digest; else
     ``None`` (missing, truncated, replaced, foreign or another temperature: rebuild)."""
     try:
-        side = json.loads(cache_sidecar(cached).read_text())
-        if (not isinstance(side, dict) or side.get("format") != CACHE_FORMAT
-                or side.get("source_sha256") != sha or side.get("temperature") != temperature
-                or cached.stat().st_size != side.get("bytes")):
+        side = json.loads(read_plain_file(cache_sidecar(cached), MAX_SIDECAR_BYTES))
+        size = side.get("bytes") if isinstance(side, dict) else None
+        if (not isinstance(size, int) or isinstance(size, bool) or size < 0
+                or side.get("format") != CACHE_FORMAT
+                or side.get("source_sha256") != sha or side.get("temperature") != temperature):
             return None
-        data = cached.read_bytes()
-    except (OSError, ValueError):
+        data = read_plain_file(cached, size)
+    except (OSError, ValueError, RecursionError):  # a FIFO, device or link is rebuilt over too
+        return None
+    if len(data) != size:
         return None
     return data if hashlib.sha256(data).hexdigest() == side.get("onnx_sha256") else None
 

@@ -22,7 +22,7 @@ from ..checkpoint import load_checkpoint
 from ..errors import VggCifarError
 from ..io import atomic_write, check_writable, make_shared
 from ..preprocessing import uint8_to_unit
-from ..runtime.contract import engine_sidecar, model_kind
+from ..runtime.contract import model_kind
 from ..source import resolve_source
 from . import parity
 from .formats import FORMAT_KEYS, FORMATS, ExportJob
@@ -160,12 +160,15 @@ def _publish(report: dict, entries: list[dict], stage: Path, out: Path) -> None:
 
     Caches (TensorRT timing cache, onnxruntime's TensorRT engine cache) live in ``out`` directly
     so that later exports reuse them."""
+    moved = []
     for path in sorted(stage.iterdir()):
         os.replace(path, out / path.name)
+        moved.append(out / path.name)
     atomic_write(out / REPORT_NAME, lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2)))
-    # Staged files (mkstemp) are owner-only; exports are read by serving as another user.
-    published = [out / e["file"] for e in entries if "path" not in e]
-    make_shared([out / REPORT_NAME, *published, *map(engine_sidecar, published)])
+    # Staged files (mkstemp) are owner-only; exports are read by serving as another user. Only
+    # what this export wrote: any other name in ``out`` (a sidecar name beside an .onnx file)
+    # may be someone else's file or link.
+    make_shared([out / REPORT_NAME, *moved])
     for e in entries:
         e.setdefault("path", str(out / e["file"]))
     report["report_path"] = str(out / REPORT_NAME)

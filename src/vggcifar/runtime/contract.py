@@ -111,7 +111,7 @@ def build_metadata(meta: dict, *, precision: str, exporter: str,
         "test_accuracy": json.dumps(None if acc is None else float(acc)),
         "test_accuracy_one_view": json.dumps(None if one is None else float(one)),
         # Whether test_accuracy is the run's flip-TTA figure (as config.tta in the checkpoint).
-        "test_accuracy_with_tta": json.dumps(bool((meta.get("config") or {}).get("tta"))),
+        "test_accuracy_with_tta": json.dumps(trained_with_tta(meta)),
         # With the 6 views of flip+shift TTA, where measured (the shipped model's, by vgg-eval).
         "test_accuracy_flip_shift": json.dumps(None if fs is None else float(fs)),
         "vggcifar_version": __version__,
@@ -122,6 +122,14 @@ def build_metadata(meta: dict, *, precision: str, exporter: str,
     }
 
 
+def trained_with_tta(meta: dict) -> bool:
+    """Whether a checkpoint's ``config`` (its training options) used flip TTA, so that its
+    ``test_accuracy`` is the TTA figure. A ``config`` that is not a dict (a damaged or foreign
+    file) records nothing."""
+    config = meta.get("config")
+    return isinstance(config, dict) and bool(config.get("tta"))
+
+
 def decode_metadata(meta: dict) -> dict:
     """Metadata strings back to values: JSON where it parses (lists, numbers, ``null``), the
     plain string otherwise (``arch``, ``precision``...)."""
@@ -130,7 +138,7 @@ def decode_metadata(meta: dict) -> dict:
             return v
         try:
             return json.loads(v)
-        except ValueError:
+        except (ValueError, RecursionError):  # deep nesting ("[" * 200000) is no JSON for us
             return v
 
     return {k: value(v) for k, v in meta.items()}
@@ -186,7 +194,7 @@ def read_engine_sidecar(engine: str | os.PathLike) -> dict:
                             "re-export the engine with vgg-export --tensorrt")
     try:
         meta = json.loads(side.read_text())
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:
         raise VggCifarError(f"{side} is not readable JSON ({e})") from e
     if not isinstance(meta, dict):
         raise VggCifarError(f"{side} is not a JSON object; re-export the engine with vgg-export")

@@ -13,6 +13,7 @@ onnxruntime is imported inside the functions, so importing this module is cheap.
 from __future__ import annotations
 
 import os
+import re
 import threading
 import warnings
 
@@ -95,8 +96,8 @@ def device_session(model: str | os.PathLike | bytes, device: str | None = None, 
     """
     import onnxruntime as ort
 
-    device = (device or "auto").lower()
-    if device not in ("auto", "cpu") and not device.startswith("cuda"):
+    device = (device or "auto").strip().lower()
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device, re.ASCII):  # int() below needs digits
         raise VggCifarError(f"unknown device {device!r} for onnxruntime; {DEVICE_HELP}")
     cuda_id = int(device.split(":")[1]) if device.startswith("cuda:") else 0
     want_cuda = device != "cpu" and CUDA in ort.get_available_providers()

@@ -24,6 +24,10 @@ from ..errors import VggCifarError
 from .names import BACKENDS, FITS
 
 STDIN = "-"
+# Stdin is read whole before decoding, so it is capped (``cat /dev/zero |`` must not fill the
+# memory): 8 bytes for each of images.MAX_PIXELS (40 M), the largest image decoded, as
+# uncompressed 16-bit RGBA.
+MAX_STDIN_BYTES = 8 * 40_000_000
 
 
 # Strict JSON: a NaN or infinity would be written as a bare NaN, which JSON parsers reject.
@@ -102,7 +106,7 @@ def main(inputs, model_path, top_k, backend, device, as_json, batch_size, progre
         for arg, reason in problems:
             click.echo(f"error: {arg}: {reason}", err=True)
         raise VggCifarError("nothing to predict: no image files among the given paths")
-    data = sys.stdin.buffer.read() if stdin else None
+    data = sys.stdin.buffer.read(MAX_STDIN_BYTES + 1) if stdin else None
 
     tta = "flip-shift" if tta_shift else "flip" if tta else "none"
     model_path = resolve_model(model_path)
@@ -141,6 +145,9 @@ def main(inputs, model_path, top_k, backend, device, as_json, batch_size, progre
 
     if stdin:
         try:
+            if len(data) > MAX_STDIN_BYTES:
+                raise VggCifarError(f"{STDIN}: over the {MAX_STDIN_BYTES:,}-byte limit of an "
+                                    "image read from stdin")
             emit(predictor.predict(data, top_k=top_k, name=STDIN))
         except VggCifarError as e:
             emit(Prediction(source=STDIN, error=str(e), backend=predictor.backend_name))

@@ -154,10 +154,10 @@ def _decode(predictor, name: str, data: bytes):
 _DECODE_THREADS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
-async def _decode_in_thread(predictor, name: str, data: bytes):
-    """:func:`_decode` in a worker thread, at most ``MAX_DECODES`` at once per event loop: the
-    images of every request wait here, holding no thread, for the process-wide decode budget
-    (:data:`vggcifar.images.DECODES`) that bounds their memory."""
+async def in_decode_thread(fn, *args):
+    """``fn(*args)`` in a worker thread, at most ``MAX_DECODES`` at once per event loop: image
+    decodes and large ``/v2`` parses wait here, holding no thread, for the process-wide decode
+    budget (:data:`vggcifar.images.DECODES`) that bounds their memory."""
     import anyio
 
     from ..images import MAX_DECODES
@@ -166,7 +166,7 @@ async def _decode_in_thread(predictor, name: str, data: bytes):
     limiter = _DECODE_THREADS.get(loop)
     if limiter is None:
         limiter = _DECODE_THREADS[loop] = anyio.CapacityLimiter(MAX_DECODES)
-    return await anyio.to_thread.run_sync(_decode, predictor, name, data, limiter=limiter)
+    return await anyio.to_thread.run_sync(fn, *args, limiter=limiter)
 
 
 async def _predict(request, state: ServerState, top_k: int, arrival=None, tta: str = "none"):
@@ -207,7 +207,7 @@ async def _predict(request, state: ServerState, top_k: int, arrival=None, tta: s
                               f"{state.batcher.queue_size} images waiting); retry later"}, retry
     p = state.predictor
     decoded = await asyncio.gather(*(
-        _decode_in_thread(p, name, data) if data is not None
+        in_decode_thread(_decode, p, name, data) if data is not None
         else asyncio.sleep(0, (None, [], err, 0.0))
         for name, data, err in items))
     good = [i for i, d in enumerate(decoded) if d[0] is not None]
@@ -353,11 +353,20 @@ def _add_v1_routes(app, state: ServerState, top_k: int) -> None:
     from typing import Literal
 
     from fastapi import Query, Request
+    from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, Response
 
     from .names import TTA_MODES
 
     from .inference_protocol import dumps
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_parameter(request, exc):
+        # FastAPI answers {"detail": [...]} (?top_k=0, ?tta=bogus); this API's errors are
+        # {"error": "..."}. The value sent is not echoed back.
+        text = "; ".join(f"{'.'.join(map(str, e['loc'][1:])) or 'request'}: {e['msg']}"
+                         for e in exc.errors())
+        return JSONResponse({"error": text[:500]}, status_code=422)
 
     @app.post("/v1/predict", summary="Classify one or many images")
     async def predict(request: Request,

@@ -5,9 +5,9 @@ against the server unchanged:
 - ``GET /v2``: server metadata; ``GET /v2/health/live``, ``/v2/health/ready``: 200 or 503.
 - ``GET /v2/models/{name}[/versions/1]``: model metadata; ``.../ready``: 200 once warmed up.
 - ``POST /v2/models/{name}[/versions/1]/infer``: input ``image`` FP32 ``[N, 3, S, S]`` RGB in
-  [0, 1] (the ONNX contract: normalisation is the model's business); outputs ``logits`` and
-  ``probabilities`` FP32 ``[N, num_classes]``, those named in the request's ``outputs`` (all
-  when it names none).
+  [0, 1] (the ONNX contract: normalisation is the model's business; other values are a 400);
+  outputs ``logits`` and ``probabilities`` FP32 ``[N, num_classes]``, those named in the
+  request's ``outputs`` (all when it names none).
 
 ``name`` is the one ``vgg-export --triton`` gives the same model
 (:func:`vggcifar.export.triton.triton_model_name`: ``vggcifar-default`` for the shipped model),
@@ -19,8 +19,8 @@ raw little-endian tensors follow, in order. An output is returned binary when it
 
 Images go through the server's :class:`~vggcifar.serving.batching.DynamicBatcher`, one queue item
 per image: ``/v1`` and ``/v2`` images share batches. A bad request is a 400 (404 for an unknown
-model or version, 413 for too many images or bytes, 503 while not ready or when the queue is
-full) with ``{"error": "..."}``, never a 500; a 500 means the model failed.
+model or version, 413 for too many images or bytes, 503 while not ready or when the queue or
+the decode budget is full) with ``{"error": "..."}``, never a 500; a 500 means the model failed.
 """
 
 # No `from __future__ import annotations`: FastAPI must see the real `Request` class in the
@@ -42,6 +42,12 @@ DATATYPE = "FP32"
 INLINE_PARSE_BYTES = 32 * 1024
 # A JSON tensor spends this many bytes per value at most (for the body limit).
 JSON_BYTES_PER_VALUE = 32
+# Input values may stray this far outside [0, 1] (rounding in the client's scaling).
+RANGE_TOLERANCE = 1e-3
+# Peak bytes of parsing one byte of a JSON body (Python floats and lists, then the array): a
+# 24 MB body took 270 MB. Large parses hold this from vggcifar.images.DECODES, the budget image
+# decodes hold, so concurrent requests cannot multiply it.
+JSON_PARSE_BYTES_PER_BYTE = 12
 
 
 class ProtocolError(Exception):
@@ -207,7 +213,40 @@ def parse_infer(body: bytes, header_length: str | None, size: int,
     x = _tensor(tensor, tail, shape)
     if not np.isfinite(x).all():
         raise ProtocolError(400, f"input {INPUT_NAME!r} holds NaN or infinite values")
+    # Outside [0, 1] the answer is garbage (0-255 floats are misclassified) or, for huge finite
+    # values, the model's own NaN: the client's mistake, so a 400 naming the range, not a 500.
+    lo, hi = float(x.min()), float(x.max())
+    if lo < -RANGE_TOLERANCE or hi > 1 + RANGE_TOLERANCE:
+        raise ProtocolError(400, f"input {INPUT_NAME!r}: values must be RGB in [0, 1] (divide "
+                                 f"8-bit pixels by 255); got values from {lo:.6g} to {hi:.6g}")
     return x, request, wanted
+
+
+def parse_cost(body: bytes, header_length: str | None) -> int:
+    """Estimated peak bytes of :func:`parse_infer` on ``body``: its JSON part at
+    :data:`JSON_PARSE_BYTES_PER_BYTE`, a binary tensor twice (the array and its float32 copy)."""
+    n = len(body)
+    if header_length is not None and header_length.isascii() and header_length.isdigit():
+        n = min(n, int(header_length))
+    return n * JSON_PARSE_BYTES_PER_BYTE + (len(body) - n) * 2
+
+
+def parse_within_budget(body: bytes, header_length: str | None, size: int, max_images: int):
+    """:func:`parse_infer` holding :func:`parse_cost` bytes of the process-wide decode budget
+    (:data:`vggcifar.images.DECODES`) while it runs; call it in a worker thread, as it may wait
+    for the budget.
+
+    Raises:
+        ProtocolError: as :func:`parse_infer`; 503 when the budget stayed in use too long.
+    """
+    from ..errors import VggCifarError
+    from ..images import DECODES
+
+    try:  # parse_infer raises ProtocolError only: a VggCifarError is the budget's refusal
+        with DECODES.reserve(parse_cost(body, header_length), "request"):
+            return parse_infer(body, header_length, size, max_images)
+    except VggCifarError:
+        raise ProtocolError(503, "server busy with other requests; retry later") from None
 
 
 def encode_response(state, request: dict, wanted, outputs: dict) -> tuple[bytes, dict]:
@@ -257,8 +296,6 @@ async def _read_body(request, cap: int) -> bytes:
 
 async def infer(request, state, name: str, version: str | None, arrival) -> tuple[bytes, dict]:
     """One infer call -> ``(body, headers)``; :class:`ProtocolError` for refused requests."""
-    from starlette.concurrency import run_in_threadpool
-
     from .batching import BatchError, QueueClosed, QueueFull
     from .predictor import NON_FINITE
 
@@ -269,8 +306,12 @@ async def infer(request, state, name: str, version: str | None, arrival) -> tupl
     max_images = state.batcher.queue_size  # a request must fit in an empty queue
     body = await _read_body(request, 4096 + max_images * 3 * size * size * JSON_BYTES_PER_VALUE)
     args = (body, request.headers.get(HEADER_LENGTH), size, max_images)
-    x, req, wanted = (parse_infer(*args) if len(body) <= INLINE_PARSE_BYTES
-                      else await run_in_threadpool(parse_infer, *args))
+    if len(body) <= INLINE_PARSE_BYTES:
+        x, req, wanted = parse_infer(*args)
+    else:
+        from .http_api import in_decode_thread
+
+        x, req, wanted = await in_decode_thread(parse_within_budget, *args)
     try:
         futures = state.batcher.submit(x, arrival)
     except (QueueFull, QueueClosed) as e:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ..errors import VggCifarError
 from ..image_formats import ACCEPTED_FORMATS, ACCEPTED_NAMES
+from ..io import read_plain_file
 
 # The one answer for anything that is not an upload or a data URL: the same text whether the
 # path exists, is a folder, is empty or unreadable, so the server's files cannot be probed.
@@ -69,20 +70,13 @@ def _read_received(path: str, roots: tuple[str, ...], name: str, max_bytes: int)
     """The bytes of ``path`` if :func:`received_path` accepts it, at most ``max_bytes`` long.
     Anything else raises :data:`REFUSED`, the same whatever the reason."""
     real = received_path(path, roots)
-    try:
-        # O_NOFOLLOW: the file opened is the one checked; O_NONBLOCK: never wait on a FIFO.
-        fd = os.open(real, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)
-                     | getattr(os, "O_NONBLOCK", 0))
-        with os.fdopen(fd, "rb") as f:
-            st = os.fstat(f.fileno())
-            if not stat.S_ISREG(st.st_mode):
-                raise VggCifarError(REFUSED)
-            if st.st_size > max_bytes:
-                raise VggCifarError(f"{name}: image is over the {max_bytes / 2**20:g} MB "
-                                    "upload limit")
-            return f.read(max_bytes + 1)[:max_bytes]
+    try:  # the file opened is the one checked: a link or FIFO swapped in since is refused
+        data = read_plain_file(real, max_bytes)
     except OSError as e:
         raise VggCifarError(REFUSED) from e
+    if len(data) > max_bytes:
+        raise VggCifarError(f"{name}: image is over the {max_bytes / 2**20:g} MB upload limit")
+    return data
 
 
 def upload_only_image(roots, **kwargs):

@@ -12,7 +12,8 @@ import numpy as np
 from ...errors import VggCifarError
 from ...preprocessing import Preprocessing, uint8_to_unit
 from ...calibration import softmax
-from ...runtime.contract import REQUIRED_METADATA, ModelFileError, decode_metadata
+from ...runtime.contract import (REQUIRED_METADATA, ModelFileError, decode_metadata,
+                                 trained_with_tta)
 from ...source import ModelSource
 from ..names import check_tta, tta_label
 
@@ -136,7 +137,7 @@ def served_accuracy(meta: dict) -> tuple[float | None, float | None]:
         return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
     acc, one = number(meta.get("test_accuracy")), number(meta.get("test_accuracy_one_view"))
-    if (meta.get("config") or {}).get("tta") or meta.get("test_accuracy_with_tta") is True:
+    if trained_with_tta(meta) or meta.get("test_accuracy_with_tta") is True:
         return one, acc
     return (one if one is not None else acc), None
 
@@ -176,9 +177,10 @@ def info_from_export_metadata(meta: dict, path, kind: str) -> ModelInfo:
     except VggCifarError as e:
         raise ModelFileError(str(e)) from e
     one, tta = served_accuracy(m)
+    arch = m.get("arch") if isinstance(m.get("arch"), str) else None  # only shown: 5 is unknown
     return ModelInfo(
         name=display_name(path), path=str(path), format=kind, preproc=Preprocessing.from_dict(pre),
-        arch=m.get("arch") or None, test_accuracy=one, test_accuracy_tta=tta,
+        arch=arch or None, test_accuracy=one, test_accuracy_tta=tta,
         test_accuracy_flip_shift=flip_shift_accuracy(m), precision=str(m["precision"]) if m.get("precision") else None,
         temperature=temperature)
 
