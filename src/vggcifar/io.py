@@ -4,7 +4,6 @@ reads of plain files, and the permissions of what is published or trusted."""
 
 from __future__ import annotations
 
-import errno
 import os
 import secrets
 import stat
@@ -87,31 +86,52 @@ def check_writable(folder: str | os.PathLike, what: str = "output folder") -> Pa
     return folder
 
 
-def open_regular(path: str | os.PathLike):
-    """Open ``path`` for binary reading, refusing anything but a regular file (links are
-    followed): a FIFO, device or socket could block the open or a read forever.
+class NotRegularFile(VggCifarError, OSError):
+    """A path that is a FIFO, device, socket or folder (or a link, where links are not
+    followed) where a file was expected: a user error to some callers, an unreadable file
+    (``OSError``) to others."""
+
+
+def open_regular(path: str | os.PathLike, follow_links: bool = True):
+    """Open ``path`` for binary reading, refusing anything but a regular file, so a planted
+    FIFO or device costs nothing: opening a FIFO does not wait for a writer (``O_NONBLOCK``),
+    and the file opened is the one checked. Without ``follow_links`` a link is refused too
+    (``O_NOFOLLOW``): for files vggcifar wrote itself, where a link was planted; a path the
+    user named may be a link.
 
     Raises:
-        VggCifarError: not a regular file.
-        OSError: missing or unreadable.
+        NotRegularFile: not a regular file.
+        OSError: missing, unreadable, or (without ``follow_links``) a link.
     """
-    # O_NONBLOCK: opening a FIFO must not wait for a writer; it changes nothing for a file.
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    nofollow = 0 if follow_links else getattr(os, "O_NOFOLLOW", 0)
+    fd = os.open(path, os.O_RDONLY | nofollow | getattr(os, "O_NONBLOCK", 0)
+                 | getattr(os, "O_BINARY", 0))
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
-        raise VggCifarError(f"{path} is not a regular file")
+        raise NotRegularFile(f"{path} is not a regular file")
     return os.fdopen(fd, "rb")
 
 
+def read_plain_file(path: str | os.PathLike, max_bytes: int, follow_links: bool = False) -> bytes:
+    """At most ``max_bytes + 1`` bytes of the regular file ``path`` (:func:`open_regular`; more
+    than ``max_bytes``: the file is over the caller's limit). Links are not followed unless
+    ``follow_links``.
+
+    Raises:
+        OSError: missing, unreadable, a link, or not a regular file (:class:`NotRegularFile`).
+    """
+    with open_regular(path, follow_links) as f:
+        return f.read(max_bytes + 1)
+
+
 def read_regular(path: str | os.PathLike, max_bytes: int) -> bytes:
-    """The bytes of the regular file ``path`` (:func:`open_regular`), at most ``max_bytes``.
+    """The bytes of the regular file ``path`` (links followed), at most ``max_bytes``.
 
     Raises:
         VggCifarError: not a regular file, or larger than ``max_bytes``.
         OSError: missing or unreadable.
     """
-    with open_regular(path) as f:
-        data = f.read(max_bytes + 1)
+    data = read_plain_file(path, max_bytes, follow_links=True)
     if len(data) > max_bytes:
         raise VggCifarError(f"{path} is over {max_bytes / 2**20:g} MB: not a file vggcifar wrote")
     return data
@@ -161,25 +181,6 @@ def make_shared(paths) -> None:
             os.chmod(p, 0o777 & ~umask, **nofollow)
         elif stat.S_ISREG(mode):
             os.chmod(p, 0o666 & ~umask, **nofollow)
-
-
-def read_plain_file(path: str | os.PathLike, max_bytes: int, follow_links: bool = False) -> bytes:
-    """At most ``max_bytes + 1`` bytes of ``path`` (more than ``max_bytes``: the file is over
-    the caller's limit), which must be a regular file, so a planted FIFO, device or link costs
-    nothing: the link is not followed (``O_NOFOLLOW``, unless ``follow_links``: a path the user
-    named may be a link), opening a FIFO does not wait (``O_NONBLOCK``), and anything but a
-    regular file is refused before it is read.
-
-    Raises:
-        OSError: missing, unreadable, a link, or not a regular file.
-    """
-    nofollow = 0 if follow_links else getattr(os, "O_NOFOLLOW", 0)
-    fd = os.open(path, os.O_RDONLY | nofollow | getattr(os, "O_NONBLOCK", 0)
-                 | getattr(os, "O_BINARY", 0))
-    with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(errno.EINVAL, "not a regular file", os.fspath(path))
-        return f.read(max_bytes + 1)
 
 
 def remove_empty_dirs(dirs) -> None:
