@@ -222,8 +222,11 @@ def test_copy_results_skips_links_checkpoints_and_unfinished_splits(tmp_path):
     done, partial = study / "split-0.5", study / "split-1"
     for d in (done, partial, study / "figures"):
         d.mkdir(parents=True)
-    (study / "study.json").write_text(json.dumps({"created": "x", "splits": [0.5, 1.0]}))
-    (done / "summary.json").write_text("{}")
+    (study / "study.json").write_text(json.dumps({"created": "x", "splits": [0.5, 1.0],
+                                                   "config": {}}))
+    (done / "summary.json").write_text(json.dumps({  # what a finished split's summary holds
+        "test_accuracy": 0.5, "train_images": 10, "batch_size": 2, "epochs": 1, "steps": 5,
+        "total_time_s": 1.0, "per_class_accuracy": {}}))
     (done / "config.json").write_text("{}")
     (done / "metrics.csv").symlink_to(secret)
     (done / "curves.png").symlink_to(secret)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -149,6 +150,7 @@ def test_version_1_last_pt_resumes(cifar_batches, tmp_path):
     c = torch.load(last, weights_only=True)
     c.update(epoch=1, metrics=one["metrics"])
     torch.save(c, last)
+    shutil.copyfile(Path(first["run_dir"]) / "best.pt", run / "best.pt")  # the run's end reads it
     summary = train(TrainConfig(resume=str(last), device="cpu", progress=False,
                                 data=str(cifar_batches)))
     assert summary["epochs"] == 2 and Path(summary["run_dir"]) == run.resolve()
