@@ -35,11 +35,11 @@ FastAPI, uvicorn, Gradio and torch are imported inside functions, so ``vgg-serve
 import asyncio
 import logging
 import time
-import weakref
 
 from ..cli_common import DEFAULT_TOP_K
 from ..errors import VggCifarError
 from .demo import DEFAULT_MAX_FILE_MB
+from .limits import in_decode_thread
 from .server_state import ServerState
 
 log = logging.getLogger(__name__)
@@ -149,24 +149,6 @@ def _decode(predictor, name: str, data: bytes):
         log.exception("decoding %s failed", name)
         return None, [], f"{name}: could not be decoded ({type(e).__name__})", \
             time.perf_counter() - t0
-
-
-_DECODE_THREADS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-
-
-async def in_decode_thread(fn, *args):
-    """``fn(*args)`` in a worker thread, at most ``MAX_DECODES`` at once per event loop: image
-    decodes and large ``/v2`` parses wait here, holding no thread, for the process-wide decode
-    budget (:data:`vggcifar.images.DECODES`) that bounds their memory."""
-    import anyio
-
-    from ..images import MAX_DECODES
-
-    loop = asyncio.get_running_loop()
-    limiter = _DECODE_THREADS.get(loop)
-    if limiter is None:
-        limiter = _DECODE_THREADS[loop] = anyio.CapacityLimiter(MAX_DECODES)
-    return await anyio.to_thread.run_sync(fn, *args, limiter=limiter)
 
 
 async def _predict(request, state: ServerState, top_k: int, arrival=None, tta: str = "none"):

@@ -309,7 +309,7 @@ async def infer(request, state, name: str, version: str | None, arrival) -> tupl
     if len(body) <= INLINE_PARSE_BYTES:
         x, req, wanted = parse_infer(*args)
     else:
-        from .http_api import in_decode_thread
+        from .limits import in_decode_thread
 
         x, req, wanted = await in_decode_thread(parse_within_budget, *args)
     try:

@@ -12,6 +12,7 @@ import ctypes
 import ctypes.util
 import json
 import sys
+import weakref
 
 # A request body that sends nothing for this long is refused (HTTP 408): slow bodies must not
 # hold a connection and its buffers indefinitely.
@@ -162,3 +163,21 @@ class SafeHeaders:
             await send(msg)
 
         await self.app(scope, receive, with_headers)
+
+
+_DECODE_THREADS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+async def in_decode_thread(fn, *args):
+    """``fn(*args)`` in a worker thread, at most ``MAX_DECODES`` at once per event loop: image
+    decodes and large ``/v2`` parses wait here, holding no thread, for the process-wide decode
+    budget (:data:`vggcifar.images.DECODES`) that bounds their memory."""
+    import anyio
+
+    from ..images import MAX_DECODES
+
+    loop = asyncio.get_running_loop()
+    limiter = _DECODE_THREADS.get(loop)
+    if limiter is None:
+        limiter = _DECODE_THREADS[loop] = anyio.CapacityLimiter(MAX_DECODES)
+    return await anyio.to_thread.run_sync(fn, *args, limiter=limiter)
