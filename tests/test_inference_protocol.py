@@ -197,6 +197,18 @@ def test_header_length_must_be_ascii_digits():
     assert e.value.status == 400
 
 
+@pytest.mark.parametrize("value", ["0.5", True, None, {"v": 0.5}], ids=["string", "bool", "null", "object"])
+def test_fp32_data_must_be_json_numbers(value):
+    # numpy would read "0.5" and true as numbers: FP32 data must already be numbers, as in Triton
+    good = {"name": "image", "datatype": "FP32", "shape": [1, 3, 32, 32]}
+    body = json.dumps({"inputs": [{**good, "data": [value] * 3072}]}).encode()
+    with pytest.raises(ProtocolError) as e:
+        parse_infer(body, None, 32, 8)
+    assert e.value.status == 400 and "must be numbers" in str(e.value)
+    ok = json.dumps({"inputs": [{**good, "data": [[0.5] * 1024] * 3}]}).encode()  # nested: fine
+    assert parse_infer(ok, None, 32, 8)[0].shape == (1, 3, 32, 32)
+
+
 def test_json_outputs_as_asked(server, model_name):
     body = {"id": "req-1", "inputs": [{"name": "image", "datatype": "FP32",
                                        "shape": [1, 3, 32, 32], "data": [[0.5] * 3072]}],

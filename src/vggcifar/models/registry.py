@@ -17,10 +17,10 @@ checked against the model after it is built.
 from __future__ import annotations
 
 import inspect
-import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from ..checks import is_finite_number
 from ..errors import VggCifarError
 
 @dataclass(frozen=True)
@@ -64,11 +64,6 @@ _REGISTRY: dict[str, ModelEntry] = {}
 def show_value(v) -> str:
     """A value read from a file, shown briefly in a message (it may be anything, of any size)."""
     return repr(v)[:40]
-
-
-def is_finite_number(v) -> bool:
-    """An int or float (not a bool) that is finite: what numeric options read from files must be."""
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _keyword_defaults(builder: Callable) -> dict:

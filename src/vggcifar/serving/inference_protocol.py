@@ -154,7 +154,12 @@ def _tensor(tensor: dict, tail: bytes, shape: list[int]) -> np.ndarray:
     if "data" not in tensor:
         raise ProtocolError(400, f"input {INPUT_NAME!r} has neither data nor binary_data_size")
     try:
-        x = np.asarray(tensor["data"], dtype=np.float32)
+        # Without a dtype first: numpy would turn "0.5" and true into numbers, which FP32 data
+        # must already be (Triton refuses them too).
+        x = np.asarray(tensor["data"])
+        if x.dtype.kind not in "iuf":
+            raise TypeError
+        x = x.astype(np.float32)
     except (TypeError, ValueError, OverflowError, RecursionError):
         raise ProtocolError(400, f"input {INPUT_NAME!r}: data must be numbers (a flat or "
                                  "nested list)") from None

@@ -18,12 +18,12 @@ study can go on on another machine from a copy of them.
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import stat
 from pathlib import Path
 
+from ..checks import is_finite_number
 from ..errors import VggCifarError
 from ..io import atomic_write, read_regular
 
@@ -42,10 +42,6 @@ MAX_RESULT_BYTES = 8 * 2**20
 def run_name(split: float) -> str:
     """Run-folder name of a split inside the study folder: ``split-0.01``."""
     return f"split-{split:g}"
-
-
-def _number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def read_json(path: str | os.PathLike):
@@ -78,7 +74,7 @@ def read_summary(run_dir: str | os.PathLike) -> dict:
     summary = read_json(p)
     if not isinstance(summary, dict):
         raise VggCifarError(f"{p} is damaged: not a JSON object")
-    bad = [k for k in SUMMARY_NUMBERS if not _number(summary.get(k))]
+    bad = [k for k in SUMMARY_NUMBERS if not is_finite_number(summary.get(k))]
     if not isinstance(summary.get("per_class_accuracy"), dict):
         bad.append("per_class_accuracy")
     if bad:
@@ -119,7 +115,7 @@ def read_manifest(study_dir: str | os.PathLike) -> dict:
     if not isinstance(manifest, dict):
         problem = "not a JSON object"
     elif not (isinstance(manifest.get("splits"), list) and manifest["splits"]
-              and all(_number(s) for s in manifest["splits"])):
+              and all(is_finite_number(s) for s in manifest["splits"])):
         problem = "'splits' is not a list of fractions"
     elif not isinstance(manifest.get("config"), dict):
         problem = "'config' is not a dict of options"
