@@ -87,8 +87,14 @@ def test_bad_checkpoints_get_clear_errors(tmp_path):
 
     (tmp_path / "text.pt").write_text("not a checkpoint")
     torch.save({"state_dict": {}}, tmp_path / "other.pt")
-    with pytest.raises(VggCifarError, match="not a readable vggcifar checkpoint"):
+    with pytest.raises(VggCifarError, match="not a readable vggcifar checkpoint") as e:
         vggcifar.load_checkpoint(tmp_path / "text.pt")
+    # what the file is, not the loader's internal failure ("list index out of range")
+    assert "not a PyTorch file: neither a zip archive nor a pickle" in str(e.value)
+    (tmp_path / "empty.pt").write_bytes(b"")
+    with pytest.raises(VggCifarError, match=r"not a readable vggcifar checkpoint \(the file is "
+                                            r"empty\)"):
+        vggcifar.load_checkpoint(tmp_path / "empty.pt")
     with pytest.raises(VggCifarError, match="not a vggcifar checkpoint"):
         vggcifar.load_checkpoint(tmp_path / "other.pt")
     with pytest.raises(VggCifarError, match="does not exist"):

@@ -30,7 +30,15 @@ FORMAT_VERSION = 2
 V1_MODEL_KWARGS = {"head": "mlp", "width": 1.0, "dropout": 0.2}
 
 
-def torch_load_reason(e: Exception) -> str:
+def not_torch_file(head: bytes) -> bool:
+    """Whether a file's first bytes rule out anything ``torch.load`` reads: a zip archive
+    (``torch.save``'s format) or a pickle (protocol 2 and later start with 0x80). Such files
+    make the loader fail with internal errors ("list index out of range") that mean nothing
+    to the user."""
+    return not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80")
+
+
+def torch_load_reason(e: Exception, head: bytes | None = None) -> str:
     """One line saying why ``torch.load`` refused a file.
 
     torch's message for a file the weights-only loader refuses advises loading it again with
@@ -38,6 +46,10 @@ def torch_load_reason(e: Exception) -> str:
     are its links and boilerplate. What is left is the loader's actual finding, e.g.
     ``Unsupported operand 110`` or ``... unsupported GLOBAL posix.system ...``.
     """
+    if head == b"":
+        return "the file is empty"
+    if head is not None and not_torch_file(head):
+        return "not a PyTorch file: neither a zip archive nor a pickle"
     noise = ("weights only load failed", "weights_only", "please file an issue",
              "check the documentation", "trusted source")
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
@@ -121,16 +133,19 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
         raise VggCifarError(f"checkpoint {path} does not exist")
     if path.is_dir():
         raise VggCifarError(f"checkpoint {path} is a folder; pass the .pt file inside it")
+    head = None
     try:
         f = open_regular(path)
     except OSError as e:
         raise VggCifarError(f"cannot read checkpoint {path} ({e.strerror or e})") from None
     try:
         with f:
+            head = f.read(4)
+            f.seek(0)
             ckpt = torch.load(f, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for bad files
         raise VggCifarError(
-            f"{path} is not a readable vggcifar checkpoint ({torch_load_reason(e)}); "
+            f"{path} is not a readable vggcifar checkpoint ({torch_load_reason(e, head)}); "
             "pass a best.pt/last.pt written by vgg-train") from e
     check_format(ckpt, path)
     return upgrade(ckpt)

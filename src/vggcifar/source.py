@@ -66,10 +66,10 @@ class ModelSource:
         except Exception as e:  # torch raises many types for bad files
             if self.kind == "shipped":
                 raise VggCifarError(f"the model described by {self.path} is not a readable "
-                                    f"checkpoint ({torch_load_reason(e)}); reinstall "
+                                    f"checkpoint ({torch_load_reason(e, self.data[:4])}); reinstall "
                                     "vggcifar") from e
             raise VggCifarError(f"{self.path} is not a readable vggcifar checkpoint "
-                                f"({torch_load_reason(e)}); pass a best.pt/last.pt written by "
+                                f"({torch_load_reason(e, self.data[:4])}); pass a best.pt/last.pt written by "
                                 "vgg-train") from e
         check_format(ckpt, self.path)
         ckpt = upgrade(ckpt)
