@@ -371,3 +371,111 @@ def test_interrupted_cache_write_leaves_no_temp_file(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         load_cifar10(folder, cache_dir=cache, download=False)
     assert list(cache.iterdir()) == []
+
+
+# ---- hostile data folders (review of 2026-12-08) ---------------------------------------------
+
+def _load(path):
+    return load_cifar10(path, download=False, cache=False, verbose=False)
+
+
+def _small_folder(tmp_path: Path, classes=("a", "b")) -> Path:
+    root = tmp_path / "imgs"
+    for split in ("train", "test"):
+        for c in classes:
+            (root / split / c).mkdir(parents=True)
+            Image.new("RGB", (32, 32), (10, 20, 30)).save(root / split / c / "0.png")
+    return root
+
+
+def test_an_incomplete_batches_folder_is_a_clear_error(tmp_path):
+    folder = _batches(tmp_path)
+    (folder / "data_batch_2").unlink()  # an interrupted download; the fingerprint stat()ed it
+    with pytest.raises(VggCifarError, match="lacks data_batch_2"):
+        load_cifar10(folder, download=False, verbose=False)
+    (folder / "data_batch_2").symlink_to("data_batch_2")  # a link loop
+    with pytest.raises(VggCifarError, match="lacks data_batch_2"):
+        load_cifar10(folder, download=False, verbose=False)
+
+
+@pytest.mark.parametrize("label, shown", [(10**5000, "a larger integer"), ("7" * 50, "a str"),
+                                          ([[[]]], "a list"), (12, "12")],
+                         ids=["huge-int", "long-string", "list", "too-large"])
+def test_a_bad_label_is_named_without_printing_it_whole(tmp_path, label, shown):
+    folder = _batches(tmp_path)
+    _rewrite(folder / "test_batch", lambda d: d["labels"].__setitem__(0, label))
+    with pytest.raises(VggCifarError, match=f"labels must be integers 0..9, found {shown}$"):
+        _load(folder)
+
+
+@pytest.mark.parametrize("names, message", [
+    (["ok", "ok"] + [f"c{i}" for i in range(8)], "appears twice"),
+    (["two\nlines"] + [f"c{i}" for i in range(9)], "control characters"),
+    (["bad\udcff"] + [f"c{i}" for i in range(9)], "not valid UTF-8"),
+])
+def test_bad_label_names_in_batches_meta_are_refused(tmp_path, names, message):
+    # they would break per_class.csv after the whole training (or merge two classes' rows)
+    folder = _batches(tmp_path)
+    _rewrite(folder / "batches.meta", lambda d: d.update(label_names=names))
+    with pytest.raises(VggCifarError, match=message):
+        _load(folder)
+
+
+def test_the_cache_notices_new_class_names_in_batches_meta(tmp_path):
+    folder = _batches(tmp_path)
+    assert load_cifar10(folder, download=False, verbose=False).classes[0] == "airplane"
+    _rewrite(folder / "batches.meta",
+             lambda d: d.update(label_names=[f"new{i}" for i in range(10)]))
+    assert load_cifar10(folder, download=False, verbose=False).classes[0] == "new0"
+
+
+def test_odd_file_names_load(tmp_path):
+    root = _small_folder(tmp_path)
+    bad = os.fsdecode(b"caf\xe9.png")  # Latin-1 bytes: not valid UTF-8
+    shutil.copy(root / "train" / "a" / "0.png", root / "train" / "a" / bad)
+    data = load_cifar10(root, download=False, verbose=False)  # the cache's fingerprint too
+    assert len(data.train_y) == 3
+
+
+def test_class_folder_problems_are_clear_errors(tmp_path):
+    root = _small_folder(tmp_path)
+    (root / "train" / "a" / "0.png").unlink()
+    with pytest.raises(VggCifarError, match=r"train/a holds no images"):
+        _load(root)  # a class the model would never see
+    root = _small_folder(tmp_path / "2")
+    (root / "test" / "c").mkdir()
+    with pytest.raises(VggCifarError, match=r"different class folders \(in only one of them: "
+                                            r"'c'\)"):
+        _load(root)
+    root = _small_folder(tmp_path / "3", classes=[f"k{i:04d}" for i in range(1001)])
+    with pytest.raises(VggCifarError, match="1001 classes; a model has 1 to 1000"):
+        _load(root)  # refused up front, not by the checkpoint check after the training
+
+
+def test_hidden_files_are_skipped_and_huge_files_refused(tmp_path, monkeypatch):
+    root = _small_folder(tmp_path)
+    (root / "train" / "a" / "._0.png").write_bytes(b"\0\5\26\7 macOS AppleDouble")
+    assert len(_load(root).train_y) == 2
+    import vggcifar.data.sources as sources
+    monkeypatch.setattr(sources, "MAX_IMAGE_FILE_BYTES", 50)
+    with pytest.raises(VggCifarError, match=r"0\.png: 0 MB is not a CIFAR image"):
+        _load(root)
+
+
+def test_a_deep_chain_of_lone_folders_is_not_data(tmp_path):
+    deep = tmp_path / "d"
+    levels = [deep]
+    for _ in range(1200):  # recursed once per level before (os.makedirs would too)
+        levels.append(levels[-1] / "d")
+    try:
+        for p in levels:
+            p.mkdir()
+        with pytest.raises(VggCifarError, match="is not CIFAR-10 data"):
+            _load(deep)
+    finally:  # bottom-up: pytest's own clean-up of tmp_path would recurse too
+        for p in reversed(levels):
+            if p.is_dir():
+                p.rmdir()
+    nested = tmp_path / "n"
+    shutil.copytree(_small_folder(tmp_path / "s"), nested / "x" / "y")
+    assert len(_load(nested).classes) == 2  # an archive unpacked into its own folder(s)

@@ -26,6 +26,7 @@ import os
 
 import torch
 
+from .checks import MAX_CLASSES
 from .checkpoint_file import FORMAT, FORMAT_VERSION, model_spec, temperature_of
 from .errors import VggCifarError
 from .io import atomic_write
@@ -36,9 +37,8 @@ from .source import ModelSource, resolve_source
 META_KEYS = ("arch", "model_kwargs", "num_classes", "preprocessing", "config", "metrics",
              "epoch", "test_accuracy", "test_accuracy_one_view", "test_accuracy_flip_shift",
              "versions", "created", "format_version", "calibration")
-# Bound on what a checkpoint may ask us to build, checked before anything is allocated (each
-# architecture bounds its own options through its registry validator).
-MAX_CLASSES = 1000
+# MAX_CLASSES (checks.py) bounds what a checkpoint may ask us to build, checked before anything
+# is allocated (each architecture bounds its own options through its registry validator).
 
 
 def save_checkpoint(ckpt: dict, path: str | os.PathLike) -> None:

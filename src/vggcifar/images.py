@@ -212,7 +212,9 @@ class DecodeBudget:
             while not self._fits(nbytes):
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise VggCifarError(f"{label}: server busy decoding other images; try "
+                    # also reached outside a server (a data folder's decode threads)
+                    raise VggCifarError(f"{label}: busy decoding other images (the decode "
+                                        f"memory budget stayed full for {wait_s:g} s); try "
                                         "again shortly")
                 self._cond.wait(left)
             self.running += 1

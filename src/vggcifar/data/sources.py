@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..checks import class_names_problem
 from ..errors import VggCifarError
 from ..io import cache_dir as default_cache_dir  # $VGGCIFAR_CACHE
 from ..image_formats import IMAGE_EXTENSIONS
@@ -31,6 +32,13 @@ from ..preprocessing import CIFAR10_CLASSES
 CACHE_VERSION = 1
 BATCH_FILES = [f"data_batch_{i}" for i in range(1, 6)]
 TEST_FILE = "test_batch"
+META_FILE = "batches.meta"
+# A CIFAR image is a few KB; a data folder's image far past any photo's size is refused before
+# it is opened (the decoder would read it whole first).
+MAX_IMAGE_FILE_BYTES = 64 * 2**20
+# How far detection follows a chain of lone subfolders (an archive unpacked into its own folder,
+# perhaps twice); a deep chain of them is not CIFAR-10.
+MAX_WRAPPING_FOLDERS = 3
 
 
 @dataclass
@@ -57,11 +65,13 @@ def _batches_dir(path: Path) -> Path | None:
 
 
 def _image_folder_dir(path: Path) -> Path | None:
-    if (path / "train").is_dir() and (path / "test").is_dir():
-        return path
-    subdirs = [p for p in path.iterdir() if p.is_dir()] if path.is_dir() else []
-    if len(subdirs) == 1:  # an archive unpacked into its own folder
-        return _image_folder_dir(subdirs[0])
+    for _ in range(MAX_WRAPPING_FOLDERS + 1):
+        if (path / "train").is_dir() and (path / "test").is_dir():
+            return path
+        subdirs = [p for p in path.iterdir() if p.is_dir()] if path.is_dir() else []
+        if len(subdirs) != 1:
+            return None
+        path = subdirs[0]  # an archive unpacked into its own folder
     return None
 
 
@@ -194,32 +204,43 @@ def _batch_arrays(d, file: Path, num_classes: int) -> tuple[np.ndarray, np.ndarr
                             f"({len(data)} images)")
     for v in labels:
         if type(v) is not int or not 0 <= v < num_classes:
+            # never repr() the value: a 5,000-digit int or a deeply nested list would raise
+            found = (str(v) if type(v) is int and abs(v) < 10**12
+                     else "a larger integer" if type(v) is int
+                     else repr(v) if type(v) is str and len(v) <= 20 else f"a {type(v).__name__}")
             raise VggCifarError(f"{file}: labels must be integers 0..{num_classes - 1}, "
-                                f"found {v!r:.40}")
+                                f"found {found}")
     labels = np.array(labels, dtype=np.int64)
     return data.reshape(-1, 3, 32, 32), labels
 
 
 def _read_batches(root: Path):
     classes = CIFAR10_CLASSES
-    meta = root / "batches.meta"
+    meta = root / META_FILE
     if meta.is_file():
         names = _unpickle(meta)
         names = names.get("label_names") if isinstance(names, dict) else None
         if names:
-            if not (isinstance(names, list) and all(isinstance(n, str) and n for n in names)):
+            if not isinstance(names, list):
                 raise VggCifarError(f"{meta}: 'label_names' must be a list of class names")
+            if (problem := class_names_problem(names)) is not None:
+                raise VggCifarError(f"{meta}: 'label_names': {problem}")
             classes = tuple(names)
+    _check_batch_files(root)
     xs, ys = [], []
     for name in BATCH_FILES + [TEST_FILE]:
         file = root / name
-        if not file.is_file():
-            raise VggCifarError(f"{root} lacks {name}; the cifar-10-batches-py folder is incomplete")
         x, y = _batch_arrays(_unpickle(file), file, len(classes))
         xs.append(x)
         ys.append(y)
     return (torch.from_numpy(np.concatenate(xs[:-1])), torch.from_numpy(np.concatenate(ys[:-1])),
             torch.from_numpy(xs[-1]), torch.from_numpy(ys[-1]), classes)
+
+
+def _check_batch_files(root: Path) -> None:
+    for name in BATCH_FILES + [TEST_FILE]:
+        if not (root / name).is_file():
+            raise VggCifarError(f"{root} lacks {name}; the cifar-10-batches-py folder is incomplete")
 
 
 def _list_image_folder(root: Path):
@@ -234,16 +255,32 @@ def _list_image_folder(root: Path):
         raise VggCifarError(f"{root / 'train'} has no class folders")
     test_classes = class_dirs("test")
     if test_classes != classes:
-        raise VggCifarError(f"{root}: train/ and test/ have different class folders")
+        only = sorted(set(classes) ^ set(test_classes))
+        raise VggCifarError(
+            f"{root}: train/ and test/ have different class folders (in only one of them: "
+            f"{', '.join(ascii(c) for c in only[:5])}{', ...' if len(only) > 5 else ''})")
+    if (problem := class_names_problem(classes)) is not None:
+        raise VggCifarError(f"{root}: the class folders are the class names: {problem}")
     files = {}
     for split in ("train", "test"):
         items = []
         for label, cls in enumerate(classes):
+            found = 0
+            # Hidden files are tools' leftovers too: macOS writes "._x.png" beside every x.png
+            # in archives it makes, and they are not images.
             for f in sorted((root / split / cls).iterdir()):
-                if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file():
+                if (f.suffix.lower() in IMAGE_EXTENSIONS and not f.name.startswith(".")
+                        and f.is_file()):
+                    if f.stat().st_size > MAX_IMAGE_FILE_BYTES:
+                        raise VggCifarError(
+                            f"{f}: {f.stat().st_size / 2**20:.0f} MB is not a CIFAR image (at "
+                            f"most {MAX_IMAGE_FILE_BYTES // 2**20} MB); remove it from the data "
+                            "folder")
                     items.append((f, label))
-        if not items:
-            raise VggCifarError(f"{root / split} holds no images")
+                    found += 1
+            if not found:  # a class never seen in training, or a test class scored 0 of 0
+                raise VggCifarError(f"{root / split / cls} holds no images; every class needs "
+                                    "images in train/ and test/")
         files[split] = items
     return tuple(classes), files
 
@@ -270,12 +307,17 @@ def _decode_all(items, desc: str, verbose: bool = True) -> tuple[torch.Tensor, t
 
 
 def _fingerprint(kind: str, root: Path, files=None) -> str:
-    h = hashlib.sha256(f"v{CACHE_VERSION}|{kind}|{root.resolve()}".encode())
-    paths = ([root / n for n in BATCH_FILES + [TEST_FILE]] if kind == "batches-py"
-             else [p for split in ("train", "test") for p, _ in files[split]])
+    # os.fsencode: a file name need not be valid UTF-8 (it is the same bytes when it is)
+    h = hashlib.sha256(os.fsencode(f"v{CACHE_VERSION}|{kind}|{root.resolve()}"))
+    if kind == "batches-py":
+        paths = [root / n for n in BATCH_FILES + [TEST_FILE]]
+        if (root / META_FILE).is_file():  # the class names
+            paths.append(root / META_FILE)
+    else:
+        paths = [p for split in ("train", "test") for p, _ in files[split]]
     for p in paths:
         st = p.stat()
-        h.update(f"{p.relative_to(root)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        h.update(os.fsencode(f"{p.relative_to(root)}|{st.st_size}|{st.st_mtime_ns}\n"))
     return h.hexdigest()
 
 
@@ -327,11 +369,17 @@ def load_cifar10(path: str | os.PathLike, *, download: bool = True, cache: bool 
         if not download:
             raise VggCifarError(f"no data at {path}; pass --data pointing to CIFAR-10")
         _download(path)
-    kind, root = detect_format(path)
-    files = None
-    if kind == "image-folder":
-        classes, files = _list_image_folder(root)
-    fingerprint = _fingerprint(kind, root, files)
+    try:
+        kind, root = detect_format(path)
+        files = None
+        if kind == "image-folder":
+            classes, files = _list_image_folder(root)
+        else:
+            _check_batch_files(root)
+        fingerprint = _fingerprint(kind, root, files)
+    except OSError as e:  # an unreadable folder, a link loop, a file removed meanwhile
+        raise VggCifarError(f"cannot read the data at {path}: {e.strerror or e}"
+                            + (f" ({e.filename})" if e.filename else "")) from None
     cache_file = Path(cache_dir or default_cache_dir()) / f"cifar10-{fingerprint[:20]}.pt"
     if cache:
         c, reason = _load_cache(cache_file, fingerprint)
