@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import sys
@@ -566,6 +567,8 @@ def parse_args(argv=None):
         parse_caps(STAGES, args.cap)
     except ValueError as e:
         ap.error(f"--cap: {e}")
+    if not (math.isfinite(args.budget_s) and args.budget_s > 0):  # nan: no deadline at all
+        ap.error(f"--budget-s must be a finite number of seconds > 0, got {args.budget_s:g}")
     out = Path(args.out).resolve()
     if args.work:
         work = Path(args.work).resolve()

@@ -232,3 +232,34 @@ def test_vgg_train_without_validation_keeps_t1(cifar_batches, tmp_path):
     assert s["temperature"] == 1.0 and "no held-out images" in s["calibration"]["reason"]
     assert load_checkpoint(Path(s["run_dir"]) / "best.pt")[1]["temperature"] == 1.0
     shutil.rmtree(tmp_path / "all", ignore_errors=True)
+
+
+class _Fixed(torch.nn.Module):
+    """Returns the given logits, a batch at a time."""
+
+    def __init__(self, z):
+        super().__init__()
+        self.z, self.i = z, 0
+
+    def forward(self, x):
+        out = self.z[self.i:self.i + len(x)]
+        self.i += len(x)
+        return out
+
+
+def test_non_finite_logits_keep_t1_instead_of_t_max():
+    # one inf logit made every NLL NaN and the search end at T = 20: near-uniform probabilities
+    from vggcifar.training.temperature import fit_on_loader, fit_run_temperature
+
+    rng = np.random.default_rng(0)
+    y = torch.from_numpy(rng.integers(0, 10, 200))
+    z = torch.randn(200, 10) + 4 * torch.nn.functional.one_hot(y, 10)
+    batches = [(torch.zeros(100, 3, 32, 32), y[:100]), (torch.zeros(100, 3, 32, 32), y[100:])]
+    clean = fit_on_loader(_Fixed(z), batches)
+    assert clean["fitted_on"] and 0.05 < clean["temperature"] < 20 and clean["images"] == 200
+    z[17, 3] = float("inf")
+    t, record = fit_run_temperature(_Fixed(z), batches)
+    assert t == 1.0 and record["temperature"] == 1.0 and record["fitted_on"] is None
+    assert record["reason"] == "1 of 200 validation images have non-finite logits: T = 1"
+    t, record = fit_run_temperature(_Fixed(z), [])  # a rank's empty shard: no torch.cat crash
+    assert t == 1.0 and record["reason"] == "no validation images: T = 1"

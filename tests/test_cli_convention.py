@@ -187,3 +187,16 @@ def test_lazy_package_exports_resolve(package):
     for name in module.__all__:
         assert getattr(module, name) is not None, f"{package}.{name}"
     assert set(module.__all__) <= set(dir(module))
+
+
+def test_a_closed_stdout_is_not_reported_as_a_bug():
+    # `vgg-predict DIR | head -1`: the reader leaves; that was "internal error: BrokenPipeError"
+    code = ("import click\nfrom vggcifar.cli_common import user_errors\n"
+            "@click.command()\n@user_errors\ndef cmd():\n"
+            "    for i in range(200_000):\n        print(f'line {i}')\ncmd()\n")
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+    assert p.stdout.readline() == b"line 0\n"
+    p.stdout.close()
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 1 and b"internal error" not in err and b"Traceback" not in err, err

@@ -213,3 +213,77 @@ def test_timebox_runs_a_stage_and_skips_one_without_time(tmp_path):
     check = tb.finish(remove_work=True)
     assert check["ok"] and check["files"] == ["results.tar.gz", "summary.json"]
     assert not (tmp_path / "work").exists()
+
+
+def test_caps_and_budget_must_be_finite(tmp_path):
+    import pytest
+
+    from vggcifar.timebox import Stage, parse_caps
+
+    stages = [Stage(0, "a", 30, 0, "x")]
+    assert parse_caps(stages, ["a=12"]) == {"a": 12.0}
+    for bad in ("nan", "inf", "-1", "soon"):  # nan: killed at once; inf: no deadline
+        with pytest.raises(ValueError, match="stage a"):
+            parse_caps(stages, [f"a={bad}"])
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "gpu_acceptance.py"), "--dry-run",
+                        "--out", str(tmp_path / "o"), "--budget-s", "nan"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "--budget-s must be a finite" in r.stderr
+
+
+_SIGNAL_PARENT = r"""
+import signal, sys
+from pathlib import Path
+from vggcifar.timebox import Stage, Timebox
+tmp = Path(sys.argv[1])
+# the stage ignores SIGTERM, so only the SIGKILL step ends it
+cmd = ["sh", "-c", f"echo $$ > {tmp}/child.pid; trap '' TERM; exec sleep 60"]
+tb = Timebox([Stage(0, "a", 60, 0, "sleeps")], tmp / "out", tmp / "work", budget_s=60,
+             reserve_s=1, name="t")
+tb.run(lambda: tb.run_stages(lambda name: (cmd, "x"), lambda name, r: {}) or True,
+       remove_work=False)
+"""
+
+
+def _start_signal_parent(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    p = subprocess.Popen([sys.executable, "-c", _SIGNAL_PARENT, str(tmp_path)], env=env)
+    pidfile = tmp_path / "child.pid"
+    for _ in range(200):
+        if pidfile.exists() and pidfile.read_text().strip():
+            break
+        time.sleep(0.05)
+    time.sleep(0.3)
+    return p, int(pidfile.read_text())
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return "\nState:\tZ" in Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+
+
+def test_a_second_sigterm_does_not_leave_the_stage_running(tmp_path):
+    # the second signal came inside kill_group's grace period and skipped the SIGKILL
+    p, child = _start_signal_parent(tmp_path)
+    p.send_signal(15)
+    time.sleep(0.4)
+    p.send_signal(15)
+    p.wait(timeout=30)
+    time.sleep(0.2)
+    assert _gone(child), "the stage's process outlived its parent"
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["stages"][0]["status"] == "interrupted"
+
+
+def test_sighup_is_an_interrupt_too(tmp_path):
+    # a dropped ssh session: summary.json said "running" and the stage kept running
+    p, child = _start_signal_parent(tmp_path)
+    p.send_signal(1)
+    p.wait(timeout=30)
+    time.sleep(0.2)
+    assert _gone(child)
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["stages"][0]["status"] == "interrupted"
+    assert any("interrupted" in n for n in summary["notes"])

@@ -33,6 +33,14 @@ def test_tampered_or_missing_part_is_refused(tiny_checkpoint, tmp_path):
     part.unlink()
     with pytest.raises(VggCifarError, match="is missing"):
         vggcifar.load_checkpoint(manifest)
+    os.mkfifo(part)  # never read from (it would block)
+    with pytest.raises(VggCifarError, match="cannot read shipped model part .*not a regular"):
+        vggcifar.load_checkpoint(manifest)
+    m = json.loads(manifest.read_text())
+    m["parts"][1]["file"] = "p" * 300  # ENAMETOOLONG: a traceback (exit 3) before
+    manifest.write_text(json.dumps(m))
+    with pytest.raises(VggCifarError, match="cannot read shipped model part"):
+        vggcifar.load_checkpoint(manifest)
 
 
 def test_default_model_prefers_newest_run_then_shipped(tiny_checkpoint, tmp_path, monkeypatch):

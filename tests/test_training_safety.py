@@ -248,3 +248,15 @@ def test_hidden_folders_are_not_classes(tmp_path):
     again = load_cifar10(root, download=False, verbose=False, cache_dir=tmp_path / "cache")
     assert again.classes == data.classes and not any(c.startswith(".") for c in again.classes)
     assert torch.equal(again.train_y, data.train_y)
+
+
+@pytest.mark.parametrize("updates", [-5, -11, float("inf"), True, "7", None])
+def test_a_damaged_ema_update_count_is_refused(updates):
+    # -5 made the average overshoot the weights, -11 divided by zero, inf overflowed int()
+    from vggcifar.training.ema import WeightEMA
+
+    ema = WeightEMA(torch.nn.Linear(2, 2), 0.99)
+    with pytest.raises(ValueError, match="update count"):
+        ema.load_state(ema.module.state_dict(), {"updates": updates})
+    ema.load_state(ema.module.state_dict(), {"updates": 12})
+    assert ema.updates == 12 and 0 < ema.current_decay() <= 0.99

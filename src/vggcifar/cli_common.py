@@ -31,6 +31,7 @@ Exit codes of every ``vgg-*`` command:
 from __future__ import annotations
 
 import functools
+import os
 import sys
 import traceback
 from typing import Callable
@@ -175,7 +176,8 @@ def check_port(host: str, port: int) -> None:
 
 def user_errors(fn):
     """Decorate a click command body: :class:`VggCifarError` -> ``error: ...`` and exit 2;
-    Ctrl-C -> exit 130 without a traceback; any other exception (a bug) -> its traceback, a
+    Ctrl-C -> exit 130 without a traceback; a closed stdout (``| head``) -> exit 1 quietly;
+    any other exception (a bug) -> its traceback, a
     one-line ``internal error`` asking for a report, and exit 3, so scripts can tell a crash
     from failed inputs (1) and bad usage (2)."""
 
@@ -191,6 +193,11 @@ def user_errors(fn):
             sys.exit(EXIT_INTERRUPTED)
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise  # click's own usage errors and exits keep their codes
+        except BrokenPipeError:
+            # The reader left (`vgg-predict DIR | head`): not a bug. Exit as click does (1),
+            # with stdout pointed at /dev/null so the flush at exit cannot raise again.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(1)
         except Exception as e:
             click.echo(traceback.format_exc().rstrip(), err=True)
             what = " ".join(str(e).split())[:200]  # one line, whatever the exception says

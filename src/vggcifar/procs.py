@@ -65,6 +65,20 @@ def kill_group(pgid: int, proc: subprocess.Popen | None = None, grace_s: float =
     return False
 
 
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+
+
+def kill_group_now(pgid: int, proc: subprocess.Popen | None = None, grace_s: float = 3.0) -> bool:
+    """:func:`kill_group` with SIGINT, SIGTERM and SIGHUP held back until it is done: a second
+    Ctrl-C or SIGTERM arriving in the grace period would otherwise raise inside its sleep and
+    skip the SIGKILL, leaving the group running. Signals held back are delivered afterwards."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        return kill_group(pgid, proc, grace_s)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 def run_group(cmd: list[str], log: Path, timeout: float, env: dict | None = None,
               cwd: Path | None = None, label: str = "run_group") -> dict:
     """Run ``cmd`` in its own session (process group), stdout and stderr appended to ``log``.
@@ -90,10 +104,10 @@ def run_group(cmd: list[str], log: Path, timeout: float, env: dict | None = None
         except subprocess.TimeoutExpired:
             rc, status = None, "timeout"
         except BaseException:  # interrupted: take the group down with us
-            kill_group(p.pid, p, grace_s=1.0)
+            kill_group_now(p.pid, p, grace_s=1.0)
             p.wait()
             raise
-        gone = kill_group(p.pid, p, grace_s=3.0 if status == "timeout" else 0.5)
+        gone = kill_group_now(p.pid, p, grace_s=3.0 if status == "timeout" else 0.5)
         if p.returncode is None:
             p.wait()
         wall = time.perf_counter() - t

@@ -173,10 +173,15 @@ def join_parts(manifest_path: str | os.PathLike, manifest: dict) -> tuple[bytes,
     chunks = []
     for part in manifest["parts"]:
         f = path.parent / part["file"]
-        if not f.is_file():
-            raise VggCifarError(f"shipped model part {f} is missing; reinstall vggcifar")
-        # The size first, so a damaged or replaced part is never read whole.
-        data = f.read_bytes() if f.stat().st_size == part["bytes"] else b""
+        try:
+            # At most the recorded size (+1), so a damaged or replaced part is never read
+            # whole; a FIFO or device is refused, never read from.
+            data = read_plain_file(f, part["bytes"], follow_links=True)
+        except FileNotFoundError:
+            raise VggCifarError(f"shipped model part {f} is missing; reinstall vggcifar") from None
+        except OSError as e:  # a name too long, no permission, I/O error, not a regular file
+            raise VggCifarError(f"cannot read shipped model part {f} ({e.strerror or e}); "
+                                "reinstall vggcifar") from None
         if len(data) != part["bytes"] or hashlib.sha256(data).hexdigest() != part["sha256"]:
             raise VggCifarError(f"sha256 mismatch for {f}: the shipped model is damaged or was "
                                 "modified; reinstall vggcifar "

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import shutil
 import signal
@@ -95,6 +96,19 @@ def record_check(res: dict, name: str, fn: Callable[[], object], save: Callable[
     return ok
 
 
+def _log_ends(path: Path, limit: int) -> bytes:
+    """A log whole, or its first and last ``limit / 2`` bytes when longer: only those are read
+    (a runaway log may be gigabytes)."""
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size <= limit:
+            return f.read(limit + 1)
+        half = limit // 2
+        head = f.read(half)
+        f.seek(-half, os.SEEK_END)
+        return head + b"\n[... middle of the log left out ...]\n" + f.read(half)
+
+
 def write_tarball(members: list[tuple[str, Path]], dest: Path, limits: Limits = Limits()) -> None:
     """Write ``members`` (name in the tarball, file), in priority order, under ``results/`` in
     the gzipped tarball ``dest``, atomically. What does not fit the byte budget is left out and
@@ -113,10 +127,8 @@ def write_tarball(members: list[tuple[str, Path]], dest: Path, limits: Limits = 
         used, skipped = 0, []
         with tarfile.open(tmp, "w:gz", compresslevel=6) as tar:
             for name, path in members:
-                data = path.read_bytes()
-                if name.startswith("logs/") and len(data) > limits.log_tail_bytes:
-                    half = limits.log_tail_bytes // 2
-                    data = data[:half] + b"\n[... middle of the log left out ...]\n" + data[-half:]
+                data = _log_ends(path, limits.log_tail_bytes) if name.startswith("logs/") \
+                    else path.read_bytes()
                 if used + len(data) > limits.tar_member_budget:
                     skipped.append(name)
                     continue
@@ -169,7 +181,13 @@ def parse_caps(stages: list[Stage], overrides: list[str] | None) -> dict[str, fl
         name, _, secs = item.partition("=")
         if name not in caps:
             raise ValueError(f"unknown stage {name!r}")
-        caps[name] = float(secs)
+        try:
+            value = float(secs)
+        except ValueError:
+            raise ValueError(f"stage {name}: {secs!r} is not a number of seconds") from None
+        if not (math.isfinite(value) and value >= 0):  # nan: killed at once; inf: no deadline
+            raise ValueError(f"stage {name}: {secs!r} is not a finite number of seconds >= 0")
+        caps[name] = value
     return caps
 
 
@@ -282,8 +300,10 @@ class Timebox:
         if len(have) + len(files) > self.limits.max_files:
             raise OSError(f"{len(files)} more files would make {self.out.name} hold more than "
                           f"{self.limits.max_files} files")
-        for p in files:
-            shutil.copy2(p, self.out / p.name)
+        # Each file whole or not at all (the machine's SIGTERM comes at the end, when this
+        # runs), manifests last: a .json in out means its parts are there.
+        for p in sorted(files, key=lambda f: f.suffix == ".json"):
+            atomic_write(self.out / p.name, lambda tmp, src=p: shutil.copy2(src, tmp))
 
     def passed(self) -> bool:
         """Every stage that ran passed (skipped ones count as passed)."""
@@ -294,10 +314,12 @@ class Timebox:
         machine's own timeout) is noted, not raised. Then, whatever happened, the final outputs
         (:meth:`finish`). Returns ``(passed, the check of out)``. Call it from the main thread
         (it sets a SIGTERM handler for its duration)."""
-        def on_term(signum, frame):
+        def on_stop(signum, frame):
             raise KeyboardInterrupt
 
-        before = signal.signal(signal.SIGTERM, on_term)
+        # SIGHUP too: a dropped ssh session must not leave summary.json saying "running".
+        stops = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+        before = {sig: signal.signal(sig, on_stop) for sig in stops}
         ok = False
         try:
             ok = body()
@@ -305,10 +327,14 @@ class Timebox:
             self.summary["notes"].append(f"interrupted after {self.elapsed():.0f}s")
             self.say("interrupted: writing what there is")
         finally:
+            # A second signal must not cut the final outputs short: they are what is kept.
+            for sig in stops:
+                signal.signal(sig, signal.SIG_IGN)
             try:
                 check = self.finish(remove_work)
             finally:
-                signal.signal(signal.SIGTERM, before)
+                for sig, handler in before.items():
+                    signal.signal(sig, handler)
         return ok, check
 
     def finish(self, remove_work: bool) -> dict:

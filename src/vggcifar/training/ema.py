@@ -58,5 +58,10 @@ class WeightEMA:
 
     def load_state(self, state_dict: dict, state: dict) -> None:
         """Restore the average (``state_dict``) and its update count from a checkpoint."""
+        updates = state.get("updates", 0) if isinstance(state, dict) else None
+        # A damaged count would break the decay ramp: negative makes it overshoot or divide by
+        # zero, a float inf overflows int().
+        if not isinstance(updates, int) or isinstance(updates, bool) or updates < 0:
+            raise ValueError(f"the EMA's update count {str(updates)[:30]} is not a whole number")
         self.module.load_state_dict(state_dict)
-        self.updates = int(state.get("updates", 0))
+        self.updates = updates

@@ -23,6 +23,9 @@ def fit_run_temperature(model, val_loader, *, amp_dtype=None, info=None,
         log(f"temperature scaling: {NO_HELD_OUT}")
         return 1.0, {"temperature": 1.0, "fitted_on": None, "reason": NO_HELD_OUT}
     cal = fit_on_loader(model, val_loader, amp_dtype=amp_dtype, info=info)
+    if cal["fitted_on"] is None:
+        log(f"temperature scaling: {cal['reason']}")
+        return 1.0, cal
     log(f"temperature scaling: T = {cal['temperature']:.4f} fitted on {cal['images']:,} "
         f"validation images (NLL {cal['nll_before']:.4f} -> {cal['nll_after']:.4f}, "
         f"ECE {cal['ece_before']:.4f} -> {cal['ece_after']:.4f})")
@@ -45,12 +48,24 @@ def fit_on_loader(model, loader, *, amp_dtype=None, info=None) -> dict:
     for x, y in loader:
         zs.append(predict_logits(model, x, amp_dtype=amp_dtype).float().cpu())
         ys.append(y.cpu())
-    z, y = torch.cat(zs), torch.cat(ys)
+    # A rank may hold no validation images (--val-size below the number of ranks): its sums
+    # are zero, whatever the class count, so a [0, 1] stand-in serves.
+    z = torch.cat(zs) if zs else torch.empty(0, 1)
+    y = torch.cat(ys) if ys else torch.empty(0, dtype=torch.long)
     device = loader.device if hasattr(loader, "device") else "cpu"
 
     def total(t: torch.Tensor) -> torch.Tensor:
         return all_reduce_sum(t.to(device), info).cpu()
 
+    # One inf or NaN logit makes every NLL NaN and the search end at T_MAX, which would ship
+    # near-uniform probabilities: such a model keeps T = 1, and the record says why.
+    counts = total(torch.tensor([float((~torch.isfinite(z)).any(dim=1).sum()), float(len(y))],
+                                dtype=torch.float64))
+    if counts[0] > 0 or counts[1] == 0:
+        reason = (f"{int(counts[0]):,} of {int(counts[1]):,} validation images have non-finite "
+                  "logits: T = 1" if counts[1] else "no validation images: T = 1")
+        return {"temperature": 1.0, "fitted_on": None, "reason": reason,
+                "images": int(counts[1])}
     t = fit_temperature(z, y, reduce=total)
     out = {"temperature": t, "fitted_on": "validation split (held out from training)"}
     for when, temp in (("before", 1.0), ("after", t)):
