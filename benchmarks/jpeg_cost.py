@@ -8,8 +8,12 @@ the cost is measured one step further down: the same images re-encoded at ``--qu
 50, PIL's baseline JPEG with its default 4:2:0 chroma subsampling, as the q75 copy was made), and
 the v2 recipe proxy of ``recipe_proxies.py`` (VGG16 width 0.5, 30 epochs, split 0.9, seeds 0 and
 1) trained on both copies. Each is scored by its best validation accuracy on its own 5,000
-held-out training images; the test set is never looked at. The q75 -> q50 drop bounds from below
-what q75 already cost against the original pixels (public reports: 1-3 points, docs/recipe.md).
+held-out training images; the test set is never looked at. Without the original pixels the
+q75 -> q50 drop is not a bound on what q75 already cost: JPEG's quantisation steps double from
+q75 to q50 (scale 50% -> 100% of the base tables), and published quality curves lose accuracy
+faster the coarser the steps, so the q75 -> q50 drop is most likely the larger of the two. It
+measures how sensitive this recipe is to JPEG detail loss (public reports put the original ->
+q75 cost at 1-3 points, docs/recipe.md).
 
 Finished runs are skipped when the script runs again; ``--reencode-only`` just writes the copy.
 """
