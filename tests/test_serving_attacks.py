@@ -328,7 +328,7 @@ def test_decode_budget_bounds_concurrent_decodes():
         list(pool.map(work, [40] * 12 + [500]))
     assert most[0] == 2 and budget.peak_bytes == 500 and budget.bytes == 0
     with budget.reserve(100, "a"):
-        with pytest.raises(VggCifarError, match="server busy"):
+        with pytest.raises(VggCifarError, match="busy decoding other images"):
             with budget.reserve(1, "b", wait_s=0.05):
                 pass
 
