@@ -11,7 +11,8 @@ evidence, every variant with seeds 0 and 1, each read against the baseline of th
 Each variant is one ordinary ``vgg-train`` run (through the library, the same trainer) of a
 narrow VGG16 on 90% of the training images (``--split 0.9``), scored by its best validation
 accuracy on the other 5,000 training images; the test set is never looked at. A finished variant
-is skipped when the script runs again, so it can be stopped and restarted. Prints a Markdown table
+is skipped when the script runs again and a stopped one continues from its ``last.pt``, so it
+can be stopped and restarted. Prints a Markdown table
 (the one in ``docs/recipe.md``) and writes ``results.json`` in ``--out``.
 """
 
@@ -65,8 +66,14 @@ def run_variant(name: str, opts: dict, args, base_options: dict) -> dict:
 
     out = Path(args.out).expanduser()
     summary_file = out / name / "summary.json"
+    last = out / name / "last.pt"
     if summary_file.exists():
         s = json.loads(summary_file.read_text())
+    elif last.exists():  # stopped mid-run: continue it (the trainer refuses to start over it)
+        t0 = time.perf_counter()
+        s = train(TrainConfig(resume=str(last), data=args.data, device="cpu", progress=False))
+        s["wall_s"] = time.perf_counter() - t0
+        summary_file.write_text(json.dumps(s, indent=2))
     else:
         opts = {**base_options, **opts}
         epochs = max(1, round(args.epochs * opts.pop("epochs_factor", 1)))
