@@ -456,3 +456,34 @@ def test_time_fit():
     t = analysis.time_findings(rows)
     assert t["linear_fit"]["seconds_per_1000_images"] == pytest.approx(1.0)
     assert t["linear_fit"]["intercept_s"] == pytest.approx(2.0)
+
+
+def test_only_trains_the_named_splits_and_resume_trains_the_rest(tmp_path, cifar_batches,
+                                                                  monkeypatch, spy_train):
+    out = tmp_path / "s"
+    for fig in ("plot_samples", "plot_confusion"):
+        monkeypatch.setattr(trainer, fig, lambda *a, **k: None)
+    for bad, said in (("0.3", "--only 0.3: not a split of this study"),
+                      ("x", "--only: 'x' is not a number")):
+        r = invoke("--splits", "0.2,1", *TINY, "--data", cifar_batches, "--out", out,
+                   "--no-isolate", "--only", bad)
+        assert r.exit_code == 2 and said in r.output, r.output
+        assert not out.exists()  # refused before anything was written
+    with one_thread():
+        r = invoke("--splits", "0.2,1", *TINY, "--data", cifar_batches, "--out", out,
+                   "--no-isolate", "--only", "1", "--json")
+    assert r.exit_code == 0, r.output
+    assert [c.split for c in spy_train] == [1.0]
+    assert not (out / "split-0.2").exists()
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["unfinished"] == [0.2]
+    assert read_manifest(out)["sessions"][-1]["only"] == [1.0]
+    done = (out / "split-1" / "summary.json").stat().st_mtime_ns
+    spy_train.clear()
+    with one_thread():
+        r = invoke("--out", out, "--resume", "--no-isolate", "--quiet")
+    assert r.exit_code == 0, r.output
+    assert [c.split for c in spy_train] == [0.2]  # 1 finished: kept
+    assert (out / "split-1" / "summary.json").stat().st_mtime_ns == done
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["unfinished"] == [] and [r["split"] for r in rep["splits"]] == [0.2, 1.0]

@@ -17,8 +17,8 @@ from ..errors import VggCifarError
 from ..training.cli import check_model_options, config_from_options, train_options
 from .presets import DEFAULT_SPLITS, PRESETS, apply_preset
 
-STUDY_ONLY = ("splits", "preset", "min_steps", "split_epochs", "out", "resume", "isolate", "note",
-              "report_only", "copy_results", "as_json")
+STUDY_ONLY = ("splits", "only", "preset", "min_steps", "split_epochs", "out", "resume", "isolate",
+              "note", "report_only", "copy_results", "as_json")
 
 
 class _RecordArgs(Command):
@@ -37,6 +37,11 @@ def _preset_help() -> str:
 @click.option("--splits", default=",".join(f"{s:g}" for s in DEFAULT_SPLITS), show_default=True,
               help="Training fractions, comma-separated, each in (0, 1] and given once; one run "
                    "per split.")
+@click.option("--only", default=None, metavar="SPLITS",
+              help="Train only these of the study's splits now (comma-separated, e.g. 0.8); "
+                   "the others wait for a later --resume, and the report lists them as "
+                   "unfinished. For a study that takes several sittings: run the most telling "
+                   "split first. Not saved with the study.")
 @click.option("--preset", type=click.Choice(sorted(PRESETS)), default=None,
               help="Defaults for a named study; explicit options override them. " + _preset_help())
 @train_options
@@ -102,7 +107,7 @@ def main(**kw):
     rep = runner.run_study(out, study["splits"], config, min_steps=study["min_steps"],
                            split_epochs=study["split_epochs"], preset=preset,
                            resume=study["resume"], isolate=study["isolate"], command=command,
-                           note=study["note"])
+                           note=study["note"], only=study["only"])
     result = {"study_dir": out, "report": f"{out}/report.md", **_accuracies(rep),
               "wall_time_s": rep["study"]["wall_time_s"]}
     if study["copy_results"]:

@@ -265,7 +265,7 @@ class _Study:
 def run_study(out: str | os.PathLike, splits, config: TrainConfig, *, min_steps: int = 0,
               split_epochs=None, preset: str | None = None, resume: bool = False,
               isolate: bool = True, command: str | None = None,
-              note: str | None = None) -> dict:
+              note: str | None = None, only=None) -> dict:
     """Train one run per split into ``out`` and write the report; returns the report dict.
 
     Args:
@@ -288,12 +288,17 @@ def run_study(out: str | os.PathLike, splits, config: TrainConfig, *, min_steps:
             Ignored (off) under torchrun.
         command: the command line as typed, and note: a line for the top of the report;
             both recorded in the manifest and shown in the report.
+        only: train only these of the study's splits in this call (a string like ``"0.8"`` or
+            numbers); the others are left for a later ``resume``. Lets a study whose splits
+            take a working session each run its most telling split first. The report written
+            at the end lists the splits not yet trained as unfinished.
 
     Raises:
         VggCifarError: bad splits or options, an unwritable folder, an existing study without
             ``resume`` (or none with it), or a split whose training failed.
     """
     splits = parse_splits(splits)
+    todo = _only_splits(only, splits)
     split_epochs = parse_split_epochs(split_epochs, splits)
     config = _check_options(config, splits, min_steps, split_epochs)
     dist = DistInfo.from_env()
@@ -313,6 +318,8 @@ def run_study(out: str | os.PathLike, splits, config: TrainConfig, *, min_steps:
         dataset = plan.pop("dataset")
         session = {"kind": "resume" if resume else "start", "started": _now(), "command": command,
                    "isolate": isolate, "hardware": hardware(), "trained": [], "skipped": []}
+        if len(todo) < len(splits):
+            session["only"] = todo
         manifest = saved or {"version": MANIFEST_VERSION, "created": session["started"],
                              "splits": splits, "min_steps": int(min_steps),
                              "split_epochs": _keyed(split_epochs), "preset": preset,
@@ -332,10 +339,13 @@ def run_study(out: str | os.PathLike, splits, config: TrainConfig, *, min_steps:
         manifest["sessions"].append(session)
         st = _Study(study_dir, manifest, session, isolate, dist.is_main,
                     _log_fn(config.progress and dist.is_main))
-        _announce(st, plan, dataset, config, preset)
+        _announce(st, {s: plan[s] for s in todo}, dataset, config, preset)
+        for s in splits:
+            if s not in todo:
+                st.log(f"split {s:g}: not in --only, left for a later --resume")
         st.save()
-        for i, s in enumerate(splits, 1):
-            _run_split(st, s, f"{i}/{len(splits)}", plan[s], config)
+        for i, s in enumerate(todo, 1):
+            _run_split(st, s, f"{i}/{len(todo)}", plan[s], config)
         session["finished"] = _now()
         st.save()
         if not st.main:
@@ -343,6 +353,24 @@ def run_study(out: str | os.PathLike, splits, config: TrainConfig, *, min_steps:
         result = write_report(study_dir)
         st.log(f"report: {study_dir / 'report.md'}")
         return result
+
+
+def _only_splits(only, splits: list[float]) -> list[float]:
+    """The splits to train in this call: ``only`` (each one of ``splits``), or all of them."""
+    if only is None or (isinstance(only, str) and not only.strip()):
+        return splits
+    try:
+        wanted = parse_splits(only)
+    except VggCifarError as e:
+        raise VggCifarError(str(e).replace("--splits", "--only", 1)) from None
+    todo = [s for s in splits if any(math.isclose(s, w, rel_tol=1e-9, abs_tol=1e-12)
+                                     for w in wanted)]
+    if len(todo) < len(wanted):
+        missing = [w for w in wanted if not any(math.isclose(s, w, rel_tol=1e-9, abs_tol=1e-12)
+                                                for s in splits)]
+        raise VggCifarError(f"--only {','.join(f'{w:g}' for w in missing)}: not a split of this "
+                            f"study (its splits: {','.join(f'{s:g}' for s in splits)})")
+    return todo
 
 
 def _saved_manifest(study_dir: Path, resume: bool) -> dict | None:
