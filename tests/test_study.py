@@ -221,6 +221,15 @@ def test_report_only_rebuilds_the_report(study):
     assert "> Note: CPU shared with another job" in (study / "report.md").read_text()
 
 
+def test_report_only_refuses_training_options(study):
+    before = (study / "report.md").read_text()
+    for extra, shown in ((["--epochs", "5"], "--epochs"), (["--only", "0.5"], "--only"),
+                         (["--no-compile", "--splits", "0.5"], "--compile, --splits")):
+        r = invoke("--report-only", "--out", study, *extra)
+        assert r.exit_code == 2 and "trains nothing" in r.output and shown in r.output, r.output
+    assert (study / "report.md").read_text() == before
+
+
 # ---------------------------------------------------------------------- resume
 def test_resume_skips_finished_splits(study, spy_train):
     mtimes = {p: p.stat().st_mtime_ns for p in study.glob("split-*/*") if p.is_file()}

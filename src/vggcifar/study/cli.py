@@ -19,6 +19,7 @@ from .presets import DEFAULT_SPLITS, PRESETS, apply_preset
 
 STUDY_ONLY = ("splits", "only", "preset", "min_steps", "split_epochs", "out", "resume", "isolate",
               "note", "report_only", "copy_results", "as_json")
+REPORT_ONLY_OPTIONS = {"out", "note", "report_only", "copy_results", "as_json", "quiet"}
 
 
 class _RecordArgs(Command):
@@ -92,6 +93,12 @@ def main(**kw):
     command = shlex.join(["vgg-study"] + ctx.meta.get("vggcifar.args", []))
     out = kw["out"]
     if kw["report_only"]:
+        stray = sorted(explicit - REPORT_ONLY_OPTIONS)
+        if stray:  # they would be ignored silently: a report trains nothing
+            raise VggCifarError(
+                "--report-only rewrites the report of the study in --out and trains nothing; it "
+                "takes only --out, --note, --copy-results, --json and --quiet (drop "
+                + ", ".join("--" + k.rstrip("_").replace("_", "-") for k in stray) + ")")
         _report_only(out, kw["note"], kw["as_json"], kw["copy_results"])
         return
     if kw["resume"]:
