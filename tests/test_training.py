@@ -334,6 +334,18 @@ def test_ema_and_nesterov_can_be_switched_when_resuming(cifar_batches, tmp_path)
     assert ckpt["training_state"]["ema"]["updates"] == ckpt["training_state"]["step"] // 2
     bad = CliRunner().invoke(train_cli, ["--ema", "1.5", "--data", "x"])
     assert bad.exit_code == 2 and "--ema" in bad.output
+    # Anything else the resumed run would ignore is refused, before any training.
+    before = last.read_bytes()
+    for extra, named in ((["--epochs", "120"], "--epochs cannot change"),
+                         (["--lr", "0.05", "--compile"], "--compile, --lr cannot change"),
+                         (["--out", str(tmp_path / "elsewhere")], "is not the run's folder")):
+        r = CliRunner().invoke(train_cli, ["--resume", str(last), "--quiet", *extra])
+        assert r.exit_code == 2 and named in r.output, r.output
+        assert "Traceback" not in r.output
+    assert last.read_bytes() == before
+    r = CliRunner().invoke(train_cli, ["--resume", str(last), "--quiet", "--device", "cpu",
+                                       "--out", str(tmp_path / "run")])  # its own folder: fine
+    assert r.exit_code == 0, r.output
 
 
 # ---- recipe candidates of issue 20: Cutout, linear decay, no decay on norm/bias weights -------

@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from ..cli_common import DEVICE_HELP, QUIET_HELP, command, json_option, user_errors
+from ..errors import VggCifarError
 from .config import LOADERS, RESUME_OPTIONS, SCHEDULES, TrainConfig
 
 D = TrainConfig()
@@ -126,8 +127,9 @@ def run_folder_options(out: str | None, resume: str | None) -> dict:
     if resume is not None:
         # The folder holding the file named (a link included): where the trainer continues.
         if out is not None and Path(out).resolve() != Path(resume).absolute().parent.resolve():
-            click.echo(f"warning: --out {out} is ignored: --resume continues the run in its own "
-                       f"folder ({Path(resume).parent})", err=True)
+            raise click.BadParameter(f"{out} is not the run's folder: --resume continues the run "
+                                     f"in its own folder ({Path(resume).parent}); drop --out",
+                                     param_hint="'--out'")
         return {"resume": resume}
     if out is None:
         return {"out": D.out, "name": None}
@@ -135,6 +137,29 @@ def run_folder_options(out: str | None, resume: str | None) -> dict:
     if folder.name in ("", ".", ".."):
         folder = folder.resolve()
     return {"out": str(folder.parent), "name": folder.name}
+
+
+# What a resumed run may take from its command line besides RESUME_OPTIONS: where the data is,
+# which device, how chatty (TrainConfig.resumed), and the command's own switches.
+RESUME_MAY_GIVE = {"data", "device", "quiet", "resume", "out", "as_json"}
+
+
+def _option_name(param: str) -> str:
+    return "--" + param.rstrip("_").replace("_", "-")
+
+
+def _refuse_fixed_on_resume(given: set[str]) -> None:
+    """Refuse options that a resumed run would ignore: it keeps the interrupted run's options
+    (its schedule was fixed when it started), so ``--epochs 120`` would silently train to the old
+    length."""
+    fixed = sorted(given - RESUME_MAY_GIVE - set(RESUME_OPTIONS))
+    if fixed:
+        may = ", ".join(_option_name(o) for o in ("data", "device", "quiet", *RESUME_OPTIONS))
+        raise VggCifarError(
+            f"--resume continues the run with the options it started with; "
+            f"{', '.join(_option_name(o) for o in fixed)} cannot change (a schedule is fixed "
+            f"when a run starts; to train longer or differently, start a new run). A resumed "
+            f"run takes only {may}")
 
 
 @command("vgg-train")
@@ -165,8 +190,10 @@ def main(out, resume, as_json, **kw):
         check_model_options(kw["arch"], kw["head"])
     else:  # the options of RESUME_OPTIONS given on this command line replace the saved ones
         ctx = click.get_current_context()
-        kw["resume_overrides"] = [o for o in RESUME_OPTIONS if ctx.get_parameter_source(o)
-                                  == click.core.ParameterSource.COMMANDLINE]
+        given = {k for k in ctx.params if ctx.get_parameter_source(k) in
+                 (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT)}
+        _refuse_fixed_on_resume(given)
+        kw["resume_overrides"] = [o for o in RESUME_OPTIONS if o in given]
     kw.update(run_folder_options(out, resume))
     summary = train(config_from_options(**kw))
     if not DistInfo.from_env().is_main:  # under torchrun, one result line
