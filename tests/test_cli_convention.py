@@ -200,3 +200,40 @@ def test_a_closed_stdout_is_not_reported_as_a_bug():
     p.stdout.close()
     _, err = p.communicate(timeout=60)
     assert p.returncode == 1 and b"internal error" not in err and b"Traceback" not in err, err
+
+
+@pytest.mark.parametrize("name, args, said", [
+    ("vgg-serve", ["--max-file-size", "inf"], "not a finite number"),
+    ("vgg-serve", ["--max-request-size", "nan"], "not a finite number"),
+    ("vgg-serve", ["--max-wait-ms", "nan"], "not a finite number"),
+    ("vgg-demo", ["--max-file-size", "inf"], "not a finite number"),
+    ("vgg-serve", ["--max-file-size", "10", "--max-request-size", "1"], "below --max-file-size"),
+    ("vgg-serve", ["--queue-size", "16", "--max-files", "64"], "above --queue-size 16"),
+    ("vgg-serve", ["--no-demo", "--demo-concurrency", "4"], "--no-demo leaves out"),
+])
+def test_server_limits_that_cannot_hold_are_refused_before_the_model_loads(name, args, said,
+                                                                          tmp_path):
+    # "inf" was an OverflowError traceback after the model had loaded; the contradictions
+    # were quietly replaced by other limits.
+    model = tmp_path / "not-a-model.pt"  # never read: the refusal comes first
+    model.write_text("x")
+    port = ["--port", "0"] if name == "vgg-serve" else []  # any free port, were it reached
+    r = CliRunner().invoke(command_of(name), args + ["--model", str(model), *port])
+    assert r.exit_code == 2 and said in r.stderr, r.output
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.output
+
+
+def test_server_library_refuses_non_finite_limits():
+    from vggcifar.errors import VggCifarError
+    from vggcifar.serving.batching import DynamicBatcher
+    from vggcifar.serving.demo import mb_to_bytes
+    from vggcifar.serving.http_api import create_app
+
+    for bad in (float("inf"), float("nan"), -1.0, True):
+        with pytest.raises(VggCifarError):
+            mb_to_bytes(bad)
+        with pytest.raises(VggCifarError):
+            create_app(None, max_file_mb=bad)
+    with pytest.raises(ValueError):
+        DynamicBatcher(lambda x: x, max_wait_ms=float("nan"))
+    assert mb_to_bytes(0.5) == 2**19

@@ -31,6 +31,7 @@ Exit codes of every ``vgg-*`` command:
 from __future__ import annotations
 
 import functools
+import math
 import os
 import sys
 import traceback
@@ -101,6 +102,18 @@ def command(name: str, **kwargs):
         return click.command(name, **kwargs)(fn)
 
     return decorate
+
+
+class FiniteFloatRange(click.FloatRange):
+    """``click.FloatRange`` that also refuses ``nan`` and ``inf`` (which pass its bounds: nan
+    compares false with everything, and ``inf`` has no upper bound to fail), so a limit given as
+    ``inf`` is a usage error instead of an OverflowError deep inside the command."""
+
+    def convert(self, value, param, ctx):
+        v = super().convert(value, param, ctx)
+        if not math.isfinite(v):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return v
 
 
 def model_option(help: str = MODEL_HELP):

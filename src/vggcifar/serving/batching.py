@@ -80,7 +80,7 @@ class DynamicBatcher:
     def __init__(self, run_batch: Callable[[np.ndarray], np.ndarray], *, max_batch: int = 32,
                  max_wait_ms: float = 5.0, queue_size: int = 256,
                  on_batch: Callable[[int, float], None] | None = None):
-        if max_batch < 1 or queue_size < 1 or max_wait_ms < 0:
+        if max_batch < 1 or queue_size < 1 or not 0 <= max_wait_ms < float("inf"):  # nan too
             raise ValueError("max_batch and queue_size must be >= 1, max_wait_ms >= 0")
         self.run_batch = run_batch
         self.max_batch = max_batch

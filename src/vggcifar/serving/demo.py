@@ -38,8 +38,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from ..errors import VggCifarError
+from ..checks import is_finite_number
 from ..cli_common import DEFAULT_TOP_K
+from ..errors import VggCifarError
 from .names import FITS, TTA_MODES, tta_label
 from .received import received_image, upload_only_image
 
@@ -113,6 +114,14 @@ def _details(predictor, pred, mode: str, fit: str) -> str:
              f"{'centre crop' if fit == 'crop' else 'squashed'}"]
     lines += [f"- note: {n}" for n in pred.notes]
     return "\n".join(lines)
+
+
+def mb_to_bytes(mb: float, name: str = "max_file_size_mb") -> int:
+    """A size limit in MB as bytes; a limit that is not a positive finite number is refused
+    (``int(inf)`` would raise OverflowError deep in the launch)."""
+    if not (is_finite_number(mb) and mb > 0):
+        raise VggCifarError(f"{name} must be a finite number of MB above 0, got {mb!r}")
+    return int(mb * 2**20)
 
 
 def make_predict_fn(predictor, top_k: int = DEFAULT_TOP_K, *, roots=(),
@@ -257,7 +266,7 @@ def build_demo(predictor, *, top_k: int = DEFAULT_TOP_K, examples: list | None =
         found |= {str(Path(p).parent) for p in examples or []}
         roots[:] = sorted(os.path.realpath(r) for r in found)
         predict, model_input = make_predict_fn(predictor, top_k, roots=roots,
-                                               max_bytes=int(max_file_size_mb * 2**20))
+                                               max_bytes=mb_to_bytes(max_file_size_mb))
         gr.on([image.change, fit.change, tta.change], predict, inputs=[image, fit, tta],
               outputs=[label, as_json, details], api_name="predict", preprocess=False,
               concurrency_limit=concurrency_limit, show_progress="minimal").then(
@@ -281,7 +290,7 @@ def launch_demo(demo, *, host: str = "127.0.0.1", port: int | None = None, share
 
     from .limits import BodyLimit, SafeHeaders
 
-    max_bytes = int(max_file_size_mb * 1024 * 1024)
+    max_bytes = mb_to_bytes(max_file_size_mb)
     body_bytes = max_bytes * 4 // 3 + 2**16
     # The same guards as vgg-serve puts around every route (served files as attachments too).
     guards = [Middleware(BodyLimit, max_bytes=body_bytes), Middleware(SafeHeaders)]

@@ -11,8 +11,8 @@ import sys
 
 import click
 
-from ..cli_common import (DEVICE_HELP, command, model_option, quiet_option, resolve_model,
-                          top_k_option, user_errors)
+from ..cli_common import (DEVICE_HELP, FiniteFloatRange, command, model_option, quiet_option,
+                          resolve_model, top_k_option, user_errors)
 from ..errors import VggCifarError
 from .demo import (DEFAULT_CONCURRENCY, DEFAULT_MAX_FILE_MB, build_demo, launch_demo,
                    make_workdir)
@@ -30,7 +30,7 @@ from .names import BACKENDS
               help="Port to listen on.")
 @click.option("--share", is_flag=True, help="Also open a public gradio.live link (off by default).")
 @top_k_option("Classes shown in the chart.")
-@click.option("--max-file-size", "max_file_mb", type=click.FloatRange(min=0.001),
+@click.option("--max-file-size", "max_file_mb", type=FiniteFloatRange(min=0.001),
               default=DEFAULT_MAX_FILE_MB, show_default=True, help="Upload limit in MB.")
 @click.option("--concurrency", type=click.IntRange(min=1), default=DEFAULT_CONCURRENCY,
               show_default=True, help="Predictions running at once.")

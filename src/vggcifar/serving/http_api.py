@@ -36,6 +36,7 @@ import asyncio
 import logging
 import time
 
+from ..checks import is_finite_number
 from ..cli_common import DEFAULT_TOP_K
 from ..errors import VggCifarError
 from .demo import DEFAULT_MAX_FILE_MB
@@ -294,6 +295,10 @@ def create_app(predictor, *, max_batch: int = DEFAULT_MAX_BATCH,
 
     from .inference_protocol import register as register_inference_protocol
 
+    for name, v in (("max_file_mb", max_file_mb), ("max_request_mb", max_request_mb),
+                    ("max_wait_ms", max_wait_ms)):
+        if v is not None and not (is_finite_number(v) and v >= 0):
+            raise VggCifarError(f"{name} must be a finite number >= 0, got {v!r}")
     if max_request_mb is None:
         max_request_mb = 4 * max_file_mb
     max_request_mb = max(max_request_mb, max_file_mb)

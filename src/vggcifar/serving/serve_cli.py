@@ -9,14 +9,38 @@ import signal
 import sys
 
 import click
+from click.core import ParameterSource
 
-from ..cli_common import (DEVICE_HELP, command, listen_socket, model_option, quiet_option,
-                          resolve_model, top_k_option, user_errors)
+from ..cli_common import (DEVICE_HELP, FiniteFloatRange, command, listen_socket, model_option,
+                          quiet_option, resolve_model, top_k_option, user_errors)
 from ..errors import VggCifarError
 from .demo import DEFAULT_MAX_FILE_MB
 from .http_api import (DEFAULT_MAX_BATCH, DEFAULT_MAX_FILES, DEFAULT_MAX_WAIT_MS,
                        DEFAULT_QUEUE_SIZE)
 from .names import BACKENDS
+
+
+def _refuse_contradictions(max_file_mb, max_request_mb, max_files, queue_size, demo_concurrency,
+                           no_demo) -> None:
+    """Explicit limits that could not all hold, and an option for the page that is not there:
+    refused, so the limits in force are the ones asked for (defaults still adapt quietly)."""
+    ctx = click.get_current_context()
+
+    def given(name):
+        return ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE,
+                                                  ParameterSource.ENVIRONMENT)
+
+    if max_request_mb is not None and max_request_mb < max_file_mb:
+        raise click.UsageError(f"--max-request-size {max_request_mb:g} is below --max-file-size "
+                               f"{max_file_mb:g}: a request must be able to carry one image at "
+                               "the limit")
+    if given("max_files") and max_files > queue_size:
+        raise click.UsageError(f"--max-files {max_files} is above --queue-size {queue_size}: a "
+                               "request must fit in an empty queue; raise --queue-size or lower "
+                               "--max-files")
+    if no_demo and demo_concurrency is not None:
+        raise click.UsageError("--demo-concurrency sets the demo page, which --no-demo leaves "
+                               "out; drop one of them")
 
 
 @command("vgg-serve")
@@ -32,15 +56,15 @@ from .names import BACKENDS
               "chart).")
 @click.option("--max-batch", type=click.IntRange(1, 1024), default=DEFAULT_MAX_BATCH,
               show_default=True, help="Most images per model call.")
-@click.option("--max-wait-ms", type=click.FloatRange(0, 10000), default=DEFAULT_MAX_WAIT_MS,
+@click.option("--max-wait-ms", type=FiniteFloatRange(0, 10000), default=DEFAULT_MAX_WAIT_MS,
               show_default=True, help="How long a batch waits for more images after its first, "
               "while other requests are on their way (a lone request never waits).")
 @click.option("--queue-size", type=click.IntRange(1), default=DEFAULT_QUEUE_SIZE,
               show_default=True, help="Images allowed to wait; beyond that requests get 503.")
-@click.option("--max-file-size", "max_file_mb", type=click.FloatRange(min=0.001),
+@click.option("--max-file-size", "max_file_mb", type=FiniteFloatRange(min=0.001),
               default=DEFAULT_MAX_FILE_MB, show_default=True, help="Limit per image in MB "
               "(as vgg-demo's upload limit).")
-@click.option("--max-request-size", "max_request_mb", type=click.FloatRange(min=0.001),
+@click.option("--max-request-size", "max_request_mb", type=FiniteFloatRange(min=0.001),
               default=None, help="Limit of any request body in MB, on every route (the demo "
               "and /v2 too) [default: 4x --max-file-size].")
 @click.option("--max-files", type=click.IntRange(1), default=DEFAULT_MAX_FILES,
@@ -61,6 +85,8 @@ def main(host, port, model_path, backend, device, top_k, max_batch, max_wait_ms,
 
     SIGTERM or Ctrl-C: the requests in flight are answered, then the server exits.
     """
+    _refuse_contradictions(max_file_mb, max_request_mb, max_files, queue_size,
+                           demo_concurrency, no_demo)
     import uvicorn
 
     from .http_api import create_app
