@@ -13,6 +13,8 @@ from vggcifar.export.options import inapplicable_options
     (["--calib-images", "64", "--fp16"], "--calib-images applies only with --int8"),
     (["--triton-name", "m"], "--triton-name applies only with --triton"),
     (["--max-batch", "8", "--int8"], "--max-batch applies only with --tensorrt or --triton"),
+    (["--parity-images", "5000"], "--parity-images applies only with --data"),
+    (["--seed", "-1"], "Invalid value for '--seed'"),  # was a numpy traceback after the load
 ])
 def test_inapplicable_option_is_a_usage_error(args, message, tmp_path):
     result = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "out")])

@@ -37,6 +37,9 @@ def _refuse_inapplicable(ctx: click.Context, formats: list[str]) -> None:
              if ctx.get_parameter_source(p.name) == click.core.ParameterSource.COMMANDLINE
              for opt in p.opts}
     problems = inapplicable_options(given, formats)
+    if "--parity-images" in given and ctx.params.get("data") is None:
+        # without --data the parity check has only random inputs: no test image is read
+        problems.append("--parity-images applies only with --data (the test images it counts)")
     if problems:
         raise click.UsageError("; ".join(problems), ctx)
 
@@ -79,7 +82,7 @@ def _refuse_inapplicable(ctx: click.Context, formats: list[str]) -> None:
 @click.option("--max-batch", type=click.IntRange(1), default=MAX_BATCH, show_default=True,
               help="Largest batch of the TensorRT engine's optimisation profile and of the "
                    "Triton model (max_batch_size).")
-@click.option("--seed", type=int, default=0, show_default=True,
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True,
               help="Sampling of random inputs, test and calibration images.")
 @json_option("Print the parity report (as parity.json) as one JSON object instead of the table.")
 @quiet_option()

@@ -206,6 +206,10 @@ def export_checkpoint(checkpoint: str | os.PathLike, formats=("onnx",), *,
         VggCifarError: user errors; nothing is left in ``out`` in that case.
     """
     log = log or (lambda msg: None)
+    for name, v, low in (("seed", seed, 0), ("parity_images", parity_images, 0),
+                         ("random_images", random_images, 0), ("calib_images", calib_images, 1)):
+        if type(v) is not int or v < low:  # numpy's sampling would fail after the model load
+            raise VggCifarError(f"{name} must be an integer >= {low}, got {v!r}")
     req = _validate(checkpoint, formats, exporter=exporter, data=data, max_batch=max_batch,
                     triton_dir=triton_dir, triton_name=triton_name)
     source = resolve_source(checkpoint)  # read and verified once: the model and its digest
