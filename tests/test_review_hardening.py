@@ -291,3 +291,16 @@ def test_stdin_is_read_up_to_a_limit(ckpt, monkeypatch):
                                       "--device", "cpu"], input=b"\0" * 5000)
     assert r.exit_code == 1, r.output
     assert "-: over the 1,000-byte limit" in r.stderr and "Traceback" not in r.output
+
+
+def test_a_gpu_index_beyond_those_present_is_a_clear_error(monkeypatch):
+    # `--device cuda:1` on a one-GPU machine was "invalid device ordinal" (exit 3) at the first
+    # tensor moved, after the data had loaded.
+    from vggcifar.runtime.devices import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(VggCifarError, match=r"no GPU 1 here \(PyTorch sees 1: cuda:0\)"):
+        resolve_device("cuda:1")
+    assert resolve_device("cuda:0") == torch.device("cuda:0")
+    assert resolve_device("cuda") == torch.device("cuda")

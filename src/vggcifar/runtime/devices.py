@@ -18,7 +18,8 @@ def resolve_device(name: str | None) -> torch.device:
     device (``cpu``, ``cuda``, ``cuda:N``; case-insensitive).
 
     Raises:
-        VggCifarError: CUDA asked for but not available, or any other device string.
+        VggCifarError: CUDA asked for but not available, a GPU index beyond those PyTorch sees,
+            or any other device string.
     """
     import torch
 
@@ -34,6 +35,11 @@ def resolve_device(name: str | None) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise VggCifarError(f"--device {name}: CUDA is not available here (no CUDA GPU is "
                             "visible to PyTorch); use --device cpu or auto")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        n = torch.cuda.device_count()
+        raise VggCifarError(f"--device {name}: there is no GPU {dev.index} here (PyTorch sees "
+                            f"{n}: cuda:0{'' if n == 1 else f' to cuda:{n - 1}'}); use --device "
+                            "cuda or auto")
     return dev
 
 
