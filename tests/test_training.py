@@ -1,5 +1,6 @@
 import json
 
+import click
 import pytest
 import torch
 from click.testing import CliRunner
@@ -205,6 +206,14 @@ def test_vgg_train_cli_writes_the_run_folder(cifar_batches, tmp_path):
     (["--resume", "{bad}"], "not a readable vggcifar checkpoint"),
     (["--data", "{junk}"], "not CIFAR-10 data"),
     (["--data", "{empty}", "--no-download"], "no data at"),
+    # options the run would ignore
+    (["--workers", "4"], "--workers applies only with --loader classic"),
+    (["--epochs", "3", "--steps", "10"], "--epochs and --steps both set the training length"),
+    (["--head", "linear", "--dropout", "0.5"], "--dropout applies only with --head mlp"),
+    (["--schedule", "cosine", "--warmup", "0.1"], "--warmup applies only with --schedule"),
+    (["--split", "1", "--val-size", "100"], "--val-size applies only with a validation set"),
+    (["--val-size", "0", "--val-every", "2"], "--val-every applies only with a validation set"),
+    (["--sync-bn"], "--sync-bn applies only under torchrun"),
 ])
 def test_vgg_train_bad_input(args, message, tmp_path, cifar_batches):
     if torch.cuda.is_available() and "cuda" in args:
@@ -216,6 +225,8 @@ def test_vgg_train_bad_input(args, message, tmp_path, cifar_batches):
     args = [a.format(bad=tmp_path / "bad.pt", junk=tmp_path / "junk", empty=tmp_path / "empty")
             for a in args]
     base = ["--data", str(cifar_batches), "--out", str(tmp_path / "runs"), "--quiet"]
+    if "--resume" in args:  # a resumed run writes in its own folder: --out is refused
+        base = ["--data", str(cifar_batches), "--quiet"]
     r = CliRunner().invoke(train_cli, base + args)
     assert r.exit_code == 2, r.output
     assert message in r.stderr
@@ -418,3 +429,20 @@ def test_recipe_candidate_options_refuse_what_cannot_run(args, message, tmp_path
     r = CliRunner().invoke(train_cli, ["--data", str(cifar_batches), "--out",
                                        str(tmp_path / "runs"), "--quiet"] + args)
     assert r.exit_code == 2 and message in r.stderr and "Traceback" not in r.output
+
+
+def test_options_that_apply_are_not_refused():
+    from vggcifar.training.cli import refuse_inapplicable
+
+    ok = [({"loader", "workers"}, {"loader": "classic"}),
+          ({"split", "val_size"}, {"split": 1, "val_size": 0}),
+          ({"val_size", "val_every"}, {"split": 0.9, "val_size": 100}),
+          ({"warmup", "schedule"}, {"schedule": "linear"}),
+          ({"dropout"}, {"head": "mlp"}),
+          ({"steps"}, {}), ({"epochs", "min_steps"}, {}),
+          ({"sync_bn"}, {"sync_bn": False}),  # --no-sync-bn asks for nothing
+          (set(), {"loader": "device", "head": "linear", "split": 1, "schedule": "cosine"})]
+    for given, values in ok:
+        refuse_inapplicable(given, values)
+    with pytest.raises(click.UsageError, match="--min-steps applies only with --epochs"):
+        refuse_inapplicable({"steps", "min_steps"}, {})

@@ -14,7 +14,8 @@ from click.core import ParameterSource
 
 from ..cli_common import Command, command, json_option, user_errors
 from ..errors import VggCifarError
-from ..training.cli import check_model_options, config_from_options, train_options
+from ..training.cli import (check_model_options, config_from_options, refuse_inapplicable,
+                            train_options)
 from .presets import DEFAULT_SPLITS, PRESETS, apply_preset
 
 STUDY_ONLY = ("splits", "only", "preset", "min_steps", "split_epochs", "out", "resume", "isolate",
@@ -107,6 +108,7 @@ def main(**kw):
         preset = kw["preset"]
         kw = apply_preset(preset, kw, explicit)
         check_model_options(kw["arch"], kw["head"])
+        refuse_inapplicable(explicit, kw)
     study = {k: kw.pop(k) for k in STUDY_ONLY}
     config = config_from_options(**kw)
     if not out:

@@ -7,6 +7,7 @@ architecture and head are checked in the command body, against the model registr
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import click
@@ -114,6 +115,40 @@ def check_model_options(arch: str, head: str) -> None:
                                  param_hint="'--head'")
 
 
+def refuse_inapplicable(given: set[str], kw: dict) -> None:
+    """A usage error for an option typed on the command line that the run would ignore (as
+    vgg-export refuses options of formats not chosen): silently ignored, it hides a mistake,
+    and a sweep over it trains identical runs. ``given``: parameter names typed; ``kw``: every
+    option's value (after a preset)."""
+    def typed(*names):
+        return all(n in given for n in names)
+
+    problems = []
+    if typed("workers") and kw.get("loader") != "classic":
+        problems.append("--workers applies only with --loader classic (the device loader "
+                        "augments whole batches in this process)")
+    if typed("epochs", "steps"):
+        problems.append("--epochs and --steps both set the training length; give one")
+    if typed("steps", "min_steps"):
+        problems.append("--min-steps applies only with --epochs (--steps sets every split's "
+                        "length)")
+    if typed("dropout") and kw.get("head") != "mlp":
+        problems.append("--dropout applies only with --head mlp (the linear head has none)")
+    if typed("warmup") and kw.get("schedule") not in ("onecycle", "linear"):
+        problems.append("--warmup applies only with --schedule onecycle or linear")
+    no_split = kw.get("split") == 1  # vgg-train only: every image trains
+    if no_split or kw.get("val_size") == 0:
+        for o in ("val_size", "val_every"):
+            if typed(o) and not (o == "val_size" and (kw[o] == 0 or not no_split)):
+                problems.append(f"--{o.replace('_', '-')} applies only with a validation set "
+                                "(--split below 1 and --val-size above 0)")
+    single = os.environ.get("WORLD_SIZE", "1").strip() in ("", "0", "1")
+    if typed("sync_bn") and kw.get("sync_bn") and single:
+        problems.append("--sync-bn applies only under torchrun with several processes")
+    if problems:
+        raise click.UsageError("; ".join(problems))
+
+
 def config_from_options(**kw) -> TrainConfig:
     """Map click option values onto a :class:`TrainConfig`."""
     kw["compile"] = kw.pop("compile_")
@@ -188,6 +223,10 @@ def main(out, resume, as_json, **kw):
 
     if resume is None:
         check_model_options(kw["arch"], kw["head"])
+        ctx = click.get_current_context()
+        refuse_inapplicable({k for k in ctx.params if ctx.get_parameter_source(k) in
+                             (click.core.ParameterSource.COMMANDLINE,
+                              click.core.ParameterSource.ENVIRONMENT)}, kw)
     else:  # the options of RESUME_OPTIONS given on this command line replace the saved ones
         ctx = click.get_current_context()
         given = {k for k in ctx.params if ctx.get_parameter_source(k) in
