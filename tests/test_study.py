@@ -496,3 +496,14 @@ def test_only_trains_the_named_splits_and_resume_trains_the_rest(tmp_path, cifar
     assert (out / "split-1" / "summary.json").stat().st_mtime_ns == done
     rep = json.loads((out / "report.json").read_text())
     assert rep["unfinished"] == [] and [r["split"] for r in rep["splits"]] == [0.2, 1.0]
+
+
+def test_a_bad_copy_results_folder_is_refused_before_training(study, tmp_path, cifar_batches,
+                                                              spy_train):
+    out = tmp_path / "s"
+    for dest, said in ((out / "results", "give a folder outside the study folder"),
+                       (study, "holds another study")):
+        r = invoke("--splits", "0.5", *TINY, "--data", cifar_batches, "--out", out,
+                   "--no-isolate", "--copy-results", dest)
+        assert r.exit_code == 2 and said in r.output, r.output
+    assert spy_train == [] and not (out / "study.json").exists()

@@ -113,6 +113,11 @@ def main(**kw):
     config = config_from_options(**kw)
     if not out:
         out = f"studies/{preset or config.arch}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    if study["copy_results"]:  # before the training, not after it
+        from .layout import check_copy_destination, read_manifest
+
+        created = read_manifest(out).get("created") if study["resume"] else None
+        check_copy_destination(out, study["copy_results"], created)
     rep = runner.run_study(out, study["splits"], config, min_steps=study["min_steps"],
                            split_epochs=study["split_epochs"], preset=preset,
                            resume=study["resume"], isolate=study["isolate"], command=command,

@@ -161,6 +161,29 @@ def _regular_file(p: Path) -> bool:
     return stat.S_ISREG(st.st_mode) and st.st_size <= MAX_RESULT_BYTES
 
 
+def check_copy_destination(study_dir: str | os.PathLike, dest: str | os.PathLike,
+                           created: str | None) -> None:
+    """Refuse a ``--copy-results`` folder inside the study folder (or holding it), or one that
+    holds another study than the one ``created`` at that time (``None``: a study not started
+    yet, so any study there is another). Checked before a study trains, so that hours of
+    training do not end in this error.
+
+    Raises:
+        VggCifarError: as described.
+    """
+    src, dst = Path(study_dir), Path(dest)
+    a, b = src.resolve(), dst.resolve()
+    if a == b or a in b.parents or b in a.parents:
+        raise VggCifarError(f"--copy-results {dest}: give a folder outside the study folder "
+                            f"{study_dir} (and not one that contains it)")
+    if (dst / MANIFEST).exists():
+        other = read_manifest(dst)
+        if created is None or other.get("created") != created:
+            raise VggCifarError(f"--copy-results {dest} holds another study (created "
+                                f"{other.get('created')}, this one {created or 'not started'})"
+                                "; choose an empty folder")
+
+
 def copy_results(study_dir: str | os.PathLike, dest: str | os.PathLike) -> list[str]:
     """Copy a study's results, without checkpoints, into ``dest``; returns the files copied
     (relative paths).
@@ -179,16 +202,7 @@ def copy_results(study_dir: str | os.PathLike, dest: str | os.PathLike) -> list[
     """
     src, dst = Path(study_dir), Path(dest)
     manifest = read_manifest(src)
-    a, b = src.resolve(), dst.resolve()
-    if a == b or a in b.parents or b in a.parents:
-        raise VggCifarError(f"--copy-results {dest}: give a folder outside the study folder "
-                            f"{study_dir} (and not one that contains it)")
-    if (dst / MANIFEST).exists():
-        other = read_manifest(dst)
-        if other.get("created") != manifest.get("created"):
-            raise VggCifarError(f"--copy-results {dest} holds another study (created "
-                                f"{other.get('created')}, this one {manifest.get('created')}); "
-                                "choose an empty folder")
+    check_copy_destination(src, dst, manifest.get("created"))
     names = list(STUDY_RESULT_FILES)
     figures = src / "figures"
     if figures.is_dir() and not figures.is_symlink():
