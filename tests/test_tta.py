@@ -72,6 +72,10 @@ def test_cli_tta_shift(tmp_path, checkpoint):
     assert row["tta"] == "flip-shift" and row["label"] == want.label
     np.testing.assert_allclose([t["probability"] for t in row["top_k"]],
                                [p for _, p in want.top_k], atol=1e-4)
+    for both, said in ((["--tta", "--tta-shift"], "not both"),
+                       (["--quiet", "--progress"], "--progress asks for the bar")):
+        r = run_cli(path, "--model", checkpoint, *both)
+        assert r.exit_code == 2 and said in r.stderr and r.stdout == "", r.output
 
 
 def test_evaluation_reports_every_mode(predictor):

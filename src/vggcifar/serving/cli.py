@@ -98,6 +98,11 @@ def main(inputs, model_path, top_k, backend, device, as_json, batch_size, progre
     from .files import expand_inputs
     from .predictor import Prediction, Predictor
 
+    if tta and tta_shift:
+        raise click.UsageError("--tta-shift already averages the mirror image (6 views); give "
+                               "--tta (2 views) or --tta-shift, not both")
+    if progress and quiet:
+        raise click.UsageError("--progress asks for the bar that --quiet turns off; give one")
     if inputs.count(STDIN) > 1:
         raise VggCifarError("IMAGES: - (stdin) can be given only once")
     stdin = STDIN in inputs
