@@ -211,6 +211,10 @@ def test_vgg_eval_reports_calibration_and_plots(hot_checkpoint, cifar_batches, t
                                           str(cifar_batches), "--limit", "20", "--quiet",
                                           "--backend", "torch"])
     assert text.exit_code == 0 and "ECE" in text.stdout and "T = 1.7" in text.stdout
+    jpg = CliRunner().invoke(eval_main, ["--model", str(hot_checkpoint), "--data",
+                                         str(cifar_batches), "--plot", str(tmp_path / "r.jpg")])
+    assert jpg.exit_code == 2 and "name the file *.png" in jpg.stderr  # was PNG bytes as .jpg
+    assert not (tmp_path / "r.jpg").exists()
 
 
 def test_vgg_train_fits_t_on_its_validation_split(tiny_run):

@@ -34,8 +34,8 @@ from .names import BACKENDS
               default=DEFAULT_MAX_FILE_MB, show_default=True, help="Upload limit in MB.")
 @click.option("--concurrency", type=click.IntRange(min=1), default=DEFAULT_CONCURRENCY,
               show_default=True, help="Predictions running at once.")
-@quiet_option("No model lines and no Gradio messages on stderr (the address line and errors "
-              "still appear).")
+@quiet_option("No model line on stderr (the address line, errors and, with --share, "
+              "Gradio's messages about the public link still appear).")
 @user_errors
 def main(model_path, backend, device, host, port, share, top_k, max_file_mb, concurrency, quiet):
     """Serve a web page that classifies uploaded images. Ctrl-C or SIGTERM stops it."""

@@ -54,6 +54,9 @@ def main(model_path, data_path, backend, device, limit, batch_size, plot_path, a
 
         from ..io import check_writable
 
+        if Path(plot_path).suffix.lower() != ".png":  # the figure is written as PNG bytes
+            raise click.BadParameter(f"{plot_path}: the diagram is a PNG; name the file "
+                                     "*.png", param_hint="'--plot'")
         check_writable(Path(plot_path).resolve().parent, "--plot folder")
     predictor = Predictor(model_path, backend=backend, device=device)
     data = load_cifar10(data_path, download=False, verbose=not quiet)
