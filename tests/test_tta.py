@@ -72,6 +72,9 @@ def test_cli_tta_shift(tmp_path, checkpoint):
     assert row["tta"] == "flip-shift" and row["label"] == want.label
     np.testing.assert_allclose([t["probability"] for t in row["top_k"]],
                                [p for _, p in want.top_k], atol=1e-4)
+    r = run_cli(path, "--model", checkpoint, "--json", "--top-k", "50", "--quiet")
+    assert r.exit_code == 0 and len(json.loads(r.stdout)["top_k"]) == 10
+    assert "note: --top-k 50: the model has 10 classes; listing all 10" in r.stderr
     for both, said in ((["--tta", "--tta-shift"], "not both"),
                        (["--quiet", "--progress"], "--progress asks for the bar")):
         r = run_cli(path, "--model", checkpoint, *both)

@@ -119,6 +119,10 @@ def main(inputs, model_path, top_k, backend, device, as_json, batch_size, progre
     if not quiet:
         click.echo(f"model: {predictor.info.describe(tta=tta)}; backend: "
                    f"{predictor.backend_name}", err=True)
+    classes = len(predictor.class_names)
+    if top_k > classes:  # a note, as the notes on images: the result is still right
+        click.echo(f"note: --top-k {top_k}: the model has {classes} classes; listing all "
+                   f"{classes}", err=True)
 
     failed = 0
     for arg, reason in problems:
