@@ -304,3 +304,30 @@ def test_a_gpu_index_beyond_those_present_is_a_clear_error(monkeypatch):
         resolve_device("cuda:1")
     assert resolve_device("cuda:0") == torch.device("cuda:0")
     assert resolve_device("cuda") == torch.device("cuda")
+
+
+def test_model_card_is_never_a_link_a_fifo_or_a_huge_file(tmp_path):
+    # The demo publishes the card beside a shipped manifest: a README.md linking to a secret
+    # was shown on the page, and a FIFO hung the start.
+    import os
+    from types import SimpleNamespace
+
+    from vggcifar.serving.demo import MAX_CARD_BYTES, model_card
+
+    info = SimpleNamespace(format="shipped", path=str(tmp_path / "model.json"))
+    card = tmp_path / "README.md"
+    card.write_text("---\nmodel_name: vgg16-x\n---\n# The card\n")
+    assert model_card(info) == ("vgg16-x", "# The card")
+    secret = tmp_path / "secret.txt"
+    secret.write_text("PRIVATE KEY")
+    card.unlink()
+    card.symlink_to(secret)
+    assert model_card(info) == (None, None)
+    card.unlink()
+    os.mkfifo(card)
+    assert model_card(info) == (None, None)  # returns at once instead of blocking
+    card.unlink()
+    card.write_bytes(b"x" * (MAX_CARD_BYTES + 1))
+    assert model_card(info) == (None, None)
+    card.write_bytes(b"\xff\xfe not utf-8")
+    assert model_card(info) == (None, None)

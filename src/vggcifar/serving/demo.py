@@ -41,6 +41,7 @@ from pathlib import Path
 from ..checks import is_finite_number
 from ..cli_common import DEFAULT_TOP_K
 from ..errors import VggCifarError
+from ..io import read_plain_file
 from .names import FITS, TTA_MODES, tta_label
 from .received import received_image, upload_only_image
 
@@ -81,14 +82,20 @@ def preview_image(pixels):
     return np.ascontiguousarray(hwc.repeat(k, axis=0).repeat(k, axis=1))
 
 
+MAX_CARD_BYTES = 256 * 1024  # the shipped card is a few kB
+
+
 def model_card(info) -> tuple[str | None, str | None]:
     """``(model name, card Markdown without its YAML front matter)`` for a model that has a card
     next to it (the shipped model's ``README.md``), else ``(None, None)``."""
     if info.format != "shipped":
         return None, None
-    try:
-        text = (Path(info.path).parent / "README.md").read_text(encoding="utf-8")
-    except OSError:
+    try:  # not a link (one to ~/.ssh/id_rsa would be published), a FIFO, or a huge file
+        raw = read_plain_file(Path(info.path).parent / "README.md", MAX_CARD_BYTES)
+        text = raw.decode("utf-8") if len(raw) <= MAX_CARD_BYTES else None
+    except (OSError, UnicodeDecodeError):
+        return None, None
+    if text is None:
         return None, None
     name = None
     if text.startswith("---\n"):
