@@ -479,3 +479,82 @@ def test_a_deep_chain_of_lone_folders_is_not_data(tmp_path):
     nested = tmp_path / "n"
     shutil.copytree(_small_folder(tmp_path / "s"), nested / "x" / "y")
     assert len(_load(nested).classes) == 2  # an archive unpacked into its own folder(s)
+
+
+# ---- the decoded-data cache as a place others may have written to ------------------------------
+def _recrafted(cache_file: Path, change) -> None:
+    """Rewrite a cache with ``change(payload)`` applied and a matching checksum (the checksum
+    lives in the same file, so anyone who can write the file can make it match)."""
+    from vggcifar.data import sources
+
+    c = torch.load(cache_file, weights_only=True)
+    change(c)
+    c["digest"] = sources._tensor_digest([c["train_x"], c["train_y"], c["test_x"], c["test_y"]])
+    torch.save(c, cache_file)
+
+
+@pytest.mark.parametrize("change, reason", [
+    (lambda c: c.update(train_y=c["train_y"] + 10), "train labels outside 0..9"),
+    (lambda c: c.update(test_x=c["test_x"].double()), "test images are not uint8"),
+    (lambda c: c.update(train_x=c["train_x"][:, :, :2, :2]), "train images are not uint8"),
+    (lambda c: c.update(classes=["a"] * 10), "class names: "),
+    (lambda c: c.update(test_y=c["test_y"][:-1]), "test labels are not int64 [N] matching"),
+])
+def test_a_crafted_cache_with_a_matching_checksum_is_not_used(tmp_path, capsys, change, reason):
+    folder, cache = _batches(tmp_path), tmp_path / "cache"
+    real = load_cifar10(folder, cache_dir=cache, download=False)
+    _recrafted(next(cache.glob("*.pt")), change)
+    again = load_cifar10(folder, cache_dir=cache, download=False)
+    assert f"corrupt cache ({reason}" in capsys.readouterr().err
+    assert torch.equal(again.train_y, real.train_y) and torch.equal(again.test_x, real.test_x)
+    assert again.classes == real.classes
+
+
+def test_the_cache_is_private_and_never_a_link_a_fifo_or_another_users(tmp_path, capsys):
+    folder, cache = _batches(tmp_path), tmp_path / "cache"
+    real = load_cifar10(folder, cache_dir=cache, download=False)
+    file = next(cache.glob("*.pt"))
+    # decoded data of a private folder is readable by its owner only
+    assert cache.stat().st_mode & 0o077 == 0 and file.stat().st_mode & 0o077 == 0
+    # a FIFO at the cache's name: no hang, rebuilt over
+    file.unlink()
+    os.mkfifo(file)
+    assert torch.equal(load_cifar10(folder, cache_dir=cache, download=False).test_x, real.test_x)
+    assert "unusable cache" in capsys.readouterr().err and file.is_file()
+    # a link at the cache's name (to a cache crafted elsewhere) is not followed
+    elsewhere = tmp_path / "crafted.pt"
+    shutil.copy(file, elsewhere)
+    _recrafted(elsewhere, lambda c: c.update(train_y=(c["train_y"] + 1) % 10))
+    file.unlink()
+    file.symlink_to(elsewhere)
+    assert torch.equal(load_cifar10(folder, cache_dir=cache, download=False).train_y,
+                       real.train_y)
+    # the cache folder itself a link: neither read nor written through
+    target = tmp_path / "their-folder"
+    target.mkdir()
+    target.chmod(0o775)  # group-writable: private_dir would have made it private
+    shutil.rmtree(cache)
+    cache.symlink_to(target)
+    load_cifar10(folder, cache_dir=cache, download=False)
+    assert list(target.iterdir()) == [] and target.stat().st_mode & 0o777 == 0o775
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="needs root to chown")
+def test_a_cache_file_of_another_user_is_not_used(tmp_path, capsys):
+    folder, cache = _batches(tmp_path), tmp_path / "cache"
+    real = load_cifar10(folder, cache_dir=cache, download=False)
+    file = next(cache.glob("*.pt"))
+    _recrafted(file, lambda c: c.update(train_y=(c["train_y"] + 1) % 10))
+    os.chown(file, 65534, 65534)  # as if planted by nobody while the folder was shared
+    again = load_cifar10(folder, cache_dir=cache, download=False)
+    assert "belongs to another user" in capsys.readouterr().err
+    assert torch.equal(again.train_y, real.train_y)
+
+
+def test_a_planted_temp_name_with_a_huge_pid_is_left_alone(tmp_path):
+    folder, cache = _batches(tmp_path), tmp_path / "cache"
+    cache.mkdir(mode=0o700)
+    planted = cache / f".cifar10-0123abcd.pt.{'9' * 30}@{socket.gethostname()}.x.tmp"
+    planted.write_bytes(b"x")  # os.kill(10**30 - 1, 0) was an OverflowError traceback
+    load_cifar10(folder, cache_dir=cache, download=False)
+    assert planted.exists() and len(list(cache.glob("*.pt"))) == 1

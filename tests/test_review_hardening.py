@@ -331,3 +331,34 @@ def test_model_card_is_never_a_link_a_fifo_or_a_huge_file(tmp_path):
     assert model_card(info) == (None, None)
     card.write_bytes(b"\xff\xfe not utf-8")
     assert model_card(info) == (None, None)
+
+
+def test_a_cache_folder_link_is_not_private_and_not_chmodded(tmp_path):
+    # `$VGGCIFAR_CACHE/onnx` planted as a link to a victim's group folder: private_dir said
+    # True and made that folder 0755; exports were then written into it.
+    from vggcifar.io import private_dir
+
+    theirs = tmp_path / "group-folder"
+    theirs.mkdir()
+    theirs.chmod(0o2775)
+    link = tmp_path / "onnx"
+    link.symlink_to(theirs)
+    assert private_dir(link) is False
+    assert theirs.stat().st_mode & 0o7777 == 0o2775
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    mine.chmod(0o775)
+    assert private_dir(mine) is True and mine.stat().st_mode & 0o777 == 0o755
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="needs root to chown")
+def test_a_cache_file_another_user_left_is_not_read(tmp_path):
+    from vggcifar.io import open_own_file
+
+    f = tmp_path / "cached.onnx"
+    f.write_bytes(b"planted")
+    with open_own_file(f) as h:
+        assert h.read() == b"planted"
+    os.chown(f, 65534, 65534)
+    with pytest.raises(OSError, match="belongs to another user"):
+        open_own_file(f)

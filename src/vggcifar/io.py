@@ -145,17 +145,34 @@ def cache_dir(sub: str | None = None) -> Path:
 
 
 def private_dir(folder: Path) -> bool:
-    """True when only we can write to ``folder``, as ssh and pip require of what they trust: it
-    is ours (a group- or world-writable one, e.g. made under umask 002, is made private first).
-    On Windows the user's profile is private."""
+    """True when only we can write to ``folder``, as ssh and pip require of what they trust: a
+    real folder (not a link: one planted at a cache's name would point our writes, and the
+    chmod below, at a folder of the planter's choosing), and ours (a group- or world-writable
+    one, e.g. made under umask 002, is made private first; files others left in it meanwhile
+    are refused by :func:`open_own_file`). On Windows the user's profile is private."""
     if os.name != "posix":
         return True
-    st = folder.stat()
-    if st.st_uid != os.geteuid():
+    st = os.lstat(folder)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
         return False
     if st.st_mode & 0o022:
         os.chmod(folder, st.st_mode & 0o755)
     return True
+
+
+def open_own_file(path: str | os.PathLike):
+    """:func:`open_regular` without following links, for what vggcifar reads back from its own
+    caches: a file another user owns (left in a cache folder while it was shared) is refused.
+
+    Raises:
+        OSError: missing, unreadable, a link, not a regular file, or another user's
+            (:class:`NotRegularFile`).
+    """
+    f = open_regular(path, follow_links=False)
+    if os.name == "posix" and os.fstat(f.fileno()).st_uid != os.geteuid():
+        f.close()
+        raise NotRegularFile(f"{path} belongs to another user")
+    return f
 
 
 def make_shared(paths) -> None:

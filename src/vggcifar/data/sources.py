@@ -25,6 +25,7 @@ import torch
 from ..checks import class_names_problem
 from ..errors import VggCifarError
 from ..io import cache_dir as default_cache_dir  # $VGGCIFAR_CACHE
+from ..io import open_own_file, private_dir
 from ..image_formats import IMAGE_EXTENSIONS
 from ..images import read_image
 from ..preprocessing import CIFAR10_CLASSES
@@ -328,19 +329,56 @@ def _tensor_digest(tensors) -> str:
 
 
 def _load_cache(file: Path, fingerprint: str):
-    """The cached tensors, or ``(None, reason)`` when missing, stale or corrupt."""
-    if not file.exists():
-        return None, "no cache"
+    """The cached tensors, or ``(None, reason)`` when missing, stale, corrupt or not ours.
+
+    Only a regular file this user owns, in a folder only this user can write to, is read (a
+    cache's name is predictable from the data's path, sizes and times); and what it holds must
+    still be CIFAR-shaped data: its checksum is stored in the same file, so it proves integrity,
+    not who wrote it."""
     try:
-        c = torch.load(file, map_location="cpu", weights_only=True)
+        if not private_dir(file.parent):
+            return None, "cache folder not private (another user's, a link, or not a folder)"
+        f = open_own_file(file)
+    except FileNotFoundError:
+        return None, "no cache"
+    except OSError as e:
+        return None, f"unusable cache ({e.strerror or e})"
+    try:
+        with f:
+            c = torch.load(f, map_location="cpu", weights_only=True)
+        if not isinstance(c, dict):
+            return None, "corrupt cache (not a mapping)"
         if c.get("fingerprint") != fingerprint:
             return None, "stale cache (source files changed)"
+        if (problem := _cache_problem(c)) is not None:
+            return None, f"corrupt cache ({problem})"
         tensors = [c["train_x"], c["train_y"], c["test_x"], c["test_y"]]
         if _tensor_digest(tensors) != c.get("digest"):
             return None, "corrupt cache (checksum mismatch)"
         return c, "ok"
     except Exception as e:
         return None, f"corrupt cache ({type(e).__name__})"
+
+
+def _cache_problem(c: dict) -> str | None:
+    """What makes a loaded cache anything but images ``[N, 3, 32, 32]`` uint8 with int64 labels
+    ``[N]`` in range of valid class names (None when it is that)."""
+    classes = c.get("classes")
+    if not isinstance(classes, (list, tuple)):
+        return "no class names"
+    if (problem := class_names_problem(list(classes))) is not None:
+        return f"class names: {problem}"
+    for split in ("train", "test"):
+        x, y = c.get(f"{split}_x"), c.get(f"{split}_y")
+        if not (isinstance(x, torch.Tensor) and x.dtype == torch.uint8 and x.dim() == 4
+                and tuple(x.shape[1:]) == (3, 32, 32) and x.shape[0] > 0):
+            return f"{split} images are not uint8 [N, 3, 32, 32]"
+        if not (isinstance(y, torch.Tensor) and y.dtype == torch.int64 and y.dim() == 1
+                and len(y) == len(x)):
+            return f"{split} labels are not int64 [N] matching the images"
+        if int(y.min()) < 0 or int(y.max()) >= len(classes):
+            return f"{split} labels outside 0..{len(classes) - 1}"
+    return None
 
 
 def load_cifar10(path: str | os.PathLike, *, download: bool = True, cache: bool = True,
@@ -422,7 +460,7 @@ def _stale(tmp: Path) -> bool:
         os.kill(int(m["pid"]), 0)  # signal 0: only asks whether the process exists
     except ProcessLookupError:
         return True
-    except OSError:  # exists but is another user's, or the pid is out of range
+    except (OSError, OverflowError, ValueError):  # another user's, or a planted 30-digit pid
         return False
     return False
 
@@ -441,12 +479,16 @@ def _remove_stale_temps(folder: Path) -> None:
 def _write_cache_file(file: Path, write_fn) -> None:
     """Write through a temp file renamed into place; the temp file is removed on any exception
     (Ctrl-C included). Not fsynced: a torn cache fails its checksum and is rebuilt."""
-    file.parent.mkdir(parents=True, exist_ok=True)
+    file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # decoded private data stays so
+    if not private_dir(file.parent):
+        raise PermissionError(f"{file.parent} is not a private folder (another user's, or a "
+                              "link); the data cache is not written there")
     _remove_stale_temps(file.parent)
     owner = f"{os.getpid()}@{socket.gethostname()}"
     tmp = file.parent / f".{file.name}.{owner}.{secrets.token_hex(4)}.tmp"
     try:
         write_fn(tmp)
+        os.chmod(tmp, 0o600)
         os.replace(tmp, file)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from ..errors import VggCifarError
-from ..io import atomic_write, cache_dir, private_dir, read_plain_file
+from ..io import atomic_write, cache_dir, open_own_file, private_dir
 from ..runtime.contract import ONNX_SUFFIX
 
 log = logging.getLogger(__name__)
@@ -67,13 +67,15 @@ def _read_verified(cached: Path, sha: str, temperature: float) -> bytes | None:
     ``sha`` and the source's ``temperature``, and the bytes hash to the sidecar's digest; else
     ``None`` (missing, truncated, replaced, foreign or another temperature: rebuild)."""
     try:
-        side = json.loads(read_plain_file(cache_sidecar(cached), MAX_SIDECAR_BYTES))
+        with open_own_file(cache_sidecar(cached)) as f:
+            side = json.loads(f.read(MAX_SIDECAR_BYTES + 1))
         size = side.get("bytes") if isinstance(side, dict) else None
         if (not isinstance(size, int) or isinstance(size, bool) or size < 0
                 or side.get("format") != CACHE_FORMAT
                 or side.get("source_sha256") != sha or side.get("temperature") != temperature):
             return None
-        data = read_plain_file(cached, size)
+        with open_own_file(cached) as f:
+            data = f.read(size + 1)
     except (OSError, ValueError, RecursionError):  # a FIFO, device or link is rebuilt over too
         return None
     if len(data) != size:
