@@ -56,6 +56,18 @@ def test_default_model_prefers_newest_run_then_shipped(tiny_checkpoint, tmp_path
         os.utime(runs / name / "best.pt", (time.time() + i, time.time() + i))
     path, why = default_model(runs)
     assert path == runs / "new" / "best.pt" and "newest run" in why
+    # Planted in a shared working folder: dated 2100 to always win, a dangling link (was a
+    # FileNotFoundError traceback), another user's file. None is chosen.
+    (runs / "zz").mkdir()
+    (runs / "zz" / "best.pt").write_bytes(tiny_checkpoint.read_bytes())
+    os.utime(runs / "zz" / "best.pt", (4102444800, 4102444800))
+    (runs / "dangling").mkdir()
+    (runs / "dangling" / "best.pt").symlink_to(tmp_path / "gone.pt")
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        (runs / "theirs").mkdir()
+        (runs / "theirs" / "best.pt").write_bytes(tiny_checkpoint.read_bytes())
+        os.chown(runs / "theirs" / "best.pt", 65534, 65534)
+    assert default_model(runs)[0] == runs / "new" / "best.pt"
     monkeypatch.setenv("VGGCIFAR_MODELS", str(tmp_path / "nothing"))
     with pytest.raises(VggCifarError, match="no model found"):
         default_model(tmp_path / "no-runs")

@@ -17,6 +17,8 @@ import hashlib
 import io
 import json
 import os
+import stat
+import time
 from pathlib import Path
 
 import torch
@@ -202,6 +204,26 @@ def manifest_temperature(manifest: dict, manifest_path) -> float | None:
     return temperature_of(manifest, manifest_path)
 
 
+def _own_checkpoints(paths) -> list[Path]:
+    """``paths`` that are regular files of this user (links followed: a run folder may be
+    linked in) with a modification time not in the future, oldest first. In a shared working
+    folder, a ``runs/x/best.pt`` planted by someone else, or dated 2100 to always be the
+    newest, must not become the model served; a dangling link is skipped."""
+    now = time.time() + 60  # clocks of network file systems drift a little
+    found = []
+    for p in paths:
+        try:
+            st = p.stat()
+        except OSError:
+            continue
+        if not stat.S_ISREG(st.st_mode) or st.st_mtime > now:
+            continue
+        if os.name == "posix" and st.st_uid != os.geteuid():
+            continue
+        found.append((st.st_mtime, str(p), p))
+    return [p for *_, p in sorted(found)]
+
+
 def default_model(runs_dir: str | os.PathLike = "runs") -> tuple[Path, str]:
     """The model to use when none is given: the newest ``runs/*/best.pt``, else the shipped
     model. Returns ``(path, human-readable reason)``.
@@ -209,7 +231,7 @@ def default_model(runs_dir: str | os.PathLike = "runs") -> tuple[Path, str]:
     Raises:
         VggCifarError: neither exists.
     """
-    runs = sorted(Path(runs_dir).glob("*/best.pt"), key=lambda p: p.stat().st_mtime)
+    runs = _own_checkpoints(Path(runs_dir).glob("*/best.pt"))
     if runs:
         return runs[-1], f"newest run checkpoint {runs[-1]}"
     shipped = models_dir() / MANIFEST_NAME
