@@ -362,3 +362,16 @@ def test_a_cache_file_another_user_left_is_not_read(tmp_path):
     os.chown(f, 65534, 65534)
     with pytest.raises(OSError, match="belongs to another user"):
         open_own_file(f)
+
+
+def test_the_distributed_timeout_variable_is_checked(monkeypatch):
+    from vggcifar.training.distributed import dist_timeout_s
+
+    monkeypatch.delenv("VGGCIFAR_DIST_TIMEOUT", raising=False)
+    assert dist_timeout_s() == 300
+    monkeypatch.setenv("VGGCIFAR_DIST_TIMEOUT", "45")
+    assert dist_timeout_s() == 45
+    for bad in ("abc", "nan", "1e30", "0", "-5"):
+        monkeypatch.setenv("VGGCIFAR_DIST_TIMEOUT", bad)
+        with pytest.raises(VggCifarError, match="VGGCIFAR_DIST_TIMEOUT"):
+            dist_timeout_s()

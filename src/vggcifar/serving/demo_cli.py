@@ -58,7 +58,7 @@ def main(model_path, backend, device, host, port, share, top_k, max_file_mb, con
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     return_freed_memory()  # decoded images leave with their request (see limits.py)
     # Uploads land in our own folder too (Gradio reads GRADIO_TEMP_DIR when components are made).
-    os.environ.setdefault("GRADIO_TEMP_DIR", str(work / "uploads"))
+    os.environ["GRADIO_TEMP_DIR"] = str(work / "uploads")  # never a shared one
     examples = write_examples(work / "examples")
     demo = build_demo(predictor, top_k=top_k, examples=examples, concurrency_limit=concurrency,
                       max_file_size_mb=max_file_mb)

@@ -108,7 +108,7 @@ def main(host, port, model_path, backend, device, top_k, max_batch, max_wait_ms,
 
         work = make_workdir()
         # Uploads land in our own folder (Gradio reads GRADIO_TEMP_DIR when components are made).
-        os.environ.setdefault("GRADIO_TEMP_DIR", str(work / "uploads"))
+        os.environ["GRADIO_TEMP_DIR"] = str(work / "uploads")  # never a shared one
         examples = write_examples(work / "examples")
         allowed = [str(work)]
     app = create_app(predictor, max_batch=max_batch, max_wait_ms=max_wait_ms,

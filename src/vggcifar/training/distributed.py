@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import math
 import os
 import warnings
 from dataclasses import dataclass
@@ -63,6 +64,23 @@ class DistInfo:
         return self.rank == 0
 
 
+def dist_timeout_s() -> float:
+    """``VGGCIFAR_DIST_TIMEOUT`` in seconds (default 300), 1 s to 1 day.
+
+    Raises:
+        VggCifarError: not a number in that range ("abc", "nan" and "1e30" were tracebacks).
+    """
+    text = os.environ.get("VGGCIFAR_DIST_TIMEOUT", "").strip() or "300"
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 1 <= value <= 86400:  # nan fails too
+        raise VggCifarError(f"VGGCIFAR_DIST_TIMEOUT={text!r}: give the seconds a rank waits for "
+                            "the others, from 1 to 86400 (default 300)")
+    return value
+
+
 def setup(device: torch.device) -> tuple[DistInfo, torch.device]:
     """Join the process group when torchrun's environment says so (``WORLD_SIZE`` > 1).
 
@@ -73,7 +91,7 @@ def setup(device: torch.device) -> tuple[DistInfo, torch.device]:
     if not info.enabled:
         return DistInfo(), device
     if not dist.is_initialized():
-        timeout = datetime.timedelta(seconds=float(os.environ.get("VGGCIFAR_DIST_TIMEOUT", "300")))
+        timeout = datetime.timedelta(seconds=dist_timeout_s())
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             device = torch.device("cuda", info.local_rank)
