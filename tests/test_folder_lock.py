@@ -40,8 +40,34 @@ def test_a_planted_lock_link_is_not_followed(tmp_path):
     assert secret.read_text() == "password"
     (folder / LOCK_NAME).unlink()
     os.mkfifo(folder / LOCK_NAME)  # would block an open for writing that waits for a reader
-    with pytest.raises(VggCifarError, match="is not a file"):
+    with pytest.raises(VggCifarError, match="is not a plain file"):
         FolderLock(folder, "run folder")
+    (folder / LOCK_NAME).unlink()
+    os.link(secret, folder / LOCK_NAME)  # a hard link: the lock would truncate the file
+    with pytest.raises(VggCifarError, match="is not a plain file"):
+        FolderLock(folder, "run folder")
+    assert secret.read_text() == "password"
+
+
+def test_a_lock_file_released_between_open_and_flock_is_not_held(tmp_path, monkeypatch):
+    # The holder unlinks .lock and then closes it; a process that opened the old file just
+    # before would lock an unlinked inode while a third one locks the new file: two holders.
+    real = FolderLock._open_locked
+    calls = []
+
+    def open_then_lose_it(self, *a):
+        fd = real(self, *a)
+        calls.append(fd)
+        if len(calls) == 1:
+            self.path.unlink()  # as the previous holder's release()
+        return fd
+
+    monkeypatch.setattr(FolderLock, "_open_locked", open_then_lose_it)
+    lock = FolderLock(tmp_path, "run folder")
+    assert len(calls) == 2 and lock.fd == calls[1]
+    st, now = os.fstat(lock.fd), os.lstat(tmp_path / LOCK_NAME)
+    assert (st.st_ino, st.st_dev) == (now.st_ino, now.st_dev)
+    lock.release()
 
 
 def test_vgg_train_refuses_a_run_folder_another_process_writes(tmp_path, cifar_batches):

@@ -234,16 +234,38 @@ class FolderLock:
         except ImportError:  # Windows: no advisory locks; one job per folder is up to the user
             return
         not_plain = "; remove it if it is not a plain file"
+        for _ in range(5):  # a lock file removed by its owner between our open and flock: again
+            fd = self._open_locked(folder, what, not_plain, fcntl)
+            st = os.fstat(fd)
+            try:
+                now = os.lstat(self.path)
+            except FileNotFoundError:
+                now = None
+            if now is not None and (now.st_ino, now.st_dev) == (st.st_ino, st.st_dev):
+                break
+            os.close(fd)  # we locked a file that is no longer the lock: its owner released it
+        else:
+            raise VggCifarError(f"cannot lock the {what} {folder}: {self.path} keeps being "
+                                "replaced; is another job starting and stopping there?")
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self.fd = fd
+
+    def _open_locked(self, folder, what: str, not_plain: str, fcntl) -> int:
+        """The lock file opened (never through a link, a FIFO or a second hard link) and
+        flock'ed; raises when another process holds it."""
         try:  # O_NONBLOCK: a planted FIFO must not hang the open
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK
                          | getattr(os, "O_NOFOLLOW", 0), 0o644)
         except OSError as e:
             raise VggCifarError(f"cannot lock the {what} {folder}: {self.path} "
                                 f"({e.strerror or e}){not_plain}") from None
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        st = os.fstat(fd)
+        # a hard link planted at the name would have us truncate the file it links to
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
             os.close(fd)
             raise VggCifarError(f"cannot lock the {what} {folder}: {self.path} is not a "
-                                f"file{not_plain}")
+                                f"plain file{not_plain}")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -253,9 +275,7 @@ class FolderLock:
                 f"another process{f' (pid {owner})' if owner.isdigit() else ''} is writing the "
                 f"{what} {folder}; wait for it to finish or stop it, then run this again"
             ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
-        self.fd = fd
+        return fd
 
     def release(self) -> None:
         """Remove the lock file and release the lock (idempotent)."""
