@@ -424,3 +424,101 @@ def test_atomic_write_fsyncs_and_leaves_the_umask_alone(tmp_path, monkeypatch):
         vio.atomic_write(target, crash)
     assert target.read_text() == "hello"
     assert [p.name for p in target.parent.iterdir()] == ["file.txt"]  # no temporary left
+
+
+# ---- crafted ONNX files: the graph and its metadata -----------------------------------------
+def _tiny_onnx(path: Path, onnx_file: Path, batch: int | None = None, rows_one: bool = False,
+               **meta) -> Path:
+    """A small 32x32 graph carrying ``onnx_file``'s metadata (updated with ``meta``): a fixed
+    batch of ``batch`` images, or one that answers a single row whatever the batch."""
+    import warnings
+
+    import onnx
+
+    from vggcifar.runtime.contract import read_metadata, set_metadata
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(3 * 32 * 32, 10)
+
+        def forward(self, x):
+            y = self.fc(x.flatten(1))
+            return y.sum(0, keepdim=True) if rows_one else y
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Net(), (torch.zeros(batch or 2, 3, 32, 32),), str(path), dynamo=False,
+                          input_names=["image"], output_names=["logits"],
+                          dynamic_axes=None if batch else {"image": {0: "n"}})
+    proto = onnx.load(str(path))
+    m = read_metadata(onnx_file)
+    m.update({k: json.dumps(v) for k, v in meta.items()})
+    set_metadata(proto, m)
+    onnx.save(proto, str(path))
+    return path
+
+
+def test_crafted_onnx_graphs_are_refused(onnx_file, tmp_path):
+    from vggcifar.runtime.contract import ModelFileError
+
+    x = np.random.default_rng(0).random((3, 3, 32, 32), dtype=np.float32)
+    one_row = _tiny_onnx(tmp_path / "one-row.onnx", onnx_file, rows_one=True)
+    p = Predictor(one_row, backend="onnx", device="cpu", warmup=False)
+    with pytest.raises(ModelFileError, match="gave 1 rows of outputs for 3 images"):
+        p.backend.outputs(x)  # answers were paired with the wrong images (or a traceback)
+    huge = _tiny_onnx(tmp_path / "huge-batch.onnx", onnx_file, batch=1025)
+    with pytest.raises(VggCifarError, match="batches of exactly 1025 images"):
+        Predictor(huge, backend="onnx", device="cpu")  # every call padded to 1025 images
+    fixed = _tiny_onnx(tmp_path / "fixed.onnx", onnx_file, batch=4)
+    assert Predictor(fixed, backend="onnx", device="cpu").backend.outputs(x)[0].shape == (3, 10)
+
+
+def test_crafted_onnx_metadata_is_refused_or_shown_as_unknown(onnx_file, tmp_path):
+    for names in (["\x1b]0;pwned\x07"] + [f"c{i}" for i in range(9)],
+                  ["a\nb"] + [f"c{i}" for i in range(9)], ["x" * 201] + [f"c{i}" for i in range(9)],
+                  ["c\x9b31m"] + [f"c{i}" for i in range(9)]):
+        bad = _tiny_onnx(tmp_path / "names.onnx", onnx_file, class_names=names)
+        with pytest.raises(VggCifarError, match="class name"):
+            Predictor(bad, backend="onnx", device="cpu")
+    odd = _tiny_onnx(tmp_path / "odd.onnx", onnx_file, arch="[click](http://evil.example)",
+                     precision="![](http://track.example/p.png)", test_accuracy=5.0,
+                     test_accuracy_one_view=2.5)
+    info = Predictor(odd, backend="onnx", device="cpu").info
+    assert info.arch is None and info.precision is None
+    assert info.test_accuracy is None and info.test_accuracy_tta is None
+
+
+def test_served_accuracy_keeps_only_fractions():
+    from vggcifar.serving.backends.base import served_accuracy
+
+    for bad in (float("inf"), float("nan"), 5.0, -0.1, 10**400, True, "0.9"):
+        assert served_accuracy({"test_accuracy_one_view": bad}) == (None, None)
+    assert served_accuracy({"test_accuracy_one_view": 0.9}) == (0.9, None)
+
+
+def test_demo_markdown_shows_model_strings_as_text():
+    from vggcifar.serving.demo import md_text
+
+    assert md_text("[click](http://evil) ![x](http://t/p.png)") == (
+        r"\[click\]\(http://evil\) \!\[x\]\(http://t/p\.png\)")
+    assert md_text("vgg16") == "vgg16"
+
+
+@pytest.mark.parametrize("backend", ["onnx", "openvino"])
+def test_an_onnx_file_with_external_data_is_refused(onnx_file, tmp_path, backend):
+    # Its "weights" may name /etc/passwd, ../.. or a link; whether the runtime refuses that
+    # depends on its version. vggcifar's exports are one file.
+    import onnx
+
+    pytest.importorskip("openvino") if backend == "openvino" else None
+    small = _tiny_onnx(tmp_path / "w.onnx", onnx_file)
+    proto = onnx.load(str(small))
+    w = next(t for t in proto.graph.initializer if len(t.raw_data) or len(t.float_data))
+    w.ClearField("raw_data")
+    w.ClearField("float_data")
+    w.data_location = onnx.TensorProto.EXTERNAL
+    w.external_data.add(key="location", value="/etc/passwd")
+    onnx.save(proto, str(tmp_path / "ext.onnx"))
+    with pytest.raises(VggCifarError, match="keeps tensor .* in an external file"):
+        Predictor(tmp_path / "ext.onnx", backend=backend, device="cpu")

@@ -26,7 +26,7 @@ import os
 
 import torch
 
-from .checks import MAX_CLASSES
+from .checks import MAX_CLASSES, class_names_problem
 from .checkpoint_file import FORMAT, FORMAT_VERSION, model_spec, temperature_of
 from .errors import VggCifarError
 from .io import atomic_write
@@ -108,6 +108,8 @@ def check_preprocessing(pre, num_classes: int | None, where="model") -> None:
     if (not isinstance(names, (list, tuple)) or not 1 <= len(names) <= MAX_CLASSES
             or not all(isinstance(c, str) for c in names)):
         bad(f"class_names is not a list of 1 to {MAX_CLASSES} names")
+    if (problem := class_names_problem(list(names))) is not None:
+        bad(problem)  # they are printed to terminals and shown on pages
     if num_classes is not None and len(names) != num_classes:
         bad(f"{len(names)} class names for a model with {num_classes} outputs")
     for key in ("mean", "std"):

@@ -12,11 +12,12 @@ def is_finite_number(v) -> bool:
 
 
 MAX_CLASSES = 1000  # what a checkpoint may hold; a data folder with more cannot make one
+MAX_CLASS_NAME = 200  # characters; a folder name is at most 255 bytes
 
 
 def class_names_problem(names) -> str | None:
     """What is wrong with class names read from a data folder (folder names or a
-    ``batches.meta``), or None: they become the model's outputs, file names' neighbours in CSV
+    ``batches.meta``) or a model file, or None: they become the model's outputs, file names' neighbours in CSV
     reports and labels on pages, so they must be 1..MAX_CLASSES distinct, non-empty strings
     that encode as UTF-8 (no undecodable bytes from the file system) and hold no control
     characters (a newline would break the reports)."""
@@ -31,7 +32,10 @@ def class_names_problem(names) -> str | None:
             n.encode("utf-8")
         except UnicodeEncodeError:
             return f"class name {ascii(n)[:60]} is not valid UTF-8"
-        if any(ord(c) < 32 or ord(c) == 127 for c in n):
+        if len(n) > MAX_CLASS_NAME:
+            return f"class name {ascii(n)[:60]}... is over {MAX_CLASS_NAME} characters"
+        # C0, DEL and C1: a newline breaks the reports, ESC (or C1's CSI) drives terminals
+        if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in n):
             return f"class name {ascii(n)[:60]} holds control characters"
         if n in seen:
             return f"class name {ascii(n)[:60]} appears twice"

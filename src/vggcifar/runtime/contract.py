@@ -21,6 +21,9 @@ import os
 from pathlib import Path
 
 from ..errors import VggCifarError
+from ..io import read_plain_file
+
+MAX_SIDECAR_BYTES = 1 << 20  # an engine's metadata is a few kB
 
 INPUT_NAME = "image"
 LOGITS = "logits"
@@ -192,8 +195,11 @@ def read_engine_sidecar(engine: str | os.PathLike) -> dict:
     if not side.is_file():
         raise VggCifarError(f"{side} (the engine's metadata) is missing; "
                             "re-export the engine with vgg-export --tensorrt")
-    try:
-        meta = json.loads(side.read_text())
+    try:  # bounded, and never a FIFO: the sidecar is a few kB
+        raw = read_plain_file(side, MAX_SIDECAR_BYTES, follow_links=True)
+        if len(raw) > MAX_SIDECAR_BYTES:
+            raise ValueError(f"over {MAX_SIDECAR_BYTES:,} bytes")
+        meta = json.loads(raw)
     except (OSError, ValueError, RecursionError) as e:
         raise VggCifarError(f"{side} is not readable JSON ({e})") from e
     if not isinstance(meta, dict):

@@ -30,6 +30,52 @@ TENSORRT = "TensorrtExecutionProvider"
 _LOCK = threading.Lock()
 
 
+def _graph_tensors(graph):
+    """Every tensor a graph holds: initializers (sparse ones too) and node attributes, with
+    the subgraphs of control-flow nodes, recursively."""
+    for t in graph.initializer:
+        yield t
+    for st in graph.sparse_initializer:
+        yield st.values
+        yield st.indices
+    for node in graph.node:
+        yield from _node_tensors(node)
+
+
+def _node_tensors(node):
+    for a in node.attribute:
+        if a.HasField("t"):
+            yield a.t
+        yield from a.tensors
+        if a.HasField("g"):
+            yield from _graph_tensors(a.g)
+        for g in a.graphs:
+            yield from _graph_tensors(g)
+
+
+def check_self_contained(path: str | os.PathLike) -> None:
+    """Refuse an ONNX file that keeps tensors in external files: a crafted one names
+    ``/etc/passwd``, ``../..`` or a link as its "weights", and whether the runtime refuses that
+    depends on its version. vggcifar's own exports are always one file. A file that does not
+    parse is left to the runtime, which names the problem.
+
+    Raises:
+        ModelFileError: the graph uses external data.
+    """
+    import onnx
+
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception:  # not ONNX at all: the runtime's own error is clearer
+        return
+    tensors = _graph_tensors(proto.graph)
+    functions = (t for f in proto.functions for n in f.node for t in _node_tensors(n))
+    for t in (*tensors, *functions):
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            raise ModelFileError(f"{path} keeps tensor {t.name!r} in an external file; vggcifar "
+                                 "loads only self-contained ONNX files (vgg-export writes one)")
+
+
 def ort_session(model: str | os.PathLike | bytes, provider: str = CPU, *,
                 options: dict | None = None, threads: int | None = None,
                 name: str | os.PathLike | None = None):

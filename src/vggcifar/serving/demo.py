@@ -34,6 +34,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -112,10 +113,16 @@ def _accuracy(info, tta) -> str:
     return f"{acc:.2%}" if acc is not None else "not recorded in the model file"
 
 
+def md_text(s: str) -> str:
+    """``s`` as literal text in Markdown: what a model file supplies (its file name, class
+    names) must not become a link, an image from elsewhere or markup on the page."""
+    return re.sub(r"([\\`*_{}\[\]()#+\-.!|<>~])", r"\\\1", s)
+
+
 def _details(predictor, pred, mode: str, fit: str) -> str:
     """Markdown under the chart: the answer, the TTA mode and its test accuracy, latency,
     backend, any notes."""
-    lines = [f"**{pred.label}** ({pred.probability:.1%}) in **{pred.ms:.1f} ms** on "
+    lines = [f"**{md_text(pred.label)}** ({pred.probability:.1%}) in **{pred.ms:.1f} ms** on "
              f"{predictor.backend_name}; {tta_label(mode)} (test accuracy "
              f"{_accuracy(predictor.info, mode)}), "
              f"{'centre crop' if fit == 'crop' else 'squashed'}"]
@@ -191,8 +198,8 @@ def _header(predictor, name: str | None, has_card: bool) -> str:
     size = predictor.input_size
     return (
         "# vggcifar: CIFAR-10 image classifier\n"
-        f"Model **{name or info.name}** ({info.arch or 'unknown architecture'}"
-        f"{', ' + info.precision if info.precision else ''}): test accuracy "
+        f"Model **{md_text(name or info.name)}** ({md_text(info.arch or 'unknown architecture')}"
+        f"{', ' + md_text(info.precision) if info.precision else ''}): test accuracy "
         f"**{_accuracy(info, False)}** one view, **{_accuracy(info, True)}** with flip TTA "
         f"(CIFAR-10 test set){'; see the model card below' if has_card else ''}. "
         f"Backend: {predictor.backend_name}.\n\n"

@@ -4,6 +4,7 @@ and how that info is read from a checkpoint's or an export's metadata."""
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,7 +108,7 @@ class Backend:
     def outputs(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``[N, 3, S, S]`` float32 RGB in [0, 1] -> ``(logits, probabilities)``, each
         ``[N, num_classes]`` float32; probabilities = softmax(logits / temperature)."""
-        z = check_outputs(self.logits(x), len(self.info.class_names), self.info.path)
+        z = check_outputs(self.logits(x), len(self.info.class_names), self.info.path, len(x))
         return z, softmax(z, self.info.temperature, np.float32)
 
     def run(self, pixels: np.ndarray) -> np.ndarray:
@@ -133,8 +134,14 @@ def served_accuracy(meta: dict) -> tuple[float | None, float | None]:
     that as ``test_accuracy_with_tta``), else the one-view figure; ``test_accuracy_one_view`` is
     always one view.
     """
-    def number(v):
-        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+    def number(v):  # a fraction in [0, 1]; inf, nan, 5.0 or a 400-digit int are "unknown"
+        if not isinstance(v, (int, float)) or isinstance(v, bool):
+            return None
+        try:
+            v = float(v)
+        except OverflowError:
+            return None
+        return v if 0.0 <= v <= 1.0 else None  # nan fails both comparisons
 
     acc, one = number(meta.get("test_accuracy")), number(meta.get("test_accuracy_one_view"))
     if trained_with_tta(meta) or meta.get("test_accuracy_with_tta") is True:
@@ -147,7 +154,7 @@ def flip_shift_accuracy(meta: dict) -> float | None:
     v = meta.get("test_accuracy_flip_shift")
     try:
         v = float(v)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
     return v if 0.0 <= v <= 1.0 else None
 
@@ -177,18 +184,31 @@ def info_from_export_metadata(meta: dict, path, kind: str) -> ModelInfo:
     except VggCifarError as e:
         raise ModelFileError(str(e)) from e
     one, tta = served_accuracy(m)
-    arch = m.get("arch") if isinstance(m.get("arch"), str) else None  # only shown: 5 is unknown
     return ModelInfo(
         name=display_name(path), path=str(path), format=kind, preproc=Preprocessing.from_dict(pre),
-        arch=arch or None, test_accuracy=one, test_accuracy_tta=tta,
-        test_accuracy_flip_shift=flip_shift_accuracy(m), precision=str(m["precision"]) if m.get("precision") else None,
+        arch=_token(m.get("arch")), test_accuracy=one, test_accuracy_tta=tta,
+        test_accuracy_flip_shift=flip_shift_accuracy(m), precision=_token(m.get("precision")),
         temperature=temperature)
 
 
-def check_outputs(y: np.ndarray, num_classes: int, path) -> np.ndarray:
+def _token(v) -> str | None:
+    """A metadata value that is only shown (``arch``, ``precision``): a plain word such as
+    ``vgg16`` or ``fp16``, else unknown (None); Markdown links or escape codes in a crafted
+    file never reach a page or a terminal."""
+    return v if isinstance(v, str) and re.fullmatch(r"[A-Za-z0-9_.+-]{1,64}", v) else None
+
+
+def check_outputs(y: np.ndarray, num_classes: int, path,
+                  images: int | None = None) -> np.ndarray:
     """``y`` ``[N, C]`` as float32, or :class:`ModelFileError` when ``C`` is not the number of
-    class names in the metadata (a graph with a symbolic size can only be checked per run)."""
+    class names in the metadata (a graph with a symbolic size can only be checked per run), or
+    ``N`` is not ``images`` (a graph that answers ``[1, C]`` for any batch would pair answers
+    with the wrong images), or the values are not real numbers."""
     if y.ndim != 2 or y.shape[1] != num_classes:
         raise ModelFileError(f"{path} gave {y.shape[1:]} outputs per image, but its "
                              f"metadata names {num_classes} classes")
+    if images is not None and y.shape[0] != images:
+        raise ModelFileError(f"{path} gave {y.shape[0]} rows of outputs for {images} images")
+    if y.dtype.kind not in "fiu":
+        raise ModelFileError(f"{path} gives {y.dtype} outputs, not numbers")
     return y.astype(np.float32, copy=False)

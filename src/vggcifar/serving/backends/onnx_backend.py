@@ -15,9 +15,11 @@ from typing import Callable
 import numpy as np
 
 from ...runtime.contract import INPUT_NAME, LOGITS, PROBABILITIES, ModelFileError, decode_metadata
-from ...runtime.onnx import CUDA, device_session
+from ...runtime.onnx import CUDA, check_self_contained, device_session
 from ...source import ModelSource, resolve_source
 from .base import Backend, ModelInfo, check_outputs, info_from_export_metadata
+
+MAX_FIXED_BATCH = 1024  # a graph with a fixed batch larger than this is refused (see _bind)
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +33,8 @@ class OnnxBackend(Backend):
     def __init__(self, path, device: str | None = None, model_bytes: bytes | None = None):
         """``model_bytes``: the file's bytes, already read and verified, so the file cannot
         change between the check and the load."""
+        if model_bytes is None:  # a file the user named (cached exports are our own)
+            check_self_contained(path)
         model = path if model_bytes is None else model_bytes
         self.session, self.provider = device_session(model, device, name=path)
         self.device = "cuda" if self.provider == CUDA else "cpu"
@@ -46,6 +50,9 @@ class OnnxBackend(Backend):
         self.info: ModelInfo = info_from_export_metadata(self.metadata, path, "onnx")
         self.num_classes = len(self.info.class_names)
         names = [o.name for o in outputs]
+        if len(inputs) != 1:  # inputs[0] of a graph with none was an IndexError
+            raise ModelFileError(f"{path} takes {len(inputs)} inputs; a vggcifar model takes one "
+                                 "image batch: re-export it with vgg-export")
         self.input_name = INPUT_NAME if any(i.name == INPUT_NAME for i in inputs) else inputs[0].name
         if LOGITS in names:
             self.output_name, self.from_probabilities = LOGITS, False
@@ -58,6 +65,11 @@ class OnnxBackend(Backend):
         shape = inputs[0].shape
         # A fixed batch dimension (an int) means batches must be cut to that size.
         self.fixed_batch = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else None
+        if self.fixed_batch is not None and self.fixed_batch > MAX_FIXED_BATCH:
+            # every call is padded to it: a batch of 1,000,000 is 12 GB for one image
+            raise ModelFileError(f"{path} takes batches of exactly {self.fixed_batch} images, "
+                                 f"more than {MAX_FIXED_BATCH}; re-export it with vgg-export "
+                                 "(a dynamic batch size)")
 
     @classmethod
     def open(cls, source: ModelSource, device: str | None) -> "OnnxBackend":
@@ -81,6 +93,9 @@ class OnnxBackend(Backend):
                 f"{self.path} takes {len(inputs)} input(s), {inp.name!r} {inp.type} {inp.shape}; "
                 f"its metadata says one float [N, 3, {s}, {s}]: re-export it with vgg-export")
         out = next(o for o in outputs if o.name == self.output_name)
+        if out.type not in ("tensor(float)", "tensor(float16)", "tensor(f16)"):
+            raise ModelFileError(f"{self.path} output {out.name!r} is {out.type}, not floats: "
+                                 "re-export it with vgg-export")
         if len(out.shape) != 2 or (isinstance(out.shape[1], int)
                                    and out.shape[1] != self.num_classes):
             raise ModelFileError(
@@ -93,7 +108,7 @@ class OnnxBackend(Backend):
         if self.fixed_batch and len(x) != self.fixed_batch:
             return np.concatenate([self._run_fixed(x[i:i + self.fixed_batch])
                                    for i in range(0, len(x), self.fixed_batch)])
-        return self._out(self._infer(x))
+        return self._out(self._infer(x), len(x))
 
     def _infer(self, x: np.ndarray) -> np.ndarray:
         """The runtime's call: ``[N, 3, S, S]`` float32 -> the chosen output, ``[N, C]``."""
@@ -104,10 +119,10 @@ class OnnxBackend(Backend):
         n = len(x)
         if n < self.fixed_batch:
             x = np.concatenate([x, np.zeros((self.fixed_batch - n, *x.shape[1:]), x.dtype)])
-        return self._out(self._infer(x))[:n]
+        return self._out(self._infer(x), len(x))[:n]
 
-    def _out(self, y: np.ndarray) -> np.ndarray:
-        y = check_outputs(y, self.num_classes, self.path)
+    def _out(self, y: np.ndarray, images: int) -> np.ndarray:
+        y = check_outputs(y, self.num_classes, self.path, images)
         if self.from_probabilities:
             # log(p) differs from the logits by a constant per row: the same softmax.
             y = np.log(np.maximum(y, np.float32(1e-30)))

@@ -16,6 +16,7 @@ import numpy as np
 
 from ...errors import VggCifarError
 from ...runtime.contract import INPUT_NAME, LOGITS, PROBABILITIES
+from ...runtime.onnx import check_self_contained
 from ...runtime.openvino import compile_cpu, read_onnx
 from .onnx_backend import OnnxBackend
 
@@ -52,6 +53,8 @@ class OpenVinoBackend(OnnxBackend):
         if (device or "auto").lower() not in ("auto", "cpu"):
             raise VggCifarError(f"the openvino backend runs on the CPU, not {device}; use "
                                 "--device cpu, or --backend onnx or torch for a GPU")
+        if model_bytes is None:  # a file the user named (cached exports are our own)
+            check_self_contained(path)
         model, meta = read_onnx(path if model_bytes is None else model_bytes, name=path)
         self._bind(path, meta, [_port(p) for p in model.inputs], [_port(p) for p in model.outputs])
         self.compiled, self.precision = compile_cpu(model, precision, name=path)
