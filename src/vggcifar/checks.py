@@ -17,10 +17,11 @@ MAX_CLASS_NAME = 200  # characters; a folder name is at most 255 bytes
 
 def class_names_problem(names) -> str | None:
     """What is wrong with class names read from a data folder (folder names or a
-    ``batches.meta``) or a model file, or None: they become the model's outputs, file names' neighbours in CSV
-    reports and labels on pages, so they must be 1..MAX_CLASSES distinct, non-empty strings
-    that encode as UTF-8 (no undecodable bytes from the file system) and hold no control
-    characters (a newline would break the reports)."""
+    ``batches.meta``) or a model file, or None: they become the model's outputs, file names'
+    neighbours in CSV reports, labels on pages and in terminals, so they must be 1..MAX_CLASSES
+    distinct, non-empty strings of at most MAX_CLASS_NAME characters that encode as UTF-8 (no
+    undecodable bytes from the file system) and hold no control characters (a newline would
+    break the reports, an escape sequence drive a terminal)."""
     if not isinstance(names, (list, tuple)) or not 1 <= len(names) <= MAX_CLASSES:
         n = len(names) if isinstance(names, (list, tuple)) else 0
         return f"{n} classes; a model has 1 to {MAX_CLASSES}"

@@ -36,7 +36,8 @@ from .names import BACKENDS
 @user_errors
 def main(model_path, data_path, backend, device, limit, batch_size, plot_path, as_json, quiet):
     """Measure a model's test accuracy the way vgg-predict and the demo serve it: one view per
-    image and with flip test-time augmentation (--tta), per-class accuracy and the confusion
+    image, with flip TTA (as vgg-predict --tta) and with flip+shift TTA (6 views, as vgg-predict
+    --tta-shift), per-class accuracy and the confusion
     matrix, and how well its probabilities are calibrated (ECE over 15 bins, NLL, Brier score,
     before and after the model's temperature). Every accuracy and calibration figure in the
     README and the model card comes from this command.

@@ -49,7 +49,8 @@ def _preset_help() -> str:
 @train_options
 @click.option("--min-steps", type=int, default=0, show_default=True,
               help="With --epochs: train every split for at least this many optimisation steps "
-                   "(small splits get more epochs; 0 = off). Ignored with --steps.")
+                   "(small splits get more epochs; 0 = off). Refused with --steps, which sets "
+                   "every split's length.")
 @click.option("--split-epochs", default=None, metavar="SPLIT:EPOCHS,...",
               help="Epochs of particular splits, e.g. 0.01:300,0.8:95; they replace --epochs "
                    "and --min-steps for the splits named. With --resume: new lengths for splits "

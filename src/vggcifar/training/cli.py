@@ -42,8 +42,8 @@ def train_options(fn):
         _field("--val-every", type=int,
                help="Validate every N epochs (0 = auto: often enough, never dominating "
                     "small-split runs)."),
-        _field("--epochs", type=int, help="Training epochs (ignored with --steps); the default is "
-                                          "the full-set recipe's (docs/recipe.md)."),
+        _field("--epochs", type=int, help="Training epochs (not with --steps: give one); the "
+                                          "default is the full-set recipe's (docs/recipe.md)."),
         click.option("--steps", type=int, default=None,
                      help="Train for this many optimisation steps instead of --epochs."),
         _field("--batch-size", type=int,
