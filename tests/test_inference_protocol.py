@@ -155,6 +155,89 @@ def test_wrong_shape_and_datatype_are_400(triton, model_name):
     assert e.value.status() == "404"
 
 
+def test_model_config_for_perf_analyzer(triton, model_name):
+    # perf_analyzer and model_analyzer stop at once without it ("failed to get model config")
+    assert "model_configuration" in triton.get_server_metadata()["extensions"]
+    for version in ("", "1"):
+        cfg = triton.get_model_config(model_name, version)
+        assert cfg["name"] == model_name and cfg["max_batch_size"] == 32
+        assert cfg["input"] == [{"name": "image", "data_type": "TYPE_FP32", "dims": [3, 32, 32]}]
+        assert {o["name"]: o["dims"] for o in cfg["output"]} == {"probabilities": [10],
+                                                                  "logits": [10]}
+    with pytest.raises(InferenceServerException) as e:
+        triton.get_model_config("no-such-model")
+    assert e.value.status() == "404"
+
+
+@pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
+def test_compressed_requests(triton, model_name, images, predictor, algorithm):
+    x = images[1][:3].astype(np.float32) / 255
+    inp = tc.InferInput("image", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    res = triton.infer(model_name, [inp], request_compression_algorithm=algorithm)
+    assert np.allclose(res.as_numpy("probabilities"), predictor.probabilities(images[1][:3]),
+                       atol=1e-5)
+
+
+def test_compressed_bodies_are_bounded_and_named(server, model_name):
+    import gzip
+    import zlib
+
+    url = infer_url(server, model_name)
+    bomb = gzip.compress(b"[" + b" " * (64 << 20) + b"]")  # 64 MB of JSON in 64 kB
+    raw = zlib.compressobj(wbits=-15)
+    body = json.dumps({"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 3, 32, 32],
+                                   "data": [0.5] * 3072}]}).encode()
+    raw_deflate = raw.compress(body) + raw.flush()
+    with httpx.Client(timeout=30) as c:
+        r = c.post(url, content=bomb, headers={"Content-Encoding": "gzip"})
+        assert r.status_code == 413 and "once decompressed" in r.json()["error"]
+        r = c.post(url, content=b"x", headers={"Content-Encoding": "br"})
+        assert r.status_code == 415 and "Content-Encoding 'br'" in r.json()["error"]
+        r = c.post(url, content=b"not gzip", headers={"Content-Encoding": "gzip"})
+        assert r.status_code == 400 and "cannot be decompressed" in r.json()["error"]
+        r = c.post(url, content=gzip.compress(body)[:-20], headers={"Content-Encoding": "gzip"})
+        assert r.status_code == 400, r.text
+        r = c.post(url, content=raw_deflate, headers={"Content-Encoding": "deflate"})
+        assert r.status_code == 200, r.text
+
+
+def test_health_bodies_head_and_unrouted_paths(server, model_name):
+    base = f"http://{server}"
+    with httpx.Client(base_url=base, timeout=30) as c:
+        # KServe's v2 client reads these bodies; tritonclient reads the status
+        assert c.get("/v2/health/live").json() == {"live": True}
+        assert c.get("/v2/health/ready").json() == {"ready": True}
+        assert c.get("/v2/").json()["name"] == "vggcifar"
+        for path in ("/v2/health/live", "/v2/health/ready", f"/v2/models/{model_name}/ready"):
+            assert c.head(path).status_code == 200, path  # load balancers' probes
+        r = c.get("/v2/repository/index")
+        assert r.status_code == 404 and "no such endpoint" in r.json()["error"]
+        r = c.post("/v2/health/live")
+        assert r.status_code == 405 and r.json()["error"] and "GET" in r.headers["allow"]
+        r = c.get(f"/v2/models/{model_name}/infer")
+        assert r.status_code == 405 and r.headers["allow"] == "POST"
+
+
+def test_empty_outputs_means_all(server, model_name):
+    body = {"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 3, 32, 32],
+                        "data": [0.5] * 3072}], "outputs": []}
+    r = httpx.post(infer_url(server, model_name), json=body, timeout=30)
+    assert r.status_code == 200
+    assert {o["name"] for o in r.json()["outputs"]} == {"logits", "probabilities"}
+
+
+def test_live_fails_after_a_failed_warm_up(predictor):
+    # the model never loads after a failed warm-up: a liveness probe must see it and restart
+    app = create_app(predictor, max_batch=8, max_wait_ms=5, queue_size=32, demo=False)
+    state = app.state.vgg
+    state.status, state.error = "failed", "CUDA init failed"
+    client = TestClient(app)  # no lifespan: no warm-up runs
+    r = client.get("/v2/health/live")
+    assert r.status_code == 503 and "CUDA init failed" in r.json()["error"]
+    assert client.get("/v2/health/ready").status_code == 503
+
+
 # ---- the protocol's answers, raw --------------------------------------------------------------
 
 
@@ -233,8 +316,13 @@ def test_keep_alive_answers_without_nagle_stalls(server):
             buf = b""
             while b"\r\n\r\n" not in buf:
                 buf += s.recv(4096)
+            head, _, body = buf.partition(b"\r\n\r\n")
+            length = int(next(ln.split(b":")[1] for ln in head.split(b"\r\n")
+                              if ln.lower().startswith(b"content-length:")))
+            while len(body) < length:  # the {"ready": true} body
+                body += s.recv(4096)
             times.append(time.perf_counter() - t0)
-            assert buf.startswith(b"HTTP/1.1 200")
+            assert head.startswith(b"HTTP/1.1 200") and body == b'{"ready":true}'
     assert statistics.median(times) < 0.025, times
 
 

@@ -2,8 +2,14 @@
 `vgg-serve`, beside ``/v1/predict``, so that ``tritonclient.http`` (and any v2 client) works
 against the server unchanged:
 
-- ``GET /v2``: server metadata; ``GET /v2/health/live``, ``/v2/health/ready``: 200 or 503.
-- ``GET /v2/models/{name}[/versions/1]``: model metadata; ``.../ready``: 200 once warmed up.
+- ``GET /v2``: server metadata; ``GET /v2/health/live``, ``/v2/health/ready``: 200 with
+  ``{"live": true}``/``{"ready": true}`` (KServe's client reads the body) or 503 (live: the model
+  failed to load; ready: not warmed up yet); ``HEAD`` too.
+- ``GET /v2/models/{name}[/versions/1]``: model metadata; ``.../config``: Triton's model
+  configuration (perf_analyzer reads it first); ``.../ready``: 200 once warmed up.
+- Any other path under ``/v2``: 404, or 405 with ``Allow`` for a wrong method, as
+  ``{"error": ...}`` (not the page's or FastAPI's ``{"detail": ...}``).
+- Bodies may be gzip or deflate compressed (``Content-Encoding``), bounded once inflated.
 - ``POST /v2/models/{name}[/versions/1]/infer``: input ``image`` FP32 ``[N, 3, S, S]`` RGB in
   [0, 1] (the ONNX contract: normalisation is the model's business; other values are a 400);
   outputs ``logits`` and ``probabilities`` FP32 ``[N, num_classes]``, those named in the
@@ -36,7 +42,9 @@ from ..runtime.contract import INPUT_NAME, OUTPUT_NAMES
 
 MODEL_VERSION = "1"  # as the Triton repository vgg-export writes
 HEADER_LENGTH = "Inference-Header-Content-Length"
-EXTENSIONS = ("binary_tensor_data",)
+EXTENSIONS = ("binary_tensor_data", "model_configuration")
+# Request bodies may come compressed (tritonclient's request_compression_algorithm).
+ENCODINGS = {"gzip": 16 + 15, "deflate": 15}  # zlib wbits: gzip wrapper, zlib wrapper
 DATATYPE = "FP32"
 # Bodies larger than this are parsed in a worker thread, not on the event loop.
 INLINE_PARSE_BYTES = 32 * 1024
@@ -78,6 +86,22 @@ def model_metadata(state) -> dict:
             "inputs": [{"name": INPUT_NAME, "datatype": DATATYPE, "shape": [-1, 3, s, s]}],
             "outputs": [{"name": o, "datatype": DATATYPE, "shape": [-1, c]}
                         for o in OUTPUT_NAMES]}
+
+
+def model_config(state) -> dict:
+    """The model configuration (Triton's model configuration extension, which perf_analyzer and
+    model_analyzer read before anything else): ``max_batch_size`` is the most images one
+    request may carry, and the dims leave the batch axis out, as Triton's do."""
+    p = state.predictor
+    s, c = p.input_size, len(p.class_names)
+    return {"name": state.model_name, "platform": "onnxruntime_onnx" if "onnx" in p.backend_name
+            else "vggcifar", "backend": p.backend_name.split(" ")[0],
+            "max_batch_size": state.batcher.queue_size,
+            "input": [{"name": INPUT_NAME, "data_type": "TYPE_FP32", "dims": [3, s, s]}],
+            "output": [{"name": o, "data_type": "TYPE_FP32", "dims": [c]} for o in OUTPUT_NAMES],
+            "dynamic_batching": {"max_queue_delay_microseconds":
+                                 int(state.batcher.max_wait * 1e6)},
+            "version_policy": {"specific": {"versions": [int(MODEL_VERSION)]}}}
 
 
 def server_metadata() -> dict:
@@ -175,7 +199,7 @@ def _wanted_outputs(request: dict) -> list[tuple[str, bool]]:
     params = params if isinstance(params, dict) else {}
     default_binary = params.get("binary_data_output") is True
     asked = request.get("outputs")
-    if asked is None:
+    if asked is None or asked == []:  # not specified: every output (the protocol's words)
         return [(name, default_binary) for name in OUTPUT_NAMES]
     if not isinstance(asked, list) or not all(isinstance(o, dict) for o in asked):
         raise ProtocolError(400, "outputs must be a list of objects")
@@ -299,6 +323,44 @@ async def _read_body(request, cap: int) -> bytes:
     return b"".join(chunks)
 
 
+def inflate(body: bytes, encoding: str, cap: int) -> bytes:
+    """A gzip- or deflate-compressed body, decompressed to at most ``cap`` bytes (a small body
+    that inflates past the limit is a 413, as an uncompressed one would be).
+
+    Raises:
+        ProtocolError: 415 for another encoding, 400 for a damaged stream, 413 past ``cap``.
+    """
+    import zlib
+
+    if encoding not in ENCODINGS:
+        raise ProtocolError(415, f"Content-Encoding {encoding[:30]!r} is not supported; send "
+                                 f"{', '.join(ENCODINGS)} or an uncompressed body")
+    tries = (ENCODINGS[encoding],) + ((-15,) if encoding == "deflate" else ())  # raw deflate too
+    for i, wbits in enumerate(tries):
+        d = zlib.decompressobj(wbits)
+        try:
+            out = d.decompress(body, cap + 1)
+        except zlib.error as e:
+            if i + 1 < len(tries):
+                continue
+            raise ProtocolError(400, f"the {encoding} body cannot be decompressed ({e})") from None
+        if len(out) > cap or d.unconsumed_tail:
+            raise ProtocolError(413, f"request body over the limit of {cap:,} bytes once "
+                                     "decompressed")
+        if not d.eof:
+            raise ProtocolError(400, f"the {encoding} body is truncated")
+        return out
+    raise AssertionError("unreachable")
+
+
+async def _inflate_maybe_in_thread(body: bytes, encoding: str, cap: int) -> bytes:
+    if len(body) <= INLINE_PARSE_BYTES:
+        return inflate(body, encoding, cap)
+    from .limits import in_decode_thread
+
+    return await in_decode_thread(inflate, body, encoding, cap)
+
+
 async def infer(request, state, name: str, version: str | None, arrival) -> tuple[bytes, dict]:
     """One infer call -> ``(body, headers)``; :class:`ProtocolError` for refused requests."""
     from .batching import BatchError, QueueClosed, QueueFull
@@ -309,7 +371,11 @@ async def infer(request, state, name: str, version: str | None, arrival) -> tupl
         raise ProtocolError(503, f"not ready ({state.status})")
     size = state.predictor.input_size
     max_images = state.batcher.queue_size  # a request must fit in an empty queue
-    body = await _read_body(request, 4096 + max_images * 3 * size * size * JSON_BYTES_PER_VALUE)
+    cap = 4096 + max_images * 3 * size * size * JSON_BYTES_PER_VALUE
+    body = await _read_body(request, cap)
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        body = await _inflate_maybe_in_thread(body, encoding, cap)
     args = (body, request.headers.get(HEADER_LENGTH), size, max_images)
     if len(body) <= INLINE_PARSE_BYTES:
         x, req, wanted = parse_infer(*args)
@@ -353,10 +419,14 @@ def register(app, state) -> None:
         return ok(server_metadata())
 
     async def live():
-        return Response(status_code=200)
+        # A failed warm-up never recovers: say so, so a liveness probe restarts the server.
+        # The bodies are what KServe's client reads ({"live": true}); tritonclient reads codes.
+        if state.status == "failed":
+            return error(ProtocolError(503, f"the model failed to load: {state.error}"))
+        return ok({"live": True})
 
     async def ready():
-        return Response(status_code=200) if state.ready else \
+        return ok({"ready": True}) if state.ready else \
             error(ProtocolError(503, f"not ready ({state.status})"))
 
     async def metadata(name: str, version: str | None = None):
@@ -365,6 +435,13 @@ def register(app, state) -> None:
         except ProtocolError as e:
             return error(e)
         return ok(model_metadata(state))
+
+    async def config(name: str, version: str | None = None):
+        try:
+            check_model(state, name, version)
+        except ProtocolError as e:
+            return error(e)
+        return ok(model_config(state))
 
     async def model_ready(name: str, version: str | None = None):
         try:
@@ -386,11 +463,33 @@ def register(app, state) -> None:
         finally:
             state.metrics.infer_requests.labels(str(status)).inc()
 
-    add = app.add_api_route
-    add("/v2", server, methods=["GET"], summary="Open Inference Protocol: server metadata")
-    add("/v2/health/live", live, methods=["GET"], summary="v2: the process is up")
-    add("/v2/health/ready", ready, methods=["GET"], summary="v2: 200 once warmed up")
+    routes = []
+
+    def add(path, fn, methods, summary):
+        app.add_api_route(path, fn, methods=methods, summary=summary)
+        routes.append(app.router.routes[-1])
+
+    get = ["GET", "HEAD"]  # HEAD: load balancers' health checks
+    add("/v2", server, methods=get, summary="Open Inference Protocol: server metadata")
+    add("/v2/", server, methods=get, summary="v2: server metadata (the OpenAPI spelling)")
+    add("/v2/health/live", live, methods=get, summary="v2: the process is up")
+    add("/v2/health/ready", ready, methods=get, summary="v2: 200 once warmed up")
     for base in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
-        add(base, metadata, methods=["GET"], summary="v2: model metadata")
-        add(base + "/ready", model_ready, methods=["GET"], summary="v2: model readiness")
+        add(base, metadata, methods=get, summary="v2: model metadata")
+        add(base + "/config", config, methods=get, summary="v2: model configuration")
+        add(base + "/ready", model_ready, methods=get, summary="v2: model readiness")
         add(base + "/infer", infer_route, methods=["POST"], summary="v2: inference")
+
+    async def unrouted(request: Request, rest: str):
+        # Anything else under /v2 answers in the protocol's error format ({"error": ...}),
+        # not the page's or FastAPI's {"detail": ...}, which clients cannot read.
+        path = request.url.path
+        allowed = sorted({m for r in routes if r.path_regex.match(path) for m in r.methods})
+        if allowed:
+            return Response(dumps({"error": f"{request.method} is not allowed on {path[:80]}; "
+                                            f"use {', '.join(allowed)}"}), status_code=405,
+                            headers={"Allow": ", ".join(allowed)}, media_type="application/json")
+        return error(ProtocolError(404, f"no such endpoint {path[:80]!r} under /v2"))
+
+    app.add_api_route("/v2/{rest:path}", unrouted, include_in_schema=False,
+                      methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"])
