@@ -219,6 +219,25 @@ def test_health_bodies_head_and_unrouted_paths(server, model_name):
         assert r.status_code == 405 and r.headers["allow"] == "POST"
 
 
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+def test_classification_extension(triton, model_name, images, predictor, binary):
+    # tritonclient's class_count: top-k "value:index:label" strings, as tritonserver answers
+    # for the repository vgg-export --triton writes (labels.txt)
+    x = images[1][:4].astype(np.float32) / 255
+    inp = tc.InferInput("image", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    out = tc.InferRequestedOutput("probabilities", binary_data=binary, class_count=3)
+    got = triton.infer(model_name, [inp], outputs=[out]).as_numpy("probabilities")
+    assert got.shape == (4, 3)
+    probs = predictor.probabilities(images[1][:4])
+    for row, p in zip(got, probs):
+        fields = [(b if isinstance(b, bytes) else b.encode()).decode().split(":") for b in row]
+        idx = [int(f[1]) for f in fields]
+        assert idx == list(np.argsort(-p, kind="stable")[:3])
+        assert [f[2] for f in fields] == [predictor.class_names[i] for i in idx]
+        assert np.allclose([float(f[0]) for f in fields], p[idx], atol=1e-5)
+
+
 def test_empty_outputs_means_all(server, model_name):
     body = {"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 3, 32, 32],
                         "data": [0.5] * 3072}], "outputs": []}
@@ -262,6 +281,8 @@ def test_bad_requests_get_a_json_error(server, model_name):
          {}, 413),                                                    # over the queue size
         (json.dumps({"inputs": [{**good, "data": [0.5] * 3072}],
                      "outputs": [{"name": "nope"}]}).encode(), {}, 400),
+        (json.dumps({"inputs": [{**good, "data": [0.5] * 3072}], "outputs": [
+            {"name": "logits", "parameters": {"classification": -2}}]}).encode(), {}, 400),
     ]
     with httpx.Client(timeout=30) as c:
         for body, headers, status in cases:

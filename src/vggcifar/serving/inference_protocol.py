@@ -10,6 +10,8 @@ against the server unchanged:
 - Any other path under ``/v2``: 404, or 405 with ``Allow`` for a wrong method, as
   ``{"error": ...}`` (not the page's or FastAPI's ``{"detail": ...}``).
 - Bodies may be gzip or deflate compressed (``Content-Encoding``), bounded once inflated.
+- The classification extension: an output asked with ``parameters.classification = k`` comes
+  back as ``[N, k]`` BYTES ``"value:index:label"``, highest first, as Triton answers.
 - ``POST /v2/models/{name}[/versions/1]/infer``: input ``image`` FP32 ``[N, 3, S, S]`` RGB in
   [0, 1] (the ONNX contract: normalisation is the model's business; other values are a 400);
   outputs ``logits`` and ``probabilities`` FP32 ``[N, num_classes]``, those named in the
@@ -42,7 +44,7 @@ from ..runtime.contract import INPUT_NAME, OUTPUT_NAMES
 
 MODEL_VERSION = "1"  # as the Triton repository vgg-export writes
 HEADER_LENGTH = "Inference-Header-Content-Length"
-EXTENSIONS = ("binary_tensor_data", "model_configuration")
+EXTENSIONS = ("binary_tensor_data", "classification", "model_configuration")
 # Request bodies may come compressed (tritonclient's request_compression_algorithm).
 ENCODINGS = {"gzip": 16 + 15, "deflate": 15}  # zlib wbits: gzip wrapper, zlib wrapper
 DATATYPE = "FP32"
@@ -82,10 +84,21 @@ def model_metadata(state) -> dict:
     p = state.predictor
     s, c = p.input_size, len(p.class_names)
     return {"name": state.model_name, "versions": [MODEL_VERSION],
-            "platform": p.backend_name,
+            "platform": platform(p),
             "inputs": [{"name": INPUT_NAME, "datatype": DATATYPE, "shape": [-1, 3, s, s]}],
             "outputs": [{"name": o, "datatype": DATATYPE, "shape": [-1, c]}
                         for o in OUTPUT_NAMES]}
+
+
+# The protocol's "<project>_<format>" platform names, per runtime (Triton's for the same file).
+PLATFORMS = {"onnx": "onnxruntime_onnx", "openvino": "openvino_onnx", "torch": "pytorch_torch",
+             "tensorrt": "tensorrt_plan"}
+
+
+def platform(predictor) -> str:
+    """The served runtime as a platform name; the full description (device, precision) stays
+    in ``/healthz``."""
+    return PLATFORMS.get(predictor.backend.name, predictor.backend.name)
 
 
 def model_config(state) -> dict:
@@ -94,8 +107,7 @@ def model_config(state) -> dict:
     request may carry, and the dims leave the batch axis out, as Triton's do."""
     p = state.predictor
     s, c = p.input_size, len(p.class_names)
-    return {"name": state.model_name, "platform": "onnxruntime_onnx" if "onnx" in p.backend_name
-            else "vggcifar", "backend": p.backend_name.split(" ")[0],
+    return {"name": state.model_name, "platform": platform(p), "backend": p.backend.name,
             "max_batch_size": state.batcher.queue_size,
             "input": [{"name": INPUT_NAME, "data_type": "TYPE_FP32", "dims": [3, s, s]}],
             "output": [{"name": o, "data_type": "TYPE_FP32", "dims": [c]} for o in OUTPUT_NAMES],
@@ -193,14 +205,15 @@ def _tensor(tensor: dict, tail: bytes, shape: list[int]) -> np.ndarray:
     return x.reshape(shape)
 
 
-def _wanted_outputs(request: dict) -> list[tuple[str, bool]]:
-    """``[(output name, binary)]`` in the order the response lists them."""
+def _wanted_outputs(request: dict) -> list[tuple[str, bool, int]]:
+    """``[(output name, binary, classes)]`` in the order the response lists them; ``classes``
+    > 0: the classification extension's top-``classes`` strings instead of the tensor."""
     params = request.get("parameters")
     params = params if isinstance(params, dict) else {}
     default_binary = params.get("binary_data_output") is True
     asked = request.get("outputs")
     if asked is None or asked == []:  # not specified: every output (the protocol's words)
-        return [(name, default_binary) for name in OUTPUT_NAMES]
+        return [(name, default_binary, 0) for name in OUTPUT_NAMES]
     if not isinstance(asked, list) or not all(isinstance(o, dict) for o in asked):
         raise ProtocolError(400, "outputs must be a list of objects")
     out = []
@@ -211,11 +224,12 @@ def _wanted_outputs(request: dict) -> list[tuple[str, bool]]:
                                      f"{', '.join(OUTPUT_NAMES)}")
         p = o.get("parameters")
         p = p if isinstance(p, dict) else {}
-        if p.get("classification"):
-            raise ProtocolError(400, "the classification extension is not supported; ask for "
-                                     "probabilities (labels: GET /healthz)")
+        k = p.get("classification", 0)
+        if not isinstance(k, int) or isinstance(k, bool) or k < 0:
+            raise ProtocolError(400, f"output {name!r}: classification must be a class count "
+                                     f">= 0, got {str(k)[:30]}")
         binary = p.get("binary_data")
-        out.append((name, binary if isinstance(binary, bool) else default_binary))
+        out.append((name, binary if isinstance(binary, bool) else default_binary, k))
     return out
 
 
@@ -284,21 +298,42 @@ def encode_response(state, request: dict, wanted, outputs: dict) -> tuple[bytes,
     if isinstance(request.get("id"), str):
         head["id"] = request["id"]
     blobs = []
-    for name, binary in wanted:
+    for name, binary, classes in wanted:
         y = np.ascontiguousarray(outputs[name], dtype="<f4")
-        t = {"name": name, "datatype": DATATYPE, "shape": list(y.shape)}
-        if binary:
-            blob = y.tobytes()
+        if classes:
+            t, blob = _classification(name, y, classes, state.predictor.class_names, binary)
+        else:
+            t = {"name": name, "datatype": DATATYPE, "shape": list(y.shape)}
+            blob = y.tobytes() if binary else None
+            if blob is None:
+                t["data"] = y.ravel().tolist()
+        if blob is not None:
             t["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
-        else:
-            t["data"] = y.ravel().tolist()
         head["outputs"].append(t)
     header = dumps(head)
     if not blobs:
         return header, {"Content-Type": "application/json"}
     return b"".join([header, *blobs]), {"Content-Type": "application/octet-stream",
                                          HEADER_LENGTH: str(len(header))}
+
+
+def _classification(name: str, y: np.ndarray, k: int, labels, binary: bool):
+    """The classification extension (as Triton): ``[N, k]`` BYTES, each ``"value:index:label"``
+    for the ``k`` highest values of a row, highest first (``k`` capped at the class count).
+    Returns ``(the output's JSON, its binary blob or None)``; BYTES travel in binary as a 4-byte
+    little-endian length before each string."""
+    k = min(k, y.shape[1])
+    top = np.argsort(-y, axis=1, kind="stable")[:, :k]
+    rows = [[f"{y[i, j]:f}:{j}:{labels[j]}" for j in top[i]] for i in range(len(y))]
+    t = {"name": name, "datatype": "BYTES", "shape": [len(y), k]}
+    if not binary:
+        t["data"] = [s for row in rows for s in row]
+        return t, None
+    parts = []
+    for s in (s.encode() for row in rows for s in row):
+        parts += [len(s).to_bytes(4, "little"), s]
+    return t, b"".join(parts)
 
 
 # ------------------------------------------------------------------------------ infer
