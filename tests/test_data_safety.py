@@ -558,3 +558,32 @@ def test_a_planted_temp_name_with_a_huge_pid_is_left_alone(tmp_path):
     planted.write_bytes(b"x")  # os.kill(10**30 - 1, 0) was an OverflowError traceback
     load_cifar10(folder, cache_dir=cache, download=False)
     assert planted.exists() and len(list(cache.glob("*.pt"))) == 1
+
+
+def test_an_evaluation_reads_only_the_test_images(tmp_path, tiny_checkpoint):
+    # vgg-eval decoded the training images too: one damaged training image blocked it, and the
+    # first evaluation of an image folder decoded 60,000 images instead of 10,000.
+    from vggcifar.serving.eval_cli import main as eval_main
+
+    root = write_image_folder(tmp_path / "imgs", n_train=30, n_test=20)
+    bad = next((root / "train").rglob("*.png"))
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 50)  # a damaged training image
+    cache = tmp_path / "cache"
+    with pytest.raises(VggCifarError, match="cannot|decode|damaged|read"):
+        load_cifar10(root, cache_dir=cache, download=False, verbose=False)  # training: refused
+    d = load_cifar10(root, cache_dir=cache, download=False, verbose=False, test_only=True)
+    assert len(d.train_x) == 0 and d.train_x.shape[1:] == (3, 32, 32) and len(d.test_x) == 20
+    assert not list(cache.glob("*.pt"))  # a partial load is never cached as the dataset
+    r = CliRunner().invoke(eval_main, ["--model", str(tiny_checkpoint), "--data", str(root),
+                                       "--backend", "torch", "--quiet", "--json"],
+                           env={"VGGCIFAR_CACHE": str(cache)})
+    assert r.exit_code == 0, r.output
+    assert json_loads_last(r.stdout)["n"] == 20
+    batches = load_cifar10(_batches(tmp_path), cache_dir=cache, download=False, test_only=True)
+    assert len(batches.train_y) == 0 and len(batches.test_y) == 10
+
+
+def json_loads_last(text: str) -> dict:
+    import json
+
+    return json.loads(text.strip().splitlines()[-1])

@@ -60,7 +60,8 @@ def main(model_path, data_path, backend, device, limit, batch_size, plot_path, a
                                      "*.png", param_hint="'--plot'")
         check_writable(Path(plot_path).resolve().parent, "--plot folder")
     predictor = Predictor(model_path, backend=backend, device=device)
-    data = load_cifar10(data_path, download=False, verbose=not quiet)
+    # The test images only (or the cache): a damaged training image must not block this.
+    data = load_cifar10(data_path, download=False, verbose=not quiet, test_only=True)
     if tuple(data.classes) != tuple(predictor.class_names):
         raise VggCifarError(
             f"the data's classes ({', '.join(data.classes)}) differ from the model's "
