@@ -221,16 +221,13 @@ def main(out, resume, as_json, **kw):
     from .distributed import DistInfo
     from .trainer import train
 
+    ctx = click.get_current_context()
+    given = {k for k in ctx.params if ctx.get_parameter_source(k) in
+             (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT)}
     if resume is None:
         check_model_options(kw["arch"], kw["head"])
-        ctx = click.get_current_context()
-        refuse_inapplicable({k for k in ctx.params if ctx.get_parameter_source(k) in
-                             (click.core.ParameterSource.COMMANDLINE,
-                              click.core.ParameterSource.ENVIRONMENT)}, kw)
+        refuse_inapplicable(given, kw)
     else:  # the options of RESUME_OPTIONS given on this command line replace the saved ones
-        ctx = click.get_current_context()
-        given = {k for k in ctx.params if ctx.get_parameter_source(k) in
-                 (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT)}
         _refuse_fixed_on_resume(given)
         kw["resume_overrides"] = [o for o in RESUME_OPTIONS if o in given]
     kw.update(run_folder_options(out, resume))
