@@ -375,3 +375,43 @@ def test_the_distributed_timeout_variable_is_checked(monkeypatch):
         monkeypatch.setenv("VGGCIFAR_DIST_TIMEOUT", bad)
         with pytest.raises(VggCifarError, match="VGGCIFAR_DIST_TIMEOUT"):
             dist_timeout_s()
+
+
+def test_an_overloaded_server_answers_json(monkeypatch):
+    # Beyond uvicorn's limit_concurrency its answer was text/plain "Service Unavailable",
+    # which tritonclient and KServe's client cannot read as {"error": ...}.
+    import socket
+    import threading
+
+    import httpx
+    import uvicorn
+
+    from vggcifar.serving import limits
+
+    for name in ("httptools_impl", "h11_impl"):  # restored after the test
+        mod = __import__(f"uvicorn.protocols.http.{name}", fromlist=["x"])
+        monkeypatch.setattr(mod, "service_unavailable", mod.service_unavailable)
+    assert limits.answer_overload_in_json() >= 2
+
+    async def app(scope, receive, send):  # never reached: every request is over the limit
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    for http in ("h11", "httptools"):
+        sock = socket.socket()  # the server closes it when it stops
+        sock.bind(("127.0.0.1", 0))
+        server = uvicorn.Server(uvicorn.Config(app, limit_concurrency=1, log_level="error",
+                                               http=http, lifespan="off"))
+        t = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+        t.start()
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}/v2/health/ready"
+        for _ in range(100):
+            try:
+                r = httpx.get(url, timeout=5)
+                break
+            except httpx.TransportError:
+                time.sleep(0.05)
+        server.should_exit = True
+        t.join(10)
+        assert r.status_code == 503 and r.headers["retry-after"] == "1", http
+        assert r.json() == {"error": limits.OVERLOAD_MESSAGE}

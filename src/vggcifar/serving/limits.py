@@ -49,6 +49,37 @@ def return_freed_memory() -> bool:
         return False
 
 
+# ------------------------------------------------------------------------------ overload
+
+OVERLOAD_MESSAGE = (f"server busy: more than {MAX_CONNECTIONS} connections or requests at once; "
+                    "retry later")
+
+
+async def overload_answer(scope, receive, send) -> None:
+    """What uvicorn answers beyond ``limit_concurrency``, as every other error here: JSON
+    ``{"error": ...}`` with Retry-After (uvicorn's own is text/plain "Service Unavailable",
+    which v2 clients cannot read)."""
+    await _send_json(send, 503, {"error": OVERLOAD_MESSAGE}, [(b"retry-after", b"1")])
+
+
+def answer_overload_in_json() -> int:
+    """Make uvicorn's HTTP protocols answer :func:`overload_answer` beyond their limit. They
+    import ``service_unavailable`` by name; returns how many protocol modules now use ours (0
+    where a uvicorn version names it otherwise: its text answer stays, nothing breaks)."""
+    import importlib
+
+    done = 0
+    for name in ("httptools_impl", "h11_impl", "zttp_impl", "zttp_h2_impl"):
+        try:
+            mod = importlib.import_module(f"uvicorn.protocols.http.{name}")
+        except Exception:  # not installed in this uvicorn (optional parsers)
+            continue
+        if hasattr(mod, "service_unavailable"):
+            mod.service_unavailable = overload_answer
+            done += 1
+    return done
+
+
 # ------------------------------------------------------------------------------ ASGI guards
 
 async def _send_json(send, status: int, body: dict, headers=()) -> None:

@@ -120,9 +120,11 @@ def main(host, port, model_path, backend, device, top_k, max_batch, max_wait_ms,
     click.echo(f"serving on http://{shown}:{port}: POST /v1/predict, GET /healthz, GET /metrics, "
                f"/v2 (model {app.state.vgg.model_name})"
                + ("" if no_demo else ", demo page at /"), err=True)
-    from .limits import KEEP_ALIVE_S, MAX_CONNECTIONS, MAX_HEADER_BYTES, return_freed_memory
+    from .limits import (KEEP_ALIVE_S, MAX_CONNECTIONS, MAX_HEADER_BYTES, answer_overload_in_json,
+                         return_freed_memory)
 
     return_freed_memory()  # decoded images leave with their request (see limits.py)
+    answer_overload_in_json()  # beyond the limit below: {"error": ...}, not text/plain
     config = uvicorn.Config(app, log_level="warning" if quiet else "info", access_log=not quiet,
                             lifespan="on", timeout_graceful_shutdown=30, log_config=None,
                             # connections and tasks at once (beyond: 503), idle keep-alive
