@@ -415,3 +415,15 @@ def test_an_overloaded_server_answers_json(monkeypatch):
         t.join(10)
         assert r.status_code == 503 and r.headers["retry-after"] == "1", http
         assert r.json() == {"error": limits.OVERLOAD_MESSAGE}
+
+
+def test_an_explicit_gpu_index_under_torchrun_is_refused(monkeypatch):
+    # each rank takes cuda:LOCAL_RANK; a --device cuda:3 was replaced without a word
+    from vggcifar.training import distributed
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with pytest.raises(VggCifarError, match="under torchrun each process uses the GPU of its "
+                                            r"LOCAL_RANK \(this one cuda:1\)"):
+        distributed.setup(torch.device("cuda:3"))

@@ -90,6 +90,11 @@ def setup(device: torch.device) -> tuple[DistInfo, torch.device]:
     info = DistInfo.from_env()
     if not info.enabled:
         return DistInfo(), device
+    if device.type == "cuda" and device.index not in (None, info.local_rank):
+        # each rank takes the GPU of its LOCAL_RANK: a --device cuda:N would be ignored
+        raise VggCifarError(f"--device {device}: under torchrun each process uses the GPU of its "
+                            f"LOCAL_RANK (this one cuda:{info.local_rank}); give --device cuda, "
+                            "and choose GPUs with CUDA_VISIBLE_DEVICES")
     if not dist.is_initialized():
         timeout = datetime.timedelta(seconds=dist_timeout_s())
         backend = "nccl" if device.type == "cuda" else "gloo"
