@@ -223,6 +223,15 @@ def test_server_limits_that_cannot_hold_are_refused_before_the_model_loads(name,
     assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.output
 
 
+def test_a_request_limit_alone_lowers_the_default_file_limit(tmp_path):
+    model = tmp_path / "not-a-model.pt"
+    model.write_text("x")
+    r = CliRunner().invoke(command_of("vgg-serve"), ["--max-request-size", "5", "--model",
+                                                     str(model), "--port", "0"])
+    assert "below --max-file-size" not in r.output  # it went on, to the model (not one)
+    assert r.exit_code == 2 and "not a PyTorch file" in r.stderr, r.output
+
+
 def test_server_library_refuses_non_finite_limits():
     from vggcifar.errors import VggCifarError
     from vggcifar.serving.batching import DynamicBatcher

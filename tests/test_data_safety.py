@@ -529,14 +529,28 @@ def test_the_cache_is_private_and_never_a_link_a_fifo_or_another_users(tmp_path,
     file.symlink_to(elsewhere)
     assert torch.equal(load_cifar10(folder, cache_dir=cache, download=False).train_y,
                        real.train_y)
-    # the cache folder itself a link: neither read nor written through
-    target = tmp_path / "their-folder"
-    target.mkdir()
-    target.chmod(0o775)  # group-writable: private_dir would have made it private
-    shutil.rmtree(cache)
-    cache.symlink_to(target)
+    # the cache folder itself a link another user planted: neither read nor written through
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        target = tmp_path / "their-folder"
+        target.mkdir()
+        target.chmod(0o775)  # group-writable: private_dir would have made it private
+        shutil.rmtree(cache)
+        cache.symlink_to(target)
+        os.lchown(cache, 65534, 65534)
+        load_cifar10(folder, cache_dir=cache, download=False)
+        assert list(target.iterdir()) == [] and target.stat().st_mode & 0o777 == 0o775
+        cache.unlink()
+    # a link of our own (the cache on scratch space) is used
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    if cache.exists() or cache.is_symlink():
+        shutil.rmtree(cache) if cache.is_dir() and not cache.is_symlink() else cache.unlink()
+    cache.symlink_to(scratch)
     load_cifar10(folder, cache_dir=cache, download=False)
-    assert list(target.iterdir()) == [] and target.stat().st_mode & 0o777 == 0o775
+    assert len(list(scratch.glob("*.pt"))) == 1
+    capsys.readouterr()
+    load_cifar10(folder, cache_dir=cache, download=False)
+    assert "rebuilding" not in capsys.readouterr().err
 
 
 @pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="needs root to chown")

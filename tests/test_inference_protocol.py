@@ -202,6 +202,21 @@ def test_compressed_bodies_are_bounded_and_named(server, model_name):
         assert r.status_code == 200, r.text
 
 
+def test_an_inflated_body_obeys_the_request_limit(predictor, model_name):
+    # a 25 kB gzip body stood for 24 MB whatever --max-request-size said
+    import gzip
+
+    app = create_app(predictor, max_batch=8, max_wait_ms=5, queue_size=32, demo=False,
+                     max_file_mb=0.01, max_request_mb=0.01)  # 10 kB
+    body = json.dumps({"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 3, 32, 32],
+                                   "data": [0.5] * 3072}]}).encode()  # about 15 kB
+    with TestClient(app) as c:
+        wait_ready(c, timeout=60)
+        r = c.post(f"/v2/models/{model_name}/infer", content=gzip.compress(body),
+                   headers={"Content-Encoding": "gzip"})
+        assert r.status_code == 413 and "once decompressed" in r.json()["error"]
+
+
 def test_health_bodies_head_and_unrouted_paths(server, model_name):
     base = f"http://{server}"
     with httpx.Client(base_url=base, timeout=30) as c:
@@ -217,6 +232,10 @@ def test_health_bodies_head_and_unrouted_paths(server, model_name):
         assert r.status_code == 405 and r.json()["error"] and "GET" in r.headers["allow"]
         r = c.get(f"/v2/models/{model_name}/infer")
         assert r.status_code == 405 and r.headers["allow"] == "POST"
+        r = c.post("/v2")
+        assert r.status_code == 405 and r.json()["error"]
+        r = c.get("/v2/health/live/")  # a trailing slash: redirected, as before
+        assert r.status_code == 307 and r.headers["location"].endswith("/v2/health/live")
 
 
 @pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])

@@ -333,9 +333,10 @@ def test_model_card_is_never_a_link_a_fifo_or_a_huge_file(tmp_path):
     assert model_card(info) == (None, None)
 
 
-def test_a_cache_folder_link_is_not_private_and_not_chmodded(tmp_path):
+def test_a_cache_folder_link_is_followed_only_when_it_is_ours(tmp_path):
     # `$VGGCIFAR_CACHE/onnx` planted as a link to a victim's group folder: private_dir said
-    # True and made that folder 0755; exports were then written into it.
+    # True and made that folder 0755; exports were then written into it. A link of our own
+    # (a cache pointed at scratch space) is followed.
     from vggcifar.io import private_dir
 
     theirs = tmp_path / "group-folder"
@@ -343,8 +344,19 @@ def test_a_cache_folder_link_is_not_private_and_not_chmodded(tmp_path):
     theirs.chmod(0o2775)
     link = tmp_path / "onnx"
     link.symlink_to(theirs)
-    assert private_dir(link) is False
-    assert theirs.stat().st_mode & 0o7777 == 0o2775
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        os.lchown(link, 65534, 65534)  # planted by another user
+        assert private_dir(link) is False
+        assert theirs.stat().st_mode & 0o7777 == 0o2775
+        os.lchown(link, 0, 0)
+        os.chown(theirs, 65534, 65534)  # our link, their folder
+        assert private_dir(link) is False
+        os.chown(theirs, 0, 0)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    ours = tmp_path / "cache"
+    ours.symlink_to(scratch)
+    assert private_dir(ours) is True
     mine = tmp_path / "mine"
     mine.mkdir()
     mine.chmod(0o775)
@@ -388,9 +400,15 @@ def test_an_overloaded_server_answers_json(monkeypatch):
 
     from vggcifar.serving import limits
 
-    for name in ("httptools_impl", "h11_impl"):  # restored after the test
-        mod = __import__(f"uvicorn.protocols.http.{name}", fromlist=["x"])
-        monkeypatch.setattr(mod, "service_unavailable", mod.service_unavailable)
+    import importlib
+
+    for name in ("httptools_impl", "h11_impl", "zttp_impl", "zttp_h2_impl"):  # restored after
+        try:
+            mod = importlib.import_module(f"uvicorn.protocols.http.{name}")
+        except Exception:
+            continue
+        if hasattr(mod, "service_unavailable"):
+            monkeypatch.setattr(mod, "service_unavailable", mod.service_unavailable)
     assert limits.answer_overload_in_json() >= 2
 
     async def app(scope, receive, send):  # never reached: every request is over the limit

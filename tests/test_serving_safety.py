@@ -501,7 +501,9 @@ def test_demo_markdown_shows_model_strings_as_text():
     from vggcifar.serving.demo import md_text
 
     assert md_text("[click](http://evil) ![x](http://t/p.png)") == (
-        r"\[click\]\(http://evil\) \!\[x\]\(http://t/p\.png\)")
+        r"\[click\]\(http\://evil\) \!\[x\]\(http\://t/p\.png\)")
+    assert md_text("http://2130706433/x me@evil.example") == (
+        r"http\://2130706433/x me\@evil\.example")  # no autolink, no mail link
     assert md_text("vgg16") == "vgg16"
 
 
@@ -522,3 +524,19 @@ def test_an_onnx_file_with_external_data_is_refused(onnx_file, tmp_path, backend
     onnx.save(proto, str(tmp_path / "ext.onnx"))
     with pytest.raises(VggCifarError, match="keeps tensor .* in an external file"):
         Predictor(tmp_path / "ext.onnx", backend=backend, device="cpu")
+    # the same in a Constant(sparse_value=...) node's attribute
+    proto = onnx.load(str(small))
+    values = onnx.helper.make_tensor("v", onnx.TensorProto.FLOAT, [1], [0.0])
+    values.ClearField("float_data")
+    values.data_location = onnx.TensorProto.EXTERNAL
+    values.external_data.add(key="location", value="../../etc/passwd")
+    sparse = onnx.helper.make_sparse_tensor(
+        values, onnx.helper.make_tensor("i", onnx.TensorProto.INT64, [1], [0]), [4])
+    proto.graph.node.append(onnx.helper.make_node("Constant", [], ["unused"],
+                                                  sparse_value=sparse))
+    onnx.save(proto, str(tmp_path / "sparse.onnx"))
+    with pytest.raises(VggCifarError, match="keeps tensor 'v' in an external file"):
+        Predictor(tmp_path / "sparse.onnx", backend=backend, device="cpu")
+    (tmp_path / "junk.onnx").write_bytes(b"\x08\x07junk" * 10)
+    with pytest.raises(VggCifarError, match="junk.onnx is not a loadable ONNX model"):
+        Predictor(tmp_path / "junk.onnx", backend=backend, device="cpu")

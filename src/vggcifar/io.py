@@ -146,13 +146,19 @@ def cache_dir(sub: str | None = None) -> Path:
 
 def private_dir(folder: Path) -> bool:
     """True when only we can write to ``folder``, as ssh and pip require of what they trust: a
-    real folder (not a link: one planted at a cache's name would point our writes, and the
-    chmod below, at a folder of the planter's choosing), and ours (a group- or world-writable
-    one, e.g. made under umask 002, is made private first; files others left in it meanwhile
-    are refused by :func:`open_own_file`). On Windows the user's profile is private."""
+    folder of ours, or a link of ours to one (a link another user planted at a cache's name
+    would point our writes, and the chmod below, at a folder of the planter's choosing). A
+    group- or world-writable one, e.g. made under umask 002, is made private first; files
+    others left in it meanwhile are refused by :func:`open_own_file`. On Windows the user's
+    profile is private."""
     if os.name != "posix":
         return True
     st = os.lstat(folder)
+    if stat.S_ISLNK(st.st_mode):
+        # a link of ours (a cache pointed at scratch space) is followed; a planted one is not
+        if st.st_uid != os.geteuid():
+            return False
+        st = os.stat(folder)
     if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
         return False
     if st.st_mode & 0o022:
@@ -236,6 +242,8 @@ class FolderLock:
         not_plain = "; remove it if it is not a plain file"
         for _ in range(5):  # a lock file removed by its owner between our open and flock: again
             fd = self._open_locked(folder, what, not_plain, fcntl)
+            if fd is None:  # unlinked by its holder between our open and fstat
+                continue
             st = os.fstat(fd)
             try:
                 now = os.lstat(self.path)
@@ -251,9 +259,10 @@ class FolderLock:
         os.write(fd, str(os.getpid()).encode())
         self.fd = fd
 
-    def _open_locked(self, folder, what: str, not_plain: str, fcntl) -> int:
+    def _open_locked(self, folder, what: str, not_plain: str, fcntl) -> int | None:
         """The lock file opened (never through a link, a FIFO or a second hard link) and
-        flock'ed; raises when another process holds it."""
+        flock'ed; None when its holder removed it meanwhile (try again); raises when another
+        process holds it."""
         try:  # O_NONBLOCK: a planted FIFO must not hang the open
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK
                          | getattr(os, "O_NOFOLLOW", 0), 0o644)
@@ -261,6 +270,9 @@ class FolderLock:
             raise VggCifarError(f"cannot lock the {what} {folder}: {self.path} "
                                 f"({e.strerror or e}){not_plain}") from None
         st = os.fstat(fd)
+        if stat.S_ISREG(st.st_mode) and st.st_nlink == 0:
+            os.close(fd)
+            return None
         # a hard link planted at the name would have us truncate the file it links to
         if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
             os.close(fd)

@@ -435,7 +435,8 @@ def load_cifar10(path: str | os.PathLike, *, download: bool = True, cache: bool 
             return CifarData(c["train_x"], c["train_y"], c["test_x"], c["test_y"],
                              tuple(c["classes"]), str(root), kind)
         if verbose and reason != "no cache":
-            print(f"vggcifar: {reason} at {cache_file}; rebuilding it", file=sys.stderr)
+            then = "reading the test images" if test_only else "rebuilding it"
+            print(f"vggcifar: {reason} at {cache_file}; {then}", file=sys.stderr)
     if kind == "batches-py":
         train_x, train_y, test_x, test_y, classes = _read_batches(root, test_only)
     else:

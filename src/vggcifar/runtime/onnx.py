@@ -47,32 +47,57 @@ def _node_tensors(node):
         if a.HasField("t"):
             yield a.t
         yield from a.tensors
+        sparse = [a.sparse_tensor] if a.HasField("sparse_tensor") else []
+        for st in (*sparse, *a.sparse_tensors):  # Constant(sparse_value=...)
+            yield st.values
+            yield st.indices
         if a.HasField("g"):
             yield from _graph_tensors(a.g)
         for g in a.graphs:
             yield from _graph_tensors(g)
 
 
-def check_self_contained(path: str | os.PathLike) -> None:
-    """Refuse an ONNX file that keeps tensors in external files: a crafted one names
-    ``/etc/passwd``, ``../..`` or a link as its "weights", and whether the runtime refuses that
-    depends on its version. vggcifar's own exports are always one file. A file that does not
-    parse is left to the runtime, which names the problem.
+MAX_ONNX_BYTES = 2 << 30  # protobuf's own limit for one message
+
+
+def read_self_contained(path: str | os.PathLike) -> bytes:
+    """The bytes of the ONNX file ``path``, read once (the runtime then loads these bytes, so
+    the file cannot be swapped after the check), checked by :func:`check_self_contained`.
 
     Raises:
-        ModelFileError: the graph uses external data.
+        ModelFileError: unreadable, over 2 GB, not ONNX, or using external data.
+    """
+    from ..io import read_plain_file
+
+    try:
+        data = read_plain_file(path, MAX_ONNX_BYTES, follow_links=True)
+    except OSError as e:
+        raise ModelFileError(f"cannot read {path} ({e.strerror or e})") from None
+    if len(data) > MAX_ONNX_BYTES:
+        raise ModelFileError(f"{path} is over 2 GB, more than one ONNX file holds")
+    check_self_contained(data, path)
+    return data
+
+
+def check_self_contained(model: bytes, name: str | os.PathLike = "the model") -> None:
+    """Refuse an ONNX graph (its bytes) that keeps tensors in external files: a crafted one
+    names ``/etc/passwd``, ``../..`` or a link as its "weights", and whether the runtime refuses
+    that depends on its version. vggcifar's own exports are always one file.
+
+    Raises:
+        ModelFileError: not parseable as ONNX, or the graph uses external data.
     """
     import onnx
 
     try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception:  # not ONNX at all: the runtime's own error is clearer
-        return
+        proto = onnx.load_model_from_string(model)
+    except Exception as e:  # refused, not passed on: the runtime's parser may accept more
+        raise ModelFileError(f"{name} is not a loadable ONNX model ({type(e).__name__})") from None
     tensors = _graph_tensors(proto.graph)
     functions = (t for f in proto.functions for n in f.node for t in _node_tensors(n))
     for t in (*tensors, *functions):
         if t.data_location == onnx.TensorProto.EXTERNAL:
-            raise ModelFileError(f"{path} keeps tensor {t.name!r} in an external file; vggcifar "
+            raise ModelFileError(f"{name} keeps tensor {t.name!r} in an external file; vggcifar "
                                  "loads only self-contained ONNX files (vgg-export writes one)")
 
 

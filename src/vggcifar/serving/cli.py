@@ -120,7 +120,9 @@ def main(inputs, model_path, top_k, backend, device, as_json, batch_size, progre
         click.echo(f"model: {predictor.info.describe(tta=tta)}; backend: "
                    f"{predictor.backend_name}", err=True)
     classes = len(predictor.class_names)
-    if top_k > classes:  # a note, as the notes on images: the result is still right
+    typed = click.get_current_context().get_parameter_source("top_k") == \
+        click.core.ParameterSource.COMMANDLINE
+    if top_k > classes and typed:  # a note, as the notes on images: the result is still right
         click.echo(f"note: --top-k {top_k}: the model has {classes} classes; listing all "
                    f"{classes}", err=True)
 

@@ -115,8 +115,9 @@ def _accuracy(info, tta) -> str:
 
 def md_text(s: str) -> str:
     """``s`` as literal text in Markdown: what a model file supplies (its file name, class
-    names) must not become a link, an image from elsewhere or markup on the page."""
-    return re.sub(r"([\\`*_{}\[\]()#+\-.!|<>~])", r"\\\1", s)
+    names) must not become a link (``http://...`` autolinks and ``a@b`` mail links included), an
+    image from elsewhere or markup on the page."""
+    return re.sub(r"([\\`*_{}\[\]()#+\-.!|<>~:@])", r"\\\1", s)  # ':' and '@': autolinks
 
 
 def _details(predictor, pred, mode: str, fit: str) -> str:

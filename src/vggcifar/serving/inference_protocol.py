@@ -90,9 +90,12 @@ def model_metadata(state) -> dict:
                         for o in OUTPUT_NAMES]}
 
 
-# The protocol's "<project>_<format>" platform names, per runtime (Triton's for the same file).
-PLATFORMS = {"onnx": "onnxruntime_onnx", "openvino": "openvino_onnx", "torch": "pytorch_torch",
+# Per runtime: the platform name in the protocol's "<project>_<format>" form (Triton's where
+# Triton has one), and Triton's backend name.
+PLATFORMS = {"onnx": "onnxruntime_onnx", "openvino": "openvino_onnx", "torch": "pytorch_libtorch",
              "tensorrt": "tensorrt_plan"}
+BACKENDS = {"onnx": "onnxruntime", "openvino": "openvino", "torch": "pytorch",
+            "tensorrt": "tensorrt"}
 
 
 def platform(predictor) -> str:
@@ -107,7 +110,8 @@ def model_config(state) -> dict:
     request may carry, and the dims leave the batch axis out, as Triton's do."""
     p = state.predictor
     s, c = p.input_size, len(p.class_names)
-    return {"name": state.model_name, "platform": platform(p), "backend": p.backend.name,
+    return {"name": state.model_name, "platform": platform(p),
+            "backend": BACKENDS.get(p.backend.name, p.backend.name),
             "max_batch_size": state.batcher.queue_size,
             "input": [{"name": INPUT_NAME, "data_type": "TYPE_FP32", "dims": [3, s, s]}],
             "output": [{"name": o, "data_type": "TYPE_FP32", "dims": [c]} for o in OUTPUT_NAMES],
@@ -388,12 +392,26 @@ def inflate(body: bytes, encoding: str, cap: int) -> bytes:
     raise AssertionError("unreachable")
 
 
-async def _inflate_maybe_in_thread(body: bytes, encoding: str, cap: int) -> bytes:
-    if len(body) <= INLINE_PARSE_BYTES:
-        return inflate(body, encoding, cap)
-    from .limits import in_decode_thread
+def inflate_and_parse_within_budget(encoding: str, cap: int, body: bytes,
+                                    header_length: str | None, size: int, max_images: int):
+    """:func:`inflate` then :func:`parse_infer`, holding the decode budget for the inflated
+    bytes (``cap``, as their size is unknown before) and then for the parse as well: a 25 kB
+    gzip body can stand for 24 MB. Call it in a worker thread.
 
-    return await in_decode_thread(inflate, body, encoding, cap)
+    Raises:
+        ProtocolError: as :func:`inflate` and :func:`parse_infer`; 503 when the budget stayed in
+            use too long.
+    """
+    from ..errors import VggCifarError
+    from ..images import DECODES
+
+    try:
+        with DECODES.reserve(cap, "request"):
+            raw = inflate(body, encoding, cap)
+            with DECODES.reserve(parse_cost(raw, header_length), "request"):
+                return parse_infer(raw, header_length, size, max_images)
+    except VggCifarError:
+        raise ProtocolError(503, "server busy with other requests; retry later") from None
 
 
 async def infer(request, state, name: str, version: str | None, arrival) -> tuple[bytes, dict]:
@@ -409,10 +427,14 @@ async def infer(request, state, name: str, version: str | None, arrival) -> tupl
     cap = 4096 + max_images * 3 * size * size * JSON_BYTES_PER_VALUE
     body = await _read_body(request, cap)
     encoding = request.headers.get("content-encoding", "identity").strip().lower()
-    if encoding not in ("", "identity"):
-        body = await _inflate_maybe_in_thread(body, encoding, cap)
     args = (body, request.headers.get(HEADER_LENGTH), size, max_images)
-    if len(body) <= INLINE_PARSE_BYTES:
+    if encoding not in ("", "identity"):
+        from .limits import in_decode_thread
+
+        # inflated, a body obeys --max-request-size too, and holds the decode budget
+        x, req, wanted = await in_decode_thread(
+            inflate_and_parse_within_budget, encoding, min(cap, state.max_request_bytes), *args)
+    elif len(body) <= INLINE_PARSE_BYTES:
         x, req, wanted = parse_infer(*args)
     else:
         from .limits import in_decode_thread
@@ -515,10 +537,16 @@ def register(app, state) -> None:
         add(base + "/ready", model_ready, methods=get, summary="v2: model readiness")
         add(base + "/infer", infer_route, methods=["POST"], summary="v2: inference")
 
-    async def unrouted(request: Request, rest: str):
+    async def unrouted(request: Request, rest: str = ""):
         # Anything else under /v2 answers in the protocol's error format ({"error": ...}),
         # not the page's or FastAPI's {"detail": ...}, which clients cannot read.
         path = request.url.path
+        bare = path.rstrip("/") or path
+        if bare != path and any(r.path_regex.match(bare) and request.method in r.methods
+                                for r in routes):
+            from fastapi.responses import RedirectResponse  # as redirect_slashes did
+
+            return RedirectResponse(str(request.url.replace(path=bare)), status_code=307)
         allowed = sorted({m for r in routes if r.path_regex.match(path) for m in r.methods})
         if allowed:
             return Response(dumps({"error": f"{request.method} is not allowed on {path[:80]}; "
@@ -526,5 +554,6 @@ def register(app, state) -> None:
                             headers={"Allow": ", ".join(allowed)}, media_type="application/json")
         return error(ProtocolError(404, f"no such endpoint {path[:80]!r} under /v2"))
 
-    app.add_api_route("/v2/{rest:path}", unrouted, include_in_schema=False,
-                      methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"])
+    every = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+    app.add_api_route("/v2", unrouted, include_in_schema=False, methods=every)
+    app.add_api_route("/v2/{rest:path}", unrouted, include_in_schema=False, methods=every)

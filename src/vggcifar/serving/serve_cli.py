@@ -21,15 +21,18 @@ from .names import BACKENDS
 
 
 def _refuse_contradictions(max_file_mb, max_request_mb, max_files, queue_size, demo_concurrency,
-                           no_demo) -> None:
+                           no_demo) -> float:
     """Explicit limits that could not all hold, and an option for the page that is not there:
-    refused, so the limits in force are the ones asked for (defaults still adapt quietly)."""
+    refused, so the limits in force are the ones asked for (defaults still adapt quietly: a
+    ``--max-request-size`` below the default file limit lowers it). Returns the file limit."""
     ctx = click.get_current_context()
 
     def given(name):
         return ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE,
                                                   ParameterSource.ENVIRONMENT)
 
+    if max_request_mb is not None and max_request_mb < max_file_mb and not given("max_file_mb"):
+        max_file_mb = max_request_mb  # the default file limit gives way to the explicit one
     if max_request_mb is not None and max_request_mb < max_file_mb:
         raise click.UsageError(f"--max-request-size {max_request_mb:g} is below --max-file-size "
                                f"{max_file_mb:g}: a request must be able to carry one image at "
@@ -41,6 +44,7 @@ def _refuse_contradictions(max_file_mb, max_request_mb, max_files, queue_size, d
     if no_demo and demo_concurrency is not None:
         raise click.UsageError("--demo-concurrency sets the demo page, which --no-demo leaves "
                                "out; drop one of them")
+    return max_file_mb
 
 
 @command("vgg-serve")
@@ -85,8 +89,8 @@ def main(host, port, model_path, backend, device, top_k, max_batch, max_wait_ms,
 
     SIGTERM or Ctrl-C: the requests in flight are answered, then the server exits.
     """
-    _refuse_contradictions(max_file_mb, max_request_mb, max_files, queue_size,
-                           demo_concurrency, no_demo)
+    max_file_mb = _refuse_contradictions(max_file_mb, max_request_mb, max_files, queue_size,
+                                         demo_concurrency, no_demo)
     import uvicorn
 
     from .http_api import create_app

@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 
 from ...runtime.contract import INPUT_NAME, LOGITS, PROBABILITIES, ModelFileError, decode_metadata
-from ...runtime.onnx import CUDA, check_self_contained, device_session
+from ...runtime.onnx import CUDA, device_session, read_self_contained
 from ...source import ModelSource, resolve_source
 from .base import Backend, ModelInfo, check_outputs, info_from_export_metadata
 
@@ -34,8 +34,8 @@ class OnnxBackend(Backend):
         """``model_bytes``: the file's bytes, already read and verified, so the file cannot
         change between the check and the load."""
         if model_bytes is None:  # a file the user named (cached exports are our own)
-            check_self_contained(path)
-        model = path if model_bytes is None else model_bytes
+            model_bytes = read_self_contained(path)
+        model = model_bytes
         self.session, self.provider = device_session(model, device, name=path)
         self.device = "cuda" if self.provider == CUDA else "cpu"
         self._bind(path, self.session.get_modelmeta().custom_metadata_map,

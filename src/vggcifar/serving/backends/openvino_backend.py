@@ -16,7 +16,7 @@ import numpy as np
 
 from ...errors import VggCifarError
 from ...runtime.contract import INPUT_NAME, LOGITS, PROBABILITIES
-from ...runtime.onnx import check_self_contained
+from ...runtime.onnx import read_self_contained
 from ...runtime.openvino import compile_cpu, read_onnx
 from .onnx_backend import OnnxBackend
 
@@ -54,8 +54,8 @@ class OpenVinoBackend(OnnxBackend):
             raise VggCifarError(f"the openvino backend runs on the CPU, not {device}; use "
                                 "--device cpu, or --backend onnx or torch for a GPU")
         if model_bytes is None:  # a file the user named (cached exports are our own)
-            check_self_contained(path)
-        model, meta = read_onnx(path if model_bytes is None else model_bytes, name=path)
+            model_bytes = read_self_contained(path)
+        model, meta = read_onnx(model_bytes, name=path)
         self._bind(path, meta, [_port(p) for p in model.inputs], [_port(p) for p in model.outputs])
         self.compiled, self.precision = compile_cpu(model, precision, name=path)
         self.device = "cpu"
