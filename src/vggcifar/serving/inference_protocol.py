@@ -486,19 +486,17 @@ def register(app, state) -> None:
         return ok({"ready": True}) if state.ready else \
             error(ProtocolError(503, f"not ready ({state.status})"))
 
-    async def metadata(name: str, version: str | None = None):
-        try:
-            check_model(state, name, version)
-        except ProtocolError as e:
-            return error(e)
-        return ok(model_metadata(state))
+    def about_the_model(describe):
+        """A GET route answering ``describe(state)`` for the served model (404 for another)."""
+        async def route(name: str, version: str | None = None):
+            try:
+                check_model(state, name, version)
+            except ProtocolError as e:
+                return error(e)
+            return ok(describe(state))
+        return route
 
-    async def config(name: str, version: str | None = None):
-        try:
-            check_model(state, name, version)
-        except ProtocolError as e:
-            return error(e)
-        return ok(model_config(state))
+    metadata, config = about_the_model(model_metadata), about_the_model(model_config)
 
     async def model_ready(name: str, version: str | None = None):
         try:
